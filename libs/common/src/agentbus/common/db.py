@@ -1,0 +1,119 @@
+"""Database plumbing shared by the services that own tables (gateway, metrics).
+
+SQLite (aiosqlite, WAL) is the one-machine default; PostgreSQL through
+asyncpg in production. The same models and migrations serve both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, event
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.types import TypeDecorator
+
+log = logging.getLogger(__name__)
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Always UTC-aware in Python, whatever the backend keeps (SQLite keeps naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def normalize_url(url: str) -> str:
+    """Accept plain `postgresql://` / `sqlite:///` URLs and pick the async drivers."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+asyncpg://" + url[len("postgresql://") :]
+    if url.startswith("sqlite:///"):
+        url = "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL with its password hidden, for logs and errors."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def make_engine(url: str, pool_size: int = 10) -> AsyncEngine:
+    url = normalize_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_async_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800
+    )
+
+
+def _upgrade(connection: Connection, script_location: str, version_table: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", script_location)
+    cfg.attributes["connection"] = connection
+    cfg.attributes["version_table"] = version_table
+    if connection.dialect.name == "postgresql":
+        # Several copies may start at once: one migrates, the others wait for it.
+        from sqlalchemy import text
+
+        connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:t))"), {"t": version_table})
+    command.upgrade(cfg, "head")
+
+
+async def migrate(engine: AsyncEngine, script_location: str, version_table: str) -> None:
+    """Run the owning service's Alembic migrations to head."""
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade, script_location, version_table)
+
+
+async def wait_for_database(engine: AsyncEngine, attempts: int = 60) -> None:
+    from sqlalchemy import text
+
+    for i in range(attempts):
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return
+        except Exception as exc:
+            if i == attempts - 1:
+                raise
+            log.info("waiting for the database (%s): %s", redact(str(engine.url)), type(exc).__name__)
+            await asyncio.sleep(1)

@@ -1,0 +1,170 @@
+"""Run events: one tagged union, one struct per `event_type`.
+
+The JSON of an event on the bus is exactly the frame a WebSocket client
+receives (plus the version field `v`), so the gateway forwards the bytes it
+stored without re-encoding them. New fields must have defaults; a field's type
+never changes (msgspec schema evolution rules).
+"""
+
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+
+class RunStats(msgspec.Struct, omit_defaults=True):
+    """What a finished run reports for metrics; carried by every terminal event."""
+
+    duration: float = 0.0
+    steps: int = 0
+    approval_wait: float | None = None
+    tokens_prompt: int | None = None
+    tokens_completion: int | None = None
+    cost_usd: float | None = None
+    agent: str | None = None
+
+
+class Event(msgspec.Struct, tag_field="event_type", kw_only=True):
+    id: str
+    seq: int
+    timestamp: datetime
+    task_id: str
+    run_id: str
+    message: str = ""
+    v: int = PROTOCOL_VERSION
+
+
+class Empty(msgspec.Struct):
+    pass
+
+
+class PlanData(msgspec.Struct):
+    plan: dict[str, Any]
+    version: int = 1
+
+
+class ApprovalRequiredData(msgspec.Struct):
+    plan: dict[str, Any]
+    timeout_s: float
+
+
+class DecisionData(msgspec.Struct):
+    feedback: str | None = None
+    stats: RunStats | None = None
+
+
+class ProgressData(msgspec.Struct):
+    step: int
+    total_steps: int
+    progress_percent: float
+    current_phase: str
+    title: str | None = None
+
+
+class ArtifactData(msgspec.Struct):
+    name: str
+    size: int
+    content_type: str
+
+
+class CompletionData(msgspec.Struct):
+    results: Any
+    duration: float
+    stats: RunStats | None = None
+
+
+class FailureData(msgspec.Struct):
+    error: str
+    stats: RunStats | None = None
+
+
+class CancelledData(msgspec.Struct):
+    reason: str
+    stats: RunStats | None = None
+
+
+class TimeoutData(msgspec.Struct):
+    phase: Literal["approval", "execution"]
+    stats: RunStats | None = None
+
+
+class AnalysisStart(Event, tag="analysis_start"):
+    data: Empty = msgspec.field(default_factory=Empty)
+
+
+class PlanReady(Event, tag="plan_ready"):
+    data: PlanData
+
+
+class ApprovalRequired(Event, tag="approval_required"):
+    data: ApprovalRequiredData
+
+
+class Approved(Event, tag="approved"):
+    data: DecisionData = msgspec.field(default_factory=DecisionData)
+
+
+class Rejected(Event, tag="rejected"):
+    data: DecisionData = msgspec.field(default_factory=DecisionData)
+
+
+class Progress(Event, tag="progress"):
+    data: ProgressData
+
+
+class ArtifactCreated(Event, tag="artifact"):
+    data: ArtifactData
+
+
+class Completion(Event, tag="completion"):
+    data: CompletionData
+
+
+class Failure(Event, tag="failure"):
+    data: FailureData
+
+
+class Cancelled(Event, tag="cancelled"):
+    data: CancelledData
+
+
+class Timeout(Event, tag="timeout"):
+    data: TimeoutData
+
+
+AnyEvent = (
+    AnalysisStart
+    | PlanReady
+    | ApprovalRequired
+    | Approved
+    | Rejected
+    | Progress
+    | ArtifactCreated
+    | Completion
+    | Failure
+    | Cancelled
+    | Timeout
+)
+
+EVENT_CLASSES: tuple[type[Event], ...] = (
+    AnalysisStart,
+    PlanReady,
+    ApprovalRequired,
+    Approved,
+    Rejected,
+    Progress,
+    ArtifactCreated,
+    Completion,
+    Failure,
+    Cancelled,
+    Timeout,
+)
+EVENT_TYPES: tuple[str, ...] = tuple(cls.__struct_config__.tag for cls in EVENT_CLASSES)  # type: ignore[misc]
+TERMINAL_EVENT_TYPES: frozenset[str] = frozenset({"completion", "failure", "rejected", "cancelled", "timeout"})
+
+
+def stats_of(event: Event) -> RunStats | None:
+    data = getattr(event, "data", None)
+    return getattr(data, "stats", None)

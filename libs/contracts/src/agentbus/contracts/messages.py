@@ -1,0 +1,129 @@
+"""Commands, control messages and request/reply payloads on the bus."""
+
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+from agentbus.contracts.events import PROTOCOL_VERSION
+
+
+class RunStart(msgspec.Struct, kw_only=True):
+    """`run.start`: everything a runner needs to execute a run, so it never reads the gateway's DB."""
+
+    run_id: str
+    task_id: str
+    run_number: int
+    task_name: str
+    task_description: str | None = None
+    task_config: dict[str, Any] = msgspec.field(default_factory=dict)
+    agent: str = "scripted"
+    agent_config: dict[str, Any] = msgspec.field(default_factory=dict)
+    require_approval: bool = True
+    approval_timeout_s: float = 300
+    timeout_s: float = 3600
+    max_rounds: int = 5
+    created_at: datetime | None = None
+    v: int = PROTOCOL_VERSION
+
+
+ControlKind = Literal["approve", "reject", "cancel"]
+
+
+class RunControl(msgspec.Struct, kw_only=True):
+    """A decision for a run. Stored in KV first, then announced on `run.control.<run_id>`."""
+
+    run_id: str
+    kind: ControlKind
+    feedback: str | None = None
+    reason: str | None = None
+    decided_at: datetime | None = None
+    v: int = PROTOCOL_VERSION
+
+
+class ResourceDeleted(msgspec.Struct, kw_only=True):
+    """`task.deleted` / `run.deleted`: owners of dependent data delete theirs."""
+
+    task_id: str
+    run_id: str | None = None
+    v: int = PROTOCOL_VERSION
+
+
+ERROR_HEADER = "Agentbus-Error"
+
+
+class Ping(msgspec.Struct):
+    v: int = PROTOCOL_VERSION
+
+
+class Pong(msgspec.Struct, kw_only=True):
+    service: str
+    instance: str
+    version: str
+    agents: list[str] = msgspec.field(default_factory=list)
+    active_runs: int = 0
+    capacity: int = 0
+    v: int = PROTOCOL_VERSION
+
+
+class ServiceError(msgspec.Struct):
+    """A request/reply error; sent with the header `Agentbus-Error: 1`."""
+
+    status_code: int
+    detail: str
+
+
+class MetricsQuery(msgspec.Struct, kw_only=True):
+    task_id: str | None = None
+    run_id: str | None = None
+    name: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    skip: int = 0
+    limit: int = 10
+    v: int = PROTOCOL_VERSION
+
+
+class MetricsGet(msgspec.Struct, kw_only=True):
+    metric_id: str
+    v: int = PROTOCOL_VERSION
+
+
+class MetricsSummaryQuery(msgspec.Struct, kw_only=True):
+    task_id: str | None = None
+    run_id: str | None = None
+    v: int = PROTOCOL_VERSION
+
+
+class MetricOut(msgspec.Struct, kw_only=True):
+    id: str
+    task_id: str
+    run_id: str | None
+    name: str
+    metric_type: Literal["timer", "counter", "gauge"]
+    value: float
+    unit: str | None
+    labels: dict[str, str]
+    timestamp: datetime
+
+
+class MetricsPage(msgspec.Struct, kw_only=True):
+    items: list[MetricOut]
+    total: int
+    skip: int
+    limit: int
+
+
+class SummaryStat(msgspec.Struct):
+    count: int
+    min: float
+    max: float
+    avg: float
+    last: float
+
+
+class MetricsSummary(msgspec.Struct, kw_only=True, omit_defaults=True):
+    metric_count: int
+    metrics: dict[str, SummaryStat]
+    task_id: str | None = None
+    run_id: str | None = None

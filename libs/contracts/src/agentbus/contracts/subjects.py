@@ -1,0 +1,102 @@
+"""Every NATS subject, stream, consumer and bucket the services share.
+
+`docs/subjects.md` is checked against `SUBJECTS` by a unit test, so the table
+there and this module cannot drift apart.
+"""
+
+from typing import NamedTuple
+
+# JetStream streams
+RUN_COMMANDS_STREAM = "AGENTBUS_RUN_COMMANDS"  # work queue: run.start
+EVENTS_STREAM = "AGENTBUS_EVENTS"  # every run event: events.run.>
+LIFECYCLE_STREAM = "AGENTBUS_LIFECYCLE"  # task.deleted / run.deleted
+
+# Durable consumers
+RUNNER_CONSUMER = "runners"  # shared by every runner copy (pull)
+GATEWAY_EVENTS_CONSUMER = "gateway-events"  # shared by every gateway copy (push, queue group)
+METRICS_EVENTS_CONSUMER = "metrics-events"  # shared by every metrics copy (push, queue group)
+METRICS_LIFECYCLE_CONSUMER = "metrics-lifecycle"
+
+# Key-value buckets and object stores
+RUN_STATE_BUCKET = "agentbus_run_state"  # runner checkpoints and stored decisions
+ARTIFACTS_BUCKET = "agentbus_artifacts"  # artifact bytes, key "<run_id>/<name>"
+
+# Subjects
+RUN_START = "run.start"
+RUN_CONTROL_PREFIX = "run.control"  # run.control.<run_id>
+RUN_CONTROL_ALL = "run.control.*"
+RUN_PING = "run.runners.ping"
+RUN_DELETED = "run.deleted"
+TASK_DELETED = "task.deleted"
+METRICS_QUERY = "run.metrics.query"
+METRICS_GET = "run.metrics.get"
+METRICS_RUN_SUMMARY = "run.metrics.summary"
+METRICS_TASK_SUMMARY = "task.metrics.summary"
+METRICS_PING = "run.metrics.ping"
+EVENTS_RUN_PREFIX = "events.run"  # events.run.<task_id>.<run_id>.<event_type>
+EVENTS_RUN_ALL = "events.run.>"
+EVENTS_LIVE_PREFIX = "events.live"  # events.live.<task_id>.<run_id>, published after storage
+EVENTS_LIVE_ALL = "events.live.>"
+EVENTS_DEAD = "events.dead"  # payloads that did not decode, for inspection
+
+
+def run_control(run_id: str) -> str:
+    return f"{RUN_CONTROL_PREFIX}.{run_id}"
+
+
+def run_event(task_id: str, run_id: str, event_type: str) -> str:
+    return f"{EVENTS_RUN_PREFIX}.{task_id}.{run_id}.{event_type}"
+
+
+def live_event(task_id: str, run_id: str) -> str:
+    return f"{EVENTS_LIVE_PREFIX}.{task_id}.{run_id}"
+
+
+def event_msg_id(run_id: str, seq: int) -> str:
+    """JetStream message id: a re-published event is deduplicated by the server."""
+    return f"{run_id}:{seq}"
+
+
+def state_key(run_id: str) -> str:
+    return f"{run_id}.state"
+
+
+def decision_key(run_id: str) -> str:
+    return f"{run_id}.decision"
+
+
+def cancel_key(run_id: str) -> str:
+    return f"{run_id}.cancel"
+
+
+class Subject(NamedTuple):
+    subject: str
+    kind: str  # "jetstream", "core", "request/reply"
+    payload: str
+    publisher: str
+    consumers: str
+
+
+SUBJECTS: tuple[Subject, ...] = (
+    Subject(RUN_START, "jetstream work queue", "RunStart", "gateway", "runner (durable pull `runners`)"),
+    Subject("run.control.<run_id>", "core", "RunControl", "gateway", "runner holding the run"),
+    Subject(RUN_PING, "request/reply", "Ping -> Pong", "gateway (/ready)", "every runner"),
+    Subject(RUN_DELETED, "jetstream", "ResourceDeleted", "gateway", "metrics"),
+    Subject(TASK_DELETED, "jetstream", "ResourceDeleted", "gateway", "metrics"),
+    Subject(METRICS_QUERY, "request/reply", "MetricsQuery -> MetricsPage", "gateway", "metrics"),
+    Subject(METRICS_GET, "request/reply", "MetricsGet -> MetricOut", "gateway", "metrics"),
+    Subject(METRICS_RUN_SUMMARY, "request/reply", "MetricsSummaryQuery -> MetricsSummary", "gateway", "metrics"),
+    Subject(
+        METRICS_TASK_SUMMARY, "request/reply", "MetricsSummaryQuery -> MetricsSummary", "gateway", "metrics"
+    ),
+    Subject(METRICS_PING, "request/reply", "Ping -> Pong", "gateway (/ready)", "metrics"),
+    Subject(
+        "events.run.<task_id>.<run_id>.<event_type>",
+        "jetstream",
+        "Event",
+        "runner",
+        "gateway (durable `gateway-events`), metrics (durable `metrics-events`)",
+    ),
+    Subject("events.live.<task_id>.<run_id>", "core", "Event", "gateway, after storing", "every gateway copy"),
+    Subject(EVENTS_DEAD, "core", "the undecodable bytes", "any service", "operators"),
+)
