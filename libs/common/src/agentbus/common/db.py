@@ -20,7 +20,8 @@ from sqlalchemy.types import TypeDecorator
 
 log = logging.getLogger(__name__)
 
-JSONType = JSON().with_variant(JSONB(), "postgresql")
+# none_as_null: a Python None is SQL NULL (filterable with IS NULL), not the JSON text "null".
+JSONType = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
