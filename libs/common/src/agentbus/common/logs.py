@@ -9,3 +9,4 @@ def setup_logging(service: str, level: str | None = None) -> None:
     )
     # nats.py logs every reconnect attempt at ERROR; our callbacks already say it once.
     logging.getLogger("nats.aio.client").setLevel(logging.CRITICAL)
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -1,0 +1,44 @@
+"""Write docs/subjects.md from agentbus.contracts.subjects (a unit test checks they agree)."""
+
+from pathlib import Path
+
+from agentbus.contracts import subjects
+
+HEADER = """# NATS subjects
+
+Generated from `libs/contracts/src/agentbus/contracts/subjects.py` by
+`python scripts/gen_subjects_doc.py`; `tests/unit/test_contracts.py` fails when
+the two disagree. Payload types are msgspec structs in `agentbus.contracts`;
+every payload carries a version field `v` and is decoded strictly (a payload
+that does not decode is logged with its subject and dropped, or published to
+`events.dead`).
+
+| subject | kind | payload | publisher | consumers |
+|---|---|---|---|---|
+"""
+
+STREAMS = f"""
+## JetStream assets
+
+| asset | name | what |
+|---|---|---|
+| stream | `{subjects.RUN_COMMANDS_STREAM}` | work queue of `run.start`; runners pull from the shared durable consumer `{subjects.RUNNER_CONSUMER}` |
+| stream | `{subjects.EVENTS_STREAM}` | every run event (`events.run.>`), published with message id `<run_id>:<seq>` so a retry is deduplicated |
+| stream | `{subjects.LIFECYCLE_STREAM}` | `task.deleted`, `run.deleted` |
+| key-value | `{subjects.RUN_STATE_BUCKET}` | `<run_id>.state` (runner checkpoint), `<run_id>.decision` and `<run_id>.cancel` (stored decisions) |
+| object store | `{subjects.ARTIFACTS_BUCKET}` | artifact bytes under `<run_id>/<name>` |
+"""
+
+
+def render() -> str:
+    rows = "".join(
+        f"| `{s.subject}` | {s.kind} | {s.payload} | {s.publisher} | {s.consumers} |\n"
+        for s in subjects.SUBJECTS
+    )
+    return HEADER + rows + STREAMS
+
+
+if __name__ == "__main__":
+    out = Path(__file__).resolve().parent.parent / "docs" / "subjects.md"
+    out.write_text(render())
+    print(f"wrote {out}")

@@ -1,0 +1,84 @@
+"""`create_app()`: routes, error handlers and the lifespan (database, NATS, event ingest, fan-out)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
+
+from agentbus.common.db import make_engine, migrate, redact, wait_for_database
+from agentbus.gateway import __version__
+from agentbus.gateway.auth import token_middleware
+from agentbus.gateway.bus import Bus
+from agentbus.gateway.errors import EXCEPTION_HANDLERS, unexpected
+from agentbus.gateway.events.hub import Hub
+from agentbus.gateway.events.ingest import EventIngest
+from agentbus.gateway.health import MetricsController, all_stream, health, ready, run_stream, task_stream
+from agentbus.gateway.runs import RunController
+from agentbus.gateway.settings import Settings
+from agentbus.gateway.tasks import TaskController
+
+log = logging.getLogger(__name__)
+MIGRATIONS = str(Path(__file__).parent / "migrations")
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        log.info("database %s", redact(str(engine.url)))
+        await wait_for_database(engine)
+        await migrate(engine, MIGRATIONS, "alembic_version_gateway")
+        bus = await Bus.open(
+            settings.nats_url,
+            f"gateway-{settings.instance}",
+            settings.nats_replicas,
+            settings.request_timeout_s,
+        )
+        hub = Hub(engine, settings.ws_heartbeat_s, settings.ws_queue_size)
+        await hub.start(bus.nc)
+        ingest = EventIngest(engine, bus, settings.ingest_batch)
+        await ingest.start()
+        app.state.update(settings=settings, engine=engine, bus=bus, hub=hub, ingest=ingest)
+        try:
+            yield
+        finally:
+            await hub.stop()
+            await ingest.stop()
+            await bus.close()
+            await engine.dispose()
+
+    middleware = [token_middleware(settings.api_token)] if settings.api_token else []
+    return Litestar(
+        route_handlers=[
+            TaskController,
+            RunController,
+            MetricsController,
+            health,
+            ready,
+            run_stream,
+            task_stream,
+            all_stream,
+        ],
+        lifespan=[lifespan],
+        exception_handlers={**EXCEPTION_HANDLERS, Exception: unexpected},
+        middleware=middleware,
+        request_max_body_size=settings.max_body_bytes,
+        cors_config=CORSConfig(allow_origins=["*"]) if not settings.api_token else None,
+        openapi_config=OpenAPIConfig(
+            title="agentbus",
+            version=__version__,
+            description="Background AI-agent runs with a human approval step.",
+            path="/",
+            render_plugins=[SwaggerRenderPlugin(path="/docs"), RedocRenderPlugin(path="/redoc")],
+        ),
+        debug=False,
+    )

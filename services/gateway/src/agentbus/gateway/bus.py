@@ -1,0 +1,94 @@
+"""The gateway's side of NATS: commands to runners, decisions, metrics queries, readiness pings."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+
+from agentbus.common import bus as common_bus
+from agentbus.contracts import Pong, ResourceDeleted, RunControl, RunStart, encode, subjects
+from agentbus.contracts.messages import ERROR_HEADER, Ping, ServiceError
+from agentbus.gateway.errors import ServiceUnavailable, UpstreamError
+
+log = logging.getLogger(__name__)
+
+_pong = msgspec.json.Decoder(Pong)
+_service_error = msgspec.json.Decoder(ServiceError)
+
+
+class Bus:
+    def __init__(self, nc: Client, js: JetStreamContext, kv: Any, objects: Any, timeout: float) -> None:
+        self.nc = nc
+        self.js = js
+        self.kv = kv
+        self.objects = objects
+        self.timeout = timeout
+
+    @classmethod
+    async def open(cls, url: str, name: str, replicas: int, timeout: float) -> Bus:
+        nc = await common_bus.connect_with_retry(url, name)
+        js = nc.jetstream()
+        await common_bus.ensure_streams(js, replicas=replicas)
+        kv = await common_bus.run_state_kv(js, replicas=replicas)
+        objects = await common_bus.artifacts_store(js, replicas=replicas)
+        return cls(nc, js, kv, objects, timeout)
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            await self.nc.drain()
+
+    async def start_run(self, cmd: RunStart) -> None:
+        # The message id makes a retried publish of the same run a no-op on the server.
+        await self.js.publish(subjects.RUN_START, encode(cmd), headers={"Nats-Msg-Id": f"start:{cmd.run_id}"})
+
+    async def decide(self, control: RunControl) -> None:
+        """Store the decision first (a runner that takes the run later applies it), then announce it."""
+        control.decided_at = control.decided_at or datetime.now(UTC)
+        key = (
+            subjects.cancel_key(control.run_id)
+            if control.kind == "cancel"
+            else subjects.decision_key(control.run_id)
+        )
+        payload = encode(control)
+        await self.kv.put(key, payload)
+        await self.nc.publish(subjects.run_control(control.run_id), payload)
+
+    async def resource_deleted(self, task_id: str, run_id: str | None = None) -> None:
+        subject = subjects.RUN_DELETED if run_id else subjects.TASK_DELETED
+        await self.js.publish(subject, encode(ResourceDeleted(task_id=task_id, run_id=run_id)))
+
+    async def request(self, subject: str, payload: Any) -> bytes:
+        """A request/reply call to another service; its errors come back as HTTP errors."""
+        try:
+            msg = await self.nc.request(subject, encode(payload), timeout=self.timeout)
+        except (TimeoutError, NoRespondersError, NatsTimeoutError) as exc:
+            raise ServiceUnavailable(f"no answer on {subject}: is the service running?") from exc
+        if msg.headers and msg.headers.get(ERROR_HEADER):
+            err = _service_error.decode(msg.data)
+            raise UpstreamError(err.status_code, err.detail)
+        return msg.data
+
+    async def ping(self, subject: str, timeout: float = 1.0) -> Pong | None:
+        try:
+            msg = await self.nc.request(subject, encode(Ping()), timeout=timeout)
+            return _pong.decode(msg.data)
+        except Exception:
+            return None
+
+    async def delete_artifacts(self, run_id: str, names: list[str]) -> None:
+        for name in names:
+            try:
+                await self.objects.delete(f"{run_id}/{name}")
+            except Exception as exc:  # already gone is fine
+                log.debug("artifact %s/%s not deleted: %s", run_id, name, exc)
+
+    async def read_artifact(self, run_id: str, name: str) -> bytes:
+        result = await self.objects.get(f"{run_id}/{name}")
+        return result.data

@@ -1,0 +1,74 @@
+"""Rows to REST structs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentbus.gateway.schemas import Approval, ArtifactInfo, Run, Task
+
+
+def task_out(row: Any) -> Task:
+    total = row.total_runs or 0
+    return Task(
+        id=row.id,
+        name=row.name,
+        description=row.description,
+        config=row.config or {},
+        agent=row.agent,
+        agent_config=row.agent_config or {},
+        require_approval=row.require_approval,
+        approval_timeout_s=row.approval_timeout_s,
+        timeout_s=row.timeout_s,
+        max_rounds=row.max_rounds,
+        status=row.status,
+        total_runs=total,
+        successful_runs=row.successful_runs or 0,
+        failed_runs=row.failed_runs or 0,
+        success_rate=round((row.successful_runs or 0) / total, 4) if total else 0.0,
+        last_run_at=row.last_run_at,
+        last_run_duration=row.last_run_duration,
+        last_error=row.last_error,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def approval_out(value: dict[str, Any] | None) -> Approval | None:
+    if not value:
+        return None
+    from datetime import datetime
+
+    return Approval(
+        approved=bool(value.get("approved")),
+        feedback=value.get("feedback"),
+        decided_at=datetime.fromisoformat(value["decided_at"].replace("Z", "+00:00")),
+    )
+
+
+def run_out(row: Any) -> Run:
+    return Run(
+        id=row.id,
+        task_id=row.task_id,
+        run_number=row.run_number,
+        status=row.status,
+        agent=row.agent,
+        require_approval=row.require_approval,
+        plan=row.plan,
+        progress=row.progress or 0.0,
+        results=row.results,
+        error_message=row.error_message,
+        started_at=row.started_at,
+        completed_at=row.completed_at,
+        duration=row.duration,
+        approval=approval_out(row.approval),
+        labels=row.labels or {},
+        last_seq=row.last_seq or 0,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def artifact_out(row: Any) -> ArtifactInfo:
+    return ArtifactInfo(
+        name=row.name, size=row.size, content_type=row.content_type, created_at=row.created_at
+    )

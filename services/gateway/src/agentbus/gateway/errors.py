@@ -1,0 +1,68 @@
+"""Error types and handlers: every error is JSON with `status_code` and `detail`, never a bare 500."""
+
+from __future__ import annotations
+
+import logging
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+from nats.errors import ConnectionClosedError, NoServersError, OutboundBufferLimitError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import APIError as JetStreamAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+log = logging.getLogger(__name__)
+
+
+class ServiceUnavailable(HTTPException):
+    status_code = 503
+
+
+class UpstreamError(HTTPException):
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(detail=detail, status_code=status_code)
+
+
+class Conflict(HTTPException):
+    status_code = 409
+
+
+def _json(status: int, detail: str) -> Response:
+    return Response({"status_code": status, "detail": detail}, status_code=status)
+
+
+def database_unavailable(_: Request, exc: Exception) -> Response:
+    # Never echo the driver's message: it can carry host names or credentials.
+    log.warning("database unavailable: %s", type(exc).__name__)
+    return _json(503, "database unavailable; retry later")
+
+
+def broker_unavailable(_: Request, exc: Exception) -> Response:
+    log.warning("message broker unavailable: %s", type(exc).__name__)
+    return _json(503, "message broker unavailable; retry later")
+
+
+def integrity_conflict(_: Request, exc: Exception) -> Response:
+    return _json(409, "conflicts with the stored state; retry")
+
+
+def unexpected(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):
+        return _json(exc.status_code, str(exc.detail))
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return _json(500, "internal error")
+
+
+EXCEPTION_HANDLERS = {
+    IntegrityError: integrity_conflict,
+    OperationalError: database_unavailable,
+    DBAPIError: database_unavailable,
+    PoolTimeoutError: database_unavailable,
+    ConnectionRefusedError: database_unavailable,
+    ConnectionClosedError: broker_unavailable,
+    NoServersError: broker_unavailable,
+    OutboundBufferLimitError: broker_unavailable,
+    NatsTimeoutError: broker_unavailable,
+    JetStreamAPIError: broker_unavailable,
+}

@@ -1,0 +1,147 @@
+"""REST shapes. Input structs forbid unknown fields (a typo is an error); output structs are plain."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from agentbus.contracts.status import RunStatus
+
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+AgentKind = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
+ApprovalTimeout = Annotated[int, Meta(ge=1, le=86400)]
+RunTimeout = Annotated[int, Meta(ge=1, le=604800)]
+MaxRounds = Annotated[int, Meta(ge=1, le=100)]
+Description = Annotated[str, Meta(max_length=10000)]
+Labels = dict[Annotated[str, Meta(min_length=1, max_length=100)], Annotated[str, Meta(max_length=500)]]
+TaskStatus = Literal[
+    "pending", "running", "awaiting_approval", "completed", "failed", "rejected", "cancelled", "timeout"
+]
+
+
+class TaskCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: Name
+    description: Description | None = None
+    config: dict[str, Any] = msgspec.field(default_factory=dict)
+    agent: AgentKind | None = None
+    agent_config: dict[str, Any] = msgspec.field(default_factory=dict)
+    require_approval: bool = True
+    approval_timeout_s: ApprovalTimeout = 300
+    timeout_s: RunTimeout = 3600
+    max_rounds: MaxRounds = 5
+
+
+class TaskUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: Name | UnsetType = UNSET
+    description: Description | UnsetType | None = UNSET
+    config: dict[str, Any] | UnsetType = UNSET
+    agent: AgentKind | UnsetType = UNSET
+    agent_config: dict[str, Any] | UnsetType = UNSET
+    require_approval: bool | UnsetType = UNSET
+    approval_timeout_s: ApprovalTimeout | UnsetType = UNSET
+    timeout_s: RunTimeout | UnsetType = UNSET
+    max_rounds: MaxRounds | UnsetType = UNSET
+
+
+class Task(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    description: str | None
+    config: dict[str, Any]
+    agent: str
+    agent_config: dict[str, Any]
+    require_approval: bool
+    approval_timeout_s: int
+    timeout_s: int
+    max_rounds: int
+    status: str
+    total_runs: int
+    successful_runs: int
+    failed_runs: int
+    success_rate: float
+    last_run_at: datetime | None
+    last_run_duration: float | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class TaskPage(msgspec.Struct):
+    items: list[Task]
+    total: int
+    skip: int
+    limit: int
+
+
+class RunCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    task_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    require_approval: bool | None = None
+    agent_config: dict[str, Any] | None = None
+    labels: Labels = msgspec.field(default_factory=dict)
+
+
+class RunUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    labels: Labels
+
+
+class ApproveBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    approved: bool
+    feedback: Annotated[str, Meta(max_length=10000)] | None = None
+
+
+class CancelBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    reason: Annotated[str, Meta(max_length=1000)] | None = None
+
+
+class Approval(msgspec.Struct):
+    approved: bool
+    feedback: str | None
+    decided_at: datetime
+
+
+class Run(msgspec.Struct, kw_only=True):
+    id: str
+    task_id: str
+    run_number: int
+    status: str
+    agent: str
+    require_approval: bool
+    plan: dict[str, Any] | None
+    progress: float
+    results: Any
+    error_message: str | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    duration: float | None
+    approval: Approval | None
+    labels: dict[str, str]
+    last_seq: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class RunPage(msgspec.Struct):
+    items: list[Run]
+    total: int
+    skip: int
+    limit: int
+
+
+class EventPage(msgspec.Struct):
+    """Stored events, each exactly as it was published (the same bytes a WebSocket client got)."""
+
+    items: list[msgspec.Raw]
+    total: int
+
+
+class ArtifactInfo(msgspec.Struct):
+    name: str
+    size: int
+    content_type: str
+    created_at: datetime
+
+
+RunStatusFilter = RunStatus
