@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,6 +31,8 @@ MIGRATIONS = str(Path(__file__).parent / "migrations")
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
+    # Litestar 2.2x nags about inferred parameter styles that are still supported through 2.x.
+    warnings.filterwarnings("ignore", message=".*declared using deprecated inferred style.*")
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
