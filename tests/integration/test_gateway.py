@@ -16,6 +16,7 @@ import msgspec
 import nats
 import pytest
 from litestar.testing import AsyncTestClient
+from nats.js.errors import ObjectNotFoundError
 
 from agentbus.contracts import RunControl, encode, subjects
 from agentbus.contracts import events as ev
@@ -321,7 +322,7 @@ async def test_artifacts_index_and_download(client: AsyncTestClient, js) -> None
 
     assert (await client.delete(f"/api/runs/{run['id']}")).status_code == 204
     assert (await client.get(f"/api/runs/{run['id']}")).status_code == 404
-    with pytest.raises(Exception):
+    with pytest.raises(ObjectNotFoundError):
         await store.get(f"{run['id']}/result.json")
 
 
