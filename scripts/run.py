@@ -83,17 +83,20 @@ def main() -> int:
     procs: list[subprocess.Popen] = []
 
     def stop(*_: object) -> None:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for p in reversed(procs):
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
+        # The services first (they drain their NATS connections), the broker last.
+        for group in (procs[1:], procs[:1]):
+            for p in group:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            for p in group:
+                try:
+                    p.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    p.kill()
 
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    nats_log = open(VAR / "nats-server.log", "ab")  # kept open as long as the server runs
     try:
         procs.append(
             subprocess.Popen(
@@ -108,11 +111,20 @@ def main() -> int:
                     str(VAR / "nats"),
                 ],
                 stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                stdout=nats_log,
+                stderr=subprocess.STDOUT,
             )
         )
         wait_until(lambda: not port_free(nats_port), 20, "nats-server", procs)
         for module in ("agentbus.metrics", "agentbus.runner", "agentbus.gateway"):
-            procs.append(subprocess.Popen([sys.executable, "-m", module], env=env, stdin=subprocess.DEVNULL))
+            # Own sessions: a terminal's Ctrl-C reaches only this launcher, which stops
+            # the services first and the broker last.
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", module], env=env, stdin=subprocess.DEVNULL, start_new_session=True
+                )
+            )
         base = f"http://{'127.0.0.1' if http_host in ('0.0.0.0', '::') else http_host}:{http_port}"
         wait_until(lambda: http_ok(f"{base}/ready"), 60, "the gateway to be ready", procs)
         print(

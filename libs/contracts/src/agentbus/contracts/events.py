@@ -50,7 +50,7 @@ class ApprovalRequiredData(msgspec.Struct):
     timeout_s: float
 
 
-class DecisionData(msgspec.Struct):
+class DecisionData(msgspec.Struct, omit_defaults=True):
     feedback: str | None = None
     stats: RunStats | None = None
 
@@ -69,23 +69,23 @@ class ArtifactData(msgspec.Struct):
     content_type: str
 
 
-class CompletionData(msgspec.Struct):
+class CompletionData(msgspec.Struct, omit_defaults=True):
     results: Any
     duration: float
     stats: RunStats | None = None
 
 
-class FailureData(msgspec.Struct):
+class FailureData(msgspec.Struct, omit_defaults=True):
     error: str
     stats: RunStats | None = None
 
 
-class CancelledData(msgspec.Struct):
+class CancelledData(msgspec.Struct, omit_defaults=True):
     reason: str
     stats: RunStats | None = None
 
 
-class TimeoutData(msgspec.Struct):
+class TimeoutData(msgspec.Struct, omit_defaults=True):
     phase: Literal["approval", "execution"]
     stats: RunStats | None = None
 

@@ -84,4 +84,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
             render_plugins=[SwaggerRenderPlugin(path="/docs"), RedocRenderPlugin(path="/redoc")],
         ),
         debug=False,
+        logging_config=None,  # the service's own logging (agentbus.common.logs) applies
     )
