@@ -140,9 +140,7 @@ async def artifacts_store(js: JetStreamContext, replicas: int = 1):  # -> Object
         )
 
 
-def guarded(
-    subject_hint: str, handler: Callable[..., Awaitable[None]]
-) -> Callable[..., Awaitable[None]]:
+def guarded(subject_hint: str, handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
     """Wrap a subscription callback so one bad message is logged and never kills the service."""
 
     async def cb(msg) -> None:  # type: ignore[no-untyped-def]

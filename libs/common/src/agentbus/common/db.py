@@ -100,9 +100,26 @@ def _upgrade(connection: Connection, script_location: str, version_table: str) -
 
 
 async def migrate(engine: AsyncEngine, script_location: str, version_table: str) -> None:
-    """Run the owning service's Alembic migrations to head."""
-    async with engine.begin() as conn:
-        await conn.run_sync(_upgrade, script_location, version_table)
+    """Run the owning service's Alembic migrations to head.
+
+    Copies starting together are serialized: PostgreSQL by an advisory lock
+    (in `_upgrade`), SQLite (one machine) by an exclusive lock on a file beside
+    the database, since SQLite runs DDL outside Alembic's transaction.
+    """
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade, script_location, version_table)
+        return
+    import fcntl
+
+    with open(f"{database}.migrate.lock", "w") as lock:
+        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(_upgrade, script_location, version_table)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 async def wait_for_database(engine: AsyncEngine, attempts: int = 60) -> None:
