@@ -113,13 +113,13 @@ async def migrate(engine: AsyncEngine, script_location: str, version_table: str)
         return
     import fcntl
 
-    with open(f"{database}.migrate.lock", "w") as lock:
+    lock = await asyncio.to_thread(open, f"{database}.migrate.lock", "w")
+    try:
         await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
-        try:
-            async with engine.begin() as conn:
-                await conn.run_sync(_upgrade, script_location, version_table)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade, script_location, version_table)
+    finally:
+        lock.close()  # closing releases the lock
 
 
 async def wait_for_database(engine: AsyncEngine, attempts: int = 60) -> None:

@@ -162,7 +162,9 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     Timeout,
 )
 EVENT_TYPES: tuple[str, ...] = tuple(cls.__struct_config__.tag for cls in EVENT_CLASSES)  # type: ignore[misc]
-TERMINAL_EVENT_TYPES: frozenset[str] = frozenset({"completion", "failure", "rejected", "cancelled", "timeout"})
+TERMINAL_EVENT_TYPES: frozenset[str] = frozenset(
+    {"completion", "failure", "rejected", "cancelled", "timeout"}
+)
 
 
 def stats_of(event: Event) -> RunStats | None:

@@ -85,7 +85,9 @@ SUBJECTS: tuple[Subject, ...] = (
     Subject(TASK_DELETED, "jetstream", "ResourceDeleted", "gateway", "metrics"),
     Subject(METRICS_QUERY, "request/reply", "MetricsQuery -> MetricsPage", "gateway", "metrics"),
     Subject(METRICS_GET, "request/reply", "MetricsGet -> MetricOut", "gateway", "metrics"),
-    Subject(METRICS_RUN_SUMMARY, "request/reply", "MetricsSummaryQuery -> MetricsSummary", "gateway", "metrics"),
+    Subject(
+        METRICS_RUN_SUMMARY, "request/reply", "MetricsSummaryQuery -> MetricsSummary", "gateway", "metrics"
+    ),
     Subject(
         METRICS_TASK_SUMMARY, "request/reply", "MetricsSummaryQuery -> MetricsSummary", "gateway", "metrics"
     ),
@@ -97,6 +99,8 @@ SUBJECTS: tuple[Subject, ...] = (
         "runner",
         "gateway (durable `gateway-events`), metrics (durable `metrics-events`)",
     ),
-    Subject("events.live.<task_id>.<run_id>", "core", "Event", "gateway, after storing", "every gateway copy"),
+    Subject(
+        "events.live.<task_id>.<run_id>", "core", "Event", "gateway, after storing", "every gateway copy"
+    ),
     Subject(EVENTS_DEAD, "core", "the undecodable bytes", "any service", "operators"),
 )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
+from litestar.exceptions import LitestarDeprecationWarning
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 
@@ -31,8 +32,8 @@ MIGRATIONS = str(Path(__file__).parent / "migrations")
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
-    # Litestar 2.2x nags about inferred parameter styles that are still supported through 2.x.
-    warnings.filterwarnings("ignore", message=".*declared using deprecated inferred style.*")
+    # Litestar 2.2x warns about parameter styles that remain supported throughout 2.x.
+    warnings.filterwarnings("ignore", category=LitestarDeprecationWarning)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
