@@ -1,0 +1,6 @@
+"""agentbus runner: executes agent runs pulled from the `run.start` work queue."""
+
+from agentbus.runner.service import Runner, running
+from agentbus.runner.settings import Settings
+
+__all__ = ["Runner", "Settings", "running"]

@@ -1,0 +1,39 @@
+"""`agentbus-runner` / `python -m agentbus.runner`: run one runner until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from agentbus.common.logs import setup_logging
+from agentbus.runner.service import Runner
+from agentbus.runner.settings import Settings
+
+log = logging.getLogger("agentbus.runner")
+
+
+async def serve(settings: Settings) -> None:
+    runner = await Runner(settings).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received: stopping (grace %ss)", settings.grace_s)
+    await runner.stop()
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    setup_logging("runner", settings.log_level)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

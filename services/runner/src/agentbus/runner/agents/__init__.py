@@ -1,0 +1,27 @@
+"""Agents the runner can execute: the protocol, the context they get, and the registry of kinds."""
+
+from agentbus.runner.agents.base import (
+    Agent,
+    AgentConfigError,
+    AgentContext,
+    AgentError,
+    Usage,
+    step_title,
+)
+from agentbus.runner.agents.registry import ENTRY_POINT_GROUP, AgentRegistry, UnknownAgentError
+from agentbus.runner.agents.scripted import ScriptedAgent, ScriptedConfig, parse_config
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Agent",
+    "AgentConfigError",
+    "AgentContext",
+    "AgentError",
+    "AgentRegistry",
+    "ScriptedAgent",
+    "ScriptedConfig",
+    "UnknownAgentError",
+    "Usage",
+    "parse_config",
+    "step_title",
+]

@@ -1,0 +1,196 @@
+"""A run's durable record: its checkpoint, its control flags, and emitting its events.
+
+Every event gets the next per-run seq, is published with a Nats-Msg-Id (so a
+retry is deduplicated) and is then checkpointed, so any runner can continue the
+run at the next seq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from nats.js.api import ObjectMeta
+
+from agentbus.contracts import (
+    ArtifactCreated,
+    Cancelled,
+    Event,
+    Failure,
+    RunControl,
+    RunStart,
+    RunStats,
+    encode,
+    subjects,
+)
+from agentbus.contracts.events import ArtifactData, CancelledData, FailureData
+from agentbus.runner.agents import AgentContext
+from agentbus.runner.store import Checkpoint, RunStore, retrying
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def since(then: datetime | None, now: datetime) -> float:
+    return 0.0 if then is None else max(0.0, (now - then).total_seconds())
+
+
+class RunRecord:
+    """The state of one held run and the only way its events are written."""
+
+    def __init__(self, start: RunStart, *, js: Any, kv: Any, obs: Any, runner_id: str) -> None:
+        self.start = start
+        self.js = js
+        self.obs = obs
+        self.runner_id = runner_id
+        self.store = RunStore(kv, start.run_id)
+        self.cp = Checkpoint(runner_id=runner_id)
+        self.ctx = AgentContext(start, artifact_writer=self._write_artifact)
+        self.cancel_reason: str | None = None
+        self.handing_back = False  # the runner is stopping and gives this run to another runner
+        self.waiting_for_human = False
+        self._decision: asyncio.Future[RunControl] | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.start.run_id
+
+    @property
+    def finished(self) -> bool:
+        return self.cp.phase == "finished"
+
+    # --- called from the runner's control subscription -------------------------------------------
+
+    def request_cancel(self, reason: str | None) -> bool:
+        """Record a cancel; True when the caller must now cancel this run's task."""
+        if self.finished or self.cancel_reason is not None:
+            return False
+        self.cancel_reason = reason or "cancelled by user"
+        return True
+
+    def hand_back(self) -> None:
+        """Record that the runner is stopping; the caller then cancels this run's task."""
+        self.handing_back = True
+
+    def _check_interrupted(self, terminal: bool = False, cancelled_event: bool = False) -> None:
+        """Raise CancelledError when a cancel or hand-back was requested.
+
+        The flags are set next to task.cancel() because Python 3.11's asyncio.wait_for (used by
+        nats-py requests) can swallow a cancellation that races a completing reply; checking them at
+        every event and wait makes such a cancel take effect at the next one.
+        """
+        if self.cancel_reason is not None and not cancelled_event:
+            raise asyncio.CancelledError
+        if self.handing_back and not terminal:
+            raise asyncio.CancelledError
+
+    def offer_decision(self, ctl: RunControl) -> None:
+        """Only the first decision of a wait counts; later or unexpected ones are ignored."""
+        if self._decision is not None and not self._decision.done():
+            self._decision.set_result(ctl)
+
+    async def _write_artifact(self, name: str, data: bytes, content_type: str) -> None:
+        key = f"{self.run_id}/{name}"
+
+        async def put() -> Any:
+            meta = ObjectMeta(name=key, description=content_type, headers={"Content-Type": [content_type]})
+            return await self.obs.put(key, data, meta=meta)
+
+        await retrying(put, f"store artifact {key}")
+        await self._emit(
+            ArtifactCreated,
+            ArtifactData(name=name, size=len(data), content_type=content_type),
+            f"Artifact {name} stored",
+        )
+
+    # --- events ------------------------------------------------------------------------------------
+
+    async def _fail(self, error: str) -> None:
+        await self._finish(Failure, lambda s: FailureData(error=error, stats=s), f"Run failed: {error}")
+
+    async def _cancelled(self) -> None:
+        reason = self.cancel_reason or "cancelled by user"
+        await self._finish(
+            Cancelled, lambda s: CancelledData(reason=reason, stats=s), f"Run cancelled: {reason}"
+        )
+
+    async def _finish(
+        self, cls: type[Event], data: Callable[[RunStats], Any], message: str, **changes: Any
+    ) -> None:
+        await self._emit(cls, data, message, phase="finished", **changes)
+
+    def _stats(self, cp: Checkpoint, now: datetime) -> RunStats:
+        wait = cp.approval_wait
+        if wait is None and cp.approval_started_at is not None:  # ended while waiting for the human
+            wait = round(since(cp.approval_started_at, now), 3)
+        usage = cp.usage
+        return RunStats(
+            duration=round(since(cp.started_at, now), 3),
+            steps=cp.steps_done,
+            approval_wait=wait,
+            tokens_prompt=usage.prompt_tokens if usage else None,
+            tokens_completion=usage.completion_tokens if usage else None,
+            cost_usd=usage.cost_usd if usage else None,
+            agent=self.start.agent,
+        )
+
+    async def _emit(
+        self,
+        cls: type[Event],
+        data: Any,
+        message: str,
+        now: datetime | None = None,
+        **changes: Any,
+    ) -> None:
+        """Publish the next event, then checkpoint; `data` may be a factory taking the run's stats."""
+        self._check_interrupted(terminal=changes.get("phase") == "finished", cancelled_event=cls is Cancelled)
+        now = now or utcnow()
+        usage = msgspec.structs.replace(self.ctx.usage) if self.ctx.usage else None
+        cp = msgspec.structs.replace(
+            self.cp,
+            seq=self.cp.seq + 1,
+            started_at=self.cp.started_at or now,
+            runner_id=self.runner_id,
+            usage=usage,
+            **changes,
+        )
+        if callable(data):
+            data = data(self._stats(cp, now))
+        fields: dict[str, Any] = {} if data is None else {"data": data}
+        event = cls(
+            id=uuid.uuid4().hex,
+            seq=cp.seq,
+            timestamp=now,
+            task_id=self.start.task_id,
+            run_id=self.run_id,
+            message=message,
+            **fields,
+        )
+        write = asyncio.ensure_future(self._publish_and_save(event, cp))
+        # Never abandon a write half-way: the next event (e.g. `cancelled`) must get the next seq,
+        # not one the server would drop as a duplicate. A cancel is re-raised once it is done.
+        interrupted = False
+        while not write.done():
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                interrupted = True
+        write.result()
+        if interrupted:
+            raise asyncio.CancelledError
+
+    async def _publish_and_save(self, event: Event, cp: Checkpoint) -> None:
+        event_type = type(event).__struct_config__.tag
+        subject = subjects.run_event(self.start.task_id, self.run_id, str(event_type))
+        payload = encode(event)
+        headers = {"Nats-Msg-Id": subjects.event_msg_id(self.run_id, event.seq)}
+        await retrying(
+            lambda: self.js.publish(subject, payload, headers=headers), f"publish {event_type} #{event.seq}"
+        )
+        await self.store.save(cp)
+        self.cp = cp

@@ -1,0 +1,283 @@
+"""One run, from `analysis_start` to its terminal event, checkpointed after every event.
+
+The checkpoint makes a run resumable by any runner: a redelivered run continues
+at the next seq and in the phase it was in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import msgspec
+
+from agentbus.contracts import (
+    AnalysisStart,
+    ApprovalRequired,
+    Approved,
+    Completion,
+    PlanReady,
+    Progress,
+    Rejected,
+    RunControl,
+    RunStart,
+    Timeout,
+)
+from agentbus.contracts.events import (
+    ApprovalRequiredData,
+    CompletionData,
+    DecisionData,
+    PlanData,
+    ProgressData,
+    TimeoutData,
+)
+from agentbus.runner.agents import (
+    Agent,
+    AgentConfigError,
+    AgentError,
+    AgentRegistry,
+    UnknownAgentError,
+    step_title,
+)
+from agentbus.runner.record import RunRecord, since, utcnow
+from agentbus.runner.store import BusError, RunLostError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class AgentFailedError(Exception):
+    """The agent failed; the message is what the `failure` event says."""
+
+
+class RunExecution(RunRecord):
+    # How often a run waiting for a human re-reads its stored decision/cancel, in case the core
+    # `run.control` message was missed (e.g. sent while this runner was reconnecting).
+    RECHECK_S = 5.0
+
+    def __init__(
+        self, start: RunStart, *, js: Any, kv: Any, obs: Any, registry: AgentRegistry, runner_id: str
+    ) -> None:
+        super().__init__(start, js=js, kv=kv, obs=obs, runner_id=runner_id)
+        self.registry = registry
+
+    # --- the run -----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Drive the run to a terminal event (or find it finished).
+
+        Raises CancelledError when the runner hands the run back (shutdown), RunLostError when another
+        runner took it over, BusError when NATS stayed unreachable: in all three the run is not finished.
+        """
+        loaded = await self.store.load()
+        if loaded is not None:
+            self.cp = loaded
+            if self.finished:
+                return
+            log.info("run %s: resuming at seq %d in phase %s", self.run_id, self.cp.seq, self.cp.phase)
+        try:
+            # The gateway stores a cancel before announcing it: one made while no runner held the
+            # run (or before this delivery) is found here.
+            stored = await self.store.stored_cancel()
+            if stored is not None:
+                self.request_cancel(stored.reason)
+            if self.cancel_reason is not None:
+                await self._cancelled()
+                return
+            await self._drive(resumed=loaded is not None)
+        except asyncio.CancelledError:
+            if self.cancel_reason is None or self.finished:
+                raise  # a shutdown, not a user cancel
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await self._cancelled()
+        except (BusError, RunLostError):
+            raise
+        except Exception as exc:  # our own bug or an unencodable payload: end the run rather than loop
+            log.exception("run %s: internal error", self.run_id)
+            if not self.finished:
+                await self._fail(f"internal runner error: {type(exc).__name__}: {exc}")
+
+    async def _drive(self, resumed: bool) -> None:
+        kind = self.start.agent
+        try:
+            agent = self.registry.create(kind)
+        except UnknownAgentError as exc:
+            if self.cp.seq == 0:
+                await self._emit(AnalysisStart, None, "Analysing the task", phase="planning")
+            await self._fail(str(exc))
+            return
+        if resumed and self.cp.phase in ("planning", "executing") and not agent.supports_resume:
+            await self._fail(f"runner lost while executing; agent {kind} cannot resume")
+            return
+        self.ctx.usage = msgspec.structs.replace(self.cp.usage) if self.cp.usage else None
+        self.ctx.plan, self.ctx.feedback = self.cp.plan, self.cp.feedback
+        try:
+            if self.cp.phase in ("new", "planning"):
+                await self._within_work_budget(self._plan(agent))
+            if self.cp.phase == "awaiting_approval":
+                await self._approval()
+            if self.cp.phase == "executing":
+                results = await self._within_work_budget(self._execute(agent))
+                if self.finished:  # timed out
+                    return
+                await self._finish(
+                    Completion,
+                    lambda s: CompletionData(results=results, duration=s.duration, stats=s),
+                    "Run completed",
+                )
+        except AgentFailedError as exc:
+            await self._fail(str(exc))
+
+    async def _within_work_budget(self, work: Awaitable[T]) -> T | None:
+        """Bound working time by timeout_s; time spent waiting for a human does not count."""
+        now = utcnow()
+        worked = since(self.cp.started_at, now) - (self.cp.approval_wait or 0.0)
+        deadline = asyncio.timeout(self.start.timeout_s - worked)
+        try:
+            async with deadline:
+                return await work
+        except TimeoutError:
+            if not deadline.expired() or self.finished:
+                raise
+            await self._finish(Timeout, lambda s: TimeoutData(phase="execution", stats=s), "Run timed out")
+            return None
+
+    async def _plan(self, agent: Agent) -> None:
+        if self.cp.phase == "new":
+            await self._emit(AnalysisStart, None, "Analysing the task", phase="planning")
+        plan = await self._call("planning", agent.plan(self.ctx))
+        if not isinstance(plan, dict) or not isinstance(plan.get("steps"), list) or not plan["steps"]:
+            raise AgentFailedError(
+                f"agent {agent.kind} returned an invalid plan: need a non-empty `steps` list"
+            )
+        plan = self._jsonable(plan, "the plan")
+        self.ctx.plan = plan
+        approval = self.start.require_approval
+        await self._emit(
+            PlanReady,
+            PlanData(plan=plan),
+            "Plan ready for review" if approval else "Plan ready",
+            plan=plan,
+            phase="awaiting_approval" if approval else "executing",
+        )
+
+    async def _approval(self) -> None:
+        if self.cp.approval_started_at is None:
+            now = utcnow()
+            await self._emit(
+                ApprovalRequired,
+                ApprovalRequiredData(plan=self.cp.plan or {}, timeout_s=self.start.approval_timeout_s),
+                "Waiting for approval",
+                now=now,
+                approval_started_at=now,
+            )
+        ctl = await self._wait_for_decision()
+        waited = round(since(self.cp.approval_started_at, utcnow()), 3)
+        if ctl is None:
+            await self._finish(
+                Timeout,
+                lambda s: TimeoutData(phase="approval", stats=s),
+                "Approval timed out",
+                approval_wait=waited,
+            )
+        elif ctl.kind == "cancel" or self.cancel_reason is not None:
+            self.request_cancel(ctl.reason)  # a no-op when the control message already set it
+            await self._cancelled()
+        elif ctl.kind == "reject":
+            await self._finish(
+                Rejected,
+                lambda s: DecisionData(feedback=ctl.feedback, stats=s),
+                "Plan rejected",
+                decision="reject",
+                feedback=ctl.feedback,
+                approval_wait=waited,
+            )
+        else:
+            self.ctx.feedback = ctl.feedback
+            await self._emit(
+                Approved,
+                DecisionData(feedback=ctl.feedback),
+                "Plan approved",
+                phase="executing",
+                decision="approve",
+                feedback=ctl.feedback,
+                approval_wait=waited,
+            )
+
+    async def _wait_for_decision(self) -> RunControl | None:
+        """The decision (or a stored cancel), or None when approval_timeout_s ran out."""
+        self._decision = asyncio.get_running_loop().create_future()
+        self.waiting_for_human = True
+        try:
+            while True:
+                # Read the stored keys right after registering the future: a decision made while no
+                # runner held the run (or before we got here) is applied, and none can slip between.
+                for stored in (await self.store.stored_cancel(), await self.store.stored_decision()):
+                    if stored is not None:
+                        self.offer_decision(stored)
+                self._check_interrupted()
+                if self._decision.done():
+                    return self._decision.result()
+                remaining = self.start.approval_timeout_s - since(self.cp.approval_started_at, utcnow())
+                if remaining <= 0:
+                    return None
+                try:
+                    return await asyncio.wait_for(
+                        asyncio.shield(self._decision), timeout=min(remaining, self.RECHECK_S)
+                    )
+                except TimeoutError:
+                    continue
+        finally:
+            self.waiting_for_human = False
+
+    async def _execute(self, agent: Agent) -> Any:
+        steps: list[Any] = (self.cp.plan or {}).get("steps", [])
+        total = len(steps)
+        for index in range(self.cp.steps_done, total):
+            title = step_title(index, steps[index])
+            output = await self._call(
+                f"step {index + 1}/{total} '{title}'", agent.execute_step(self.ctx, index, steps[index])
+            )
+            output = self._jsonable(output, f"the output of step {index + 1}")
+            await self._emit(
+                Progress,
+                ProgressData(
+                    step=index + 1,
+                    total_steps=total,
+                    progress_percent=round(100 * (index + 1) / total, 1),
+                    current_phase="executing",
+                    title=title,
+                ),
+                f"Step {index + 1}/{total} done: {title}",
+                steps_done=index + 1,
+                outputs=[*self.cp.outputs, output],
+            )
+        results = await self._call("finalizing", agent.finalize(self.ctx, list(self.cp.outputs)))
+        return self._jsonable(results, "the results")
+
+    async def _call(self, what: str, work: Awaitable[T]) -> T:
+        """Await agent code, turning its errors into one clear message (the traceback goes to the log)."""
+        try:
+            return await work
+        except (BusError, RunLostError):
+            raise
+        except AgentConfigError as exc:
+            raise AgentFailedError(str(exc)) from None
+        except AgentError as exc:
+            raise AgentFailedError(f"{what} failed: {exc}") from None
+        except Exception as exc:
+            log.warning(
+                "run %s: agent %s raised while %s", self.run_id, self.start.agent, what, exc_info=True
+            )
+            raise AgentFailedError(f"{what} failed: {type(exc).__name__}: {exc}") from None
+
+    @staticmethod
+    def _jsonable(value: Any, what: str) -> Any:
+        try:
+            return msgspec.to_builtins(value)
+        except TypeError as exc:
+            raise AgentFailedError(f"{what} is not JSON-serialisable: {exc}") from None

@@ -1,0 +1,303 @@
+"""The runner service: pulls `run.start` work, holds runs, routes controls to them, answers pings.
+
+Work comes from one durable pull consumer shared by every runner copy, so each
+run is held by exactly one runner at a time. A held run is kept alive with
+`in_progress()` heartbeats; when its holder dies, JetStream redelivers it after
+ack_wait and the next holder resumes it from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import BadRequestError
+
+from agentbus.common.bus import artifacts_store, connect_with_retry, ensure_streams, guarded, run_state_kv
+from agentbus.contracts import Pong, RunControl, RunStart, encode, subjects
+from agentbus.runner.agents import Agent, AgentRegistry
+from agentbus.runner.run import RunExecution
+from agentbus.runner.settings import Settings
+from agentbus.runner.store import BusError, RunLostError
+
+log = logging.getLogger(__name__)
+
+try:
+    VERSION = version("agentbus-runner")
+except PackageNotFoundError:  # running from a source tree
+    VERSION = "0.0.0"
+
+# Ids become subject tokens and KV keys: keep to characters valid in both.
+_ID = re.compile(r"^[A-Za-z0-9_=-]{1,200}$")
+_start_decoder = msgspec.json.Decoder(RunStart)
+_control_decoder = msgspec.json.Decoder(RunControl)
+
+
+@dataclass
+class Held:
+    msg: Msg  # the latest delivery of the run's work message: the one we ack or nak
+    execution: RunExecution
+    task: asyncio.Task[None]
+
+
+class Runner:
+    """One runner instance. `await Runner(settings).start()`, later `await runner.stop()`."""
+
+    def __init__(
+        self, settings: Settings, agents: dict[str, type[Agent]] | None = None, plugins: bool = True
+    ) -> None:
+        self.settings = settings
+        self.registry = AgentRegistry(agents, plugins=plugins)
+        self.held: dict[str, Held] = {}  # run_id -> the run this runner is executing
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._slots = asyncio.Semaphore(settings.max_concurrency)
+        self._subs: list[Any] = []
+        self._pull_task: asyncio.Task[None] | None = None
+        self.nc: Any = None
+
+    @property
+    def active_runs(self) -> int:
+        return len(self.held)
+
+    async def start(self) -> Runner:
+        s = self.settings
+        self.nc = await connect_with_retry(s.nats_url, f"agentbus-runner-{s.runner_id}")
+        self.js = self.nc.jetstream()
+        await ensure_streams(self.js, s.replicas)
+        self.kv = await run_state_kv(self.js, s.replicas)
+        self.obs = await artifacts_store(self.js, s.replicas)
+        await self._ensure_consumer()
+        self.psub = await self.js.pull_subscribe_bind(
+            durable=subjects.RUNNER_CONSUMER, stream=subjects.RUN_COMMANDS_STREAM
+        )
+        self._subs = [
+            await self.nc.subscribe(
+                subjects.RUN_CONTROL_ALL, cb=guarded(subjects.RUN_CONTROL_ALL, self._on_control)
+            ),
+            await self.nc.subscribe(subjects.RUN_PING, cb=guarded(subjects.RUN_PING, self._on_ping)),
+        ]
+        await self.nc.flush()  # the subscriptions exist at the server once start() returns
+        self._pull_task = asyncio.create_task(self._pull_loop(), name="runner-pull")
+        log.info(
+            "runner %s ready: agents %s, capacity %d", s.runner_id, self.registry.kinds(), s.max_concurrency
+        )
+        return self
+
+    async def _ensure_consumer(self) -> None:
+        config = ConsumerConfig(
+            durable_name=subjects.RUNNER_CONSUMER,
+            filter_subject=subjects.RUN_START,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.settings.ack_wait_s,
+            max_deliver=-1,  # a run is never dropped: it is redelivered until some runner finishes it
+            max_ack_pending=-1,  # capacity is bounded by each runner's slots, not by the server
+        )
+        try:  # create, or update an existing one to this config
+            await self.js.add_consumer(subjects.RUN_COMMANDS_STREAM, config)
+        except BadRequestError as exc:  # e.g. a field that cannot be changed: use the consumer as it is
+            log.warning("keeping the existing %s consumer: %s", subjects.RUNNER_CONSUMER, exc)
+
+    # --- pulling work ------------------------------------------------------------------------------
+
+    async def _pull_loop(self) -> None:
+        while not self._stopping.is_set():
+            await self._slots.acquire()  # wait for a free slot (cancelling here loses nothing)
+            fetch = asyncio.ensure_future(self._fetch_one())
+            try:
+                msg = await asyncio.shield(fetch)
+            except asyncio.CancelledError:
+                # stop(): let the lingering pull request end, so no run is delivered to a dead inbox.
+                msg = await fetch
+                if msg is not None:
+                    await msg.nak()
+                self._slots.release()
+                raise
+            if msg is None:
+                self._slots.release()
+            elif self._stopping.is_set():
+                await msg.nak()
+                self._slots.release()
+            else:
+                await self._accept(msg)
+
+    async def _fetch_one(self) -> Msg | None:
+        # One message per request: a batch > 1 makes nats-py wait for the whole batch or the timeout.
+        try:
+            return (await self.psub.fetch(1, timeout=self.settings.fetch_timeout_s))[0]
+        except TimeoutError:
+            return None
+        except Exception as exc:  # broker down or reconnecting: back off, never crash the loop
+            log.warning("fetching work failed: %r", exc)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 1.0)
+            return None
+
+    async def _accept(self, msg: Msg) -> None:
+        try:
+            start = _start_decoder.decode(msg.data)
+            if not (_ID.match(start.run_id) and _ID.match(start.task_id)):
+                raise ValueError("run_id and task_id must match [A-Za-z0-9_=-]{1,200}")
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            log.error("dropping a message on %s that is not a valid RunStart: %s", msg.subject, exc)
+            await msg.term()  # never redeliver it
+            error = str(exc).replace("\r", " ").replace("\n", " ")[:500]
+            await self.nc.publish(subjects.EVENTS_DEAD, msg.data, headers={"Agentbus-Error": error})
+            self._slots.release()
+            return
+        task = asyncio.create_task(self._hold(msg, start), name=f"run-{start.run_id}")
+        self._tasks.add(task)
+        # Release the slot however the task ends, even if it is cancelled before it starts.
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._slots.release())
+
+    async def _hold(self, msg: Msg, start: RunStart) -> None:
+        run_id = start.run_id
+        current = asyncio.current_task()
+        assert current is not None
+        if run_id in self.held:
+            # JetStream redelivered a run we still hold (heartbeats got lost): keep executing it and
+            # answer the newest delivery.
+            log.warning("run %s redelivered while held here; keeping the running execution", run_id)
+            self.held[run_id].msg = msg
+            return
+        execution = RunExecution(
+            start,
+            js=self.js,
+            kv=self.kv,
+            obs=self.obs,
+            registry=self.registry,
+            runner_id=self.settings.runner_id,
+        )
+        held = self.held[run_id] = Held(msg, execution, current)
+        beat = asyncio.create_task(self._heartbeat(held))
+        hand_back = True
+        try:
+            await execution.run()
+        except asyncio.CancelledError:
+            if not execution.finished:
+                log.info("run %s handed back (runner stopping)", run_id)
+        except RunLostError as exc:
+            log.warning("%s; leaving it to them", exc)
+            hand_back = False
+        except BusError as exc:
+            log.error("run %s handed back: %s", run_id, exc)
+        except Exception:
+            log.exception("run %s handed back after an unexpected error", run_id)
+        else:
+            if not execution.finished:  # a bug: every path of run() ends with a terminal event
+                log.error("run %s: execution returned without a terminal event; handing it back", run_id)
+        finally:
+            beat.cancel()
+            del self.held[run_id]
+        await self._settle(held, hand_back)
+
+    async def _settle(self, held: Held, hand_back: bool) -> None:
+        try:
+            if held.execution.finished:
+                await held.msg.ack()
+            elif hand_back:
+                # Stopping: let another runner take it now. Failing: back off a little before a retry.
+                delay = None if self._stopping.is_set() else min(30, 2 * held.msg.metadata.num_delivered)
+                await held.msg.nak(delay=delay)
+        except Exception as exc:  # JetStream redelivers after ack_wait anyway
+            log.warning("could not ack/nak run %s: %r", held.execution.run_id, exc)
+
+    async def _heartbeat(self, held: Held) -> None:
+        while True:
+            await asyncio.sleep(self.settings.ack_wait_s / 3)
+            try:
+                await held.msg.in_progress()
+            except Exception as exc:
+                log.debug("heartbeat for run %s failed: %r", held.execution.run_id, exc)
+
+    # --- control and ping --------------------------------------------------------------------------
+
+    async def _on_control(self, msg: Msg) -> None:
+        try:
+            ctl = _control_decoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("dropping an undecodable RunControl on %s: %s", msg.subject, exc)
+            return
+        held = self.held.get(ctl.run_id)
+        if held is None:
+            return  # held elsewhere, or by no one: the next holder reads the stored decision
+        if ctl.kind == "cancel":
+            if held.execution.request_cancel(ctl.reason):
+                held.task.cancel()  # interrupts whatever the agent is awaiting
+        else:
+            held.execution.offer_decision(ctl)
+
+    async def _on_ping(self, msg: Msg) -> None:
+        pong = Pong(
+            service="runner",
+            instance=self.settings.runner_id,
+            version=VERSION,
+            agents=self.registry.kinds(),
+            active_runs=self.active_runs,
+            capacity=self.settings.max_concurrency,
+        )
+        await msg.respond(encode(pong))
+
+    def _hand_back(self, held: Held) -> None:
+        held.execution.hand_back()
+        held.task.cancel()
+
+    # --- stopping ----------------------------------------------------------------------------------
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop pulling, let active runs finish within the grace period, hand the rest back, drain."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        grace = self.settings.grace_s if grace_s is None else grace_s
+        if self._pull_task is not None:
+            self._pull_task.cancel()
+            await asyncio.gather(self._pull_task, return_exceptions=True)
+        # A run only waiting for a human has nothing to finish: hand it back at once.
+        for held in list(self.held.values()):
+            if held.execution.waiting_for_human:
+                self._hand_back(held)
+        tasks = set(self._tasks)
+        if tasks:
+            log.info("waiting up to %ss for %d active runs", grace, len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=grace) if grace > 0 else (set(), tasks)
+            for held in list(self.held.values()):
+                if held.task in pending:
+                    self._hand_back(held)
+            for task in pending:  # also any task that had not registered its run yet
+                task.cancel()
+            if pending:
+                _, stuck = await asyncio.wait(pending, timeout=10)
+                if stuck:  # an agent that ignores cancellation: JetStream redelivers after ack_wait
+                    log.error("%d runs did not stop; leaving them to redelivery", len(stuck))
+        # Unsubscribe rather than drain these: nats-py's drain of a pull subscription waits forever
+        # on messages that fetch() consumed without marking them done.
+        for sub in [self.psub, *self._subs]:
+            with suppress(Exception):
+                await sub.unsubscribe()
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                await self.nc.drain()  # flushes the last acks/naks
+            except Exception as exc:
+                log.warning("draining the NATS connection failed: %r", exc)
+        log.info("runner %s stopped", self.settings.runner_id)
+
+
+@asynccontextmanager
+async def running(settings: Settings, **kwargs: Any) -> AsyncIterator[Runner]:
+    """A started runner for the duration of the block (handy in tests and embedding)."""
+    runner = await Runner(settings, **kwargs).start()
+    try:
+        yield runner
+    finally:
+        await runner.stop()

@@ -1,0 +1,150 @@
+"""Durable run state: retried bus writes and the per-run checkpoint in JetStream KV."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+import msgspec
+import nats.errors
+import nats.js.errors
+
+from agentbus.contracts import RunControl, encode, subjects
+from agentbus.runner.agents.base import Usage
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Errors a broker restart or a leader election produces; anything else is a real error.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.StaleConnectionError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.FlushTimeoutError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
+
+
+class BusError(Exception):
+    """NATS stayed unreachable through every retry; the run is handed back, not failed."""
+
+
+class RunLostError(Exception):
+    """Another runner has moved this run's checkpoint on: it holds the run now, so we stop quietly."""
+
+
+async def retrying(op: Callable[[], Awaitable[T]], what: str, attempts: int = 8) -> T:
+    """Run `op`, retrying transient NATS errors with exponential backoff (about 30 s in all).
+
+    Only for idempotent operations: event publishes carry a Nats-Msg-Id, KV writes compare revisions.
+    """
+    delay = 0.1
+    for attempt in range(1, attempts + 1):
+        try:
+            return await op()
+        except TRANSIENT as exc:
+            if attempt == attempts:
+                raise BusError(f"{what}: gave up after {attempts} attempts: {exc!r}") from exc
+            log.warning("%s failed (%r), retry %d in %.1fs", what, exc, attempt, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    raise AssertionError("unreachable")
+
+
+Phase = Literal["new", "planning", "awaiting_approval", "executing", "finished"]
+
+
+class Checkpoint(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Everything another runner needs to continue a run exactly where it stopped."""
+
+    phase: Phase = "new"
+    seq: int = 0  # seq of the last published event
+    plan: dict[str, Any] | None = None
+    steps_done: int = 0
+    outputs: list[Any] = msgspec.field(default_factory=list)
+    decision: Literal["approve", "reject"] | None = None
+    feedback: str | None = None
+    started_at: datetime | None = None  # timestamp of the first event
+    approval_started_at: datetime | None = None
+    approval_wait: float | None = None  # seconds waited for the human, once decided
+    usage: Usage | None = None
+    runner_id: str = ""
+    v: int = 1
+
+
+_checkpoint = msgspec.json.Decoder(Checkpoint)
+_control = msgspec.json.Decoder(RunControl)
+
+
+class RunStore:
+    """One run's keys in the run-state bucket. Checkpoint writes are compare-and-set on the revision,
+    so a runner that lost the run (it was redelivered elsewhere) cannot overwrite the new holder's state."""
+
+    def __init__(self, kv: Any, run_id: str) -> None:
+        self.kv = kv
+        self.run_id = run_id
+        self.revision: int | None = None
+
+    async def _get(self, key: str) -> bytes | None:
+        async def op() -> bytes | None:
+            try:
+                entry = await self.kv.get(key)
+            except nats.js.errors.NotFoundError:  # also KeyDeleted
+                return None
+            return entry.value
+
+        return await retrying(op, f"read {key}")
+
+    async def load(self) -> Checkpoint | None:
+        key = subjects.state_key(self.run_id)
+
+        async def op() -> Checkpoint | None:
+            try:
+                entry = await self.kv.get(key)
+            except nats.js.errors.NotFoundError:
+                return None
+            self.revision = entry.revision
+            return _checkpoint.decode(entry.value)
+
+        return await retrying(op, f"read {key}")
+
+    async def save(self, cp: Checkpoint) -> None:
+        key, data = subjects.state_key(self.run_id), encode(cp)
+
+        async def op() -> int:
+            try:
+                if self.revision is None:
+                    return await self.kv.create(key, data)
+                return await self.kv.update(key, data, last=self.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                # Our own earlier attempt landed before a reconnect, or someone else wrote.
+                entry = await self.kv.get(key)
+                if entry.value == data:
+                    return entry.revision
+                raise RunLostError(f"run {self.run_id} was taken over by another runner") from None
+
+        self.revision = await retrying(op, f"checkpoint {key}")
+
+    async def control(self, key: str) -> RunControl | None:
+        """A stored decision or cancel; an unreadable one is logged and ignored."""
+        raw = await self._get(key)
+        if raw is None:
+            return None
+        try:
+            return _control.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("ignoring undecodable %s: %s", key, exc)
+            return None
+
+    async def stored_cancel(self) -> RunControl | None:
+        return await self.control(subjects.cancel_key(self.run_id))
+
+    async def stored_decision(self) -> RunControl | None:
+        ctl = await self.control(subjects.decision_key(self.run_id))
+        return ctl if ctl is not None and ctl.kind in ("approve", "reject") else None

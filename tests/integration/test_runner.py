@@ -1,0 +1,492 @@
+"""The runner against a real nats-server: work queue in, events out, decisions and cancels stored in KV.
+
+Each test starts its own runner in-process (`agentbus.runner.running`) and uses fresh run ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import msgspec
+import nats
+import pytest
+from nats.js.errors import NotFoundError
+
+from agentbus.contracts import Event, Ping, Pong, RunControl, RunStart, decode_event, encode, subjects
+from agentbus.runner import Runner, Settings, running
+from agentbus.runner.agents import Agent, AgentContext
+from agentbus.runner.store import Checkpoint
+from tests.support.servers import NatsServer
+
+pytestmark = pytest.mark.timeout(60)
+
+TERMINAL = {"completion", "failure", "rejected", "cancelled", "timeout"}
+
+
+def etype(event: Event) -> str:
+    return str(type(event).__struct_config__.tag)
+
+
+def settings(nats_url: str, **overrides: Any) -> Settings:
+    # A short pull timeout makes stop() quick; everything else is the production default.
+    return Settings(
+        nats_url=nats_url, runner_id=f"test-{uuid.uuid4().hex[:6]}", fetch_timeout_s=0.5, **overrides
+    )
+
+
+class SlowAgent(Agent):
+    """An agent that cannot resume, with long steps: used to lose a runner mid-step."""
+
+    kind = "slow"
+    supports_resume = False
+
+    async def plan(self, ctx: AgentContext) -> dict[str, Any]:
+        return {"steps": ["only"]}
+
+    async def execute_step(self, ctx: AgentContext, index: int, step: Any) -> Any:
+        await asyncio.sleep(30)
+
+
+EXTRA_AGENTS = {"slow": SlowAgent}
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[Any]:
+    client = await nats.connect(nats_url)
+    yield client
+    await client.close()  # not drain(): event subscriptions are left with unread messages
+
+
+@pytest.fixture
+async def runner(nats_url: str) -> AsyncIterator[Runner]:
+    async with running(settings(nats_url), agents=EXTRA_AGENTS) as r:
+        yield r
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]], timeout: float = 10, what: str = "condition"
+) -> Any:
+    """Poll an async condition until it returns something truthy, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = await check()
+        except nats.errors.Error:  # e.g. the broker is restarting: not yet
+            result = None
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class RunEvents:
+    """A run's events, read from the AGENTBUS_EVENTS stream in order through an ordered consumer."""
+
+    def __init__(self, js: Any, run_id: str) -> None:
+        self.js, self.run_id = js, run_id
+        self.events: list[Event] = []
+        self.sub: Any = None
+        self._caught_up = False
+
+    async def _open(self) -> None:
+        if self.sub is None:
+            self.sub = await self.js.subscribe(
+                f"{subjects.EVENTS_RUN_PREFIX}.*.{self.run_id}.>",
+                stream=subjects.EVENTS_STREAM,
+                ordered_consumer=True,
+            )
+
+    async def _next(self, timeout: float) -> Event:
+        msg = await self.sub.next_msg(timeout=timeout)
+        self._caught_up = msg.metadata.num_pending == 0
+        event = decode_event(msg.data)
+        self.events.append(event)
+        return event
+
+    async def wait_for(self, event_type: str, timeout: float = 10) -> Event:
+        await self._open()
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {event_type} for run {self.run_id}; got {self.types}")
+            event = await self._next(remaining)
+            if etype(event) == event_type:
+                return event
+
+    async def until_terminal(self, timeout: float = 10) -> list[Event]:
+        await self._open()
+        deadline = time.monotonic() + timeout
+        while not self.events or self.types[-1] not in TERMINAL:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"run {self.run_id} did not end; got {self.types}")
+            await self._next(remaining)
+        return self.events
+
+    async def all_stored(self) -> list[Event]:
+        """Every event stored so far (call once the run can no longer emit)."""
+        await self._open()
+        while not self._caught_up:
+            await self._next(5)
+        return self.events
+
+    @property
+    def types(self) -> list[str]:
+        return [etype(e) for e in self.events]
+
+
+async def publish_start(js: Any, agent_config: dict | None = None, **fields: Any) -> RunStart:
+    fields.setdefault("require_approval", False)
+    start = RunStart(
+        run_id=uuid.uuid4().hex,
+        task_id=uuid.uuid4().hex,
+        run_number=1,
+        task_name="integration",
+        agent_config={"step_delay_ms": 20, **(agent_config or {})},
+        **fields,
+    )
+    await js.publish(subjects.RUN_START, encode(start))
+    return start
+
+
+async def send_control(nc: Any, kv: Any, run_id: str, kind: str, **fields: Any) -> None:
+    """What the gateway does: store the control, then announce it."""
+    ctl = encode(RunControl(run_id=run_id, kind=kind, **fields))  # type: ignore[arg-type]
+    key = subjects.cancel_key(run_id) if kind == "cancel" else subjects.decision_key(run_id)
+    await kv.put(key, ctl)
+    await nc.publish(subjects.run_control(run_id), ctl)
+
+
+async def checkpoint(kv: Any, run_id: str) -> Checkpoint | None:
+    try:
+        entry = await kv.get(subjects.state_key(run_id))
+    except NotFoundError:
+        return None
+    return msgspec.json.decode(entry.value, type=Checkpoint)
+
+
+async def wait_released(kv: Any, run_id: str, *runners: Runner, timeout: float = 10) -> None:
+    """The run is finished in its checkpoint and no runner holds it any more: nothing can follow."""
+
+    async def done() -> bool:
+        cp = await checkpoint(kv, run_id)
+        return cp is not None and cp.phase == "finished" and all(run_id not in r.held for r in runners)
+
+    await eventually(done, timeout, what=f"run {run_id} released")
+
+
+def assert_gapless(events: list[Event]) -> None:
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert len({e.id for e in events}) == len(events)
+    assert all(e.message for e in events)
+
+
+@pytest.fixture
+async def js(nc: Any, runner: Runner) -> Any:  # the runner has provisioned the streams by now
+    return nc.jetstream()
+
+
+@pytest.fixture
+async def kv(js: Any) -> Any:
+    return await js.key_value(subjects.RUN_STATE_BUCKET)
+
+
+async def test_run_without_approval(js: Any, kv: Any, runner: Runner) -> None:
+    start = await publish_start(js, {"steps": 3})
+    log = RunEvents(js, start.run_id)
+    events = await log.until_terminal()
+    assert log.types == ["analysis_start", "plan_ready", "progress", "progress", "progress", "completion"]
+    assert_gapless(events)
+    assert all(e.task_id == start.task_id and e.run_id == start.run_id for e in events)
+    plan_ready, *progress, completion = events[1:]
+    assert plan_ready.data.plan == {"steps": ["Step 1", "Step 2", "Step 3"]}  # type: ignore[attr-defined]
+    assert [(p.data.step, p.data.total_steps, p.data.current_phase, p.data.title) for p in progress] == [  # type: ignore[attr-defined]
+        (1, 3, "executing", "Step 1"),
+        (2, 3, "executing", "Step 2"),
+        (3, 3, "executing", "Step 3"),
+    ]
+    assert progress[-1].data.progress_percent == 100  # type: ignore[attr-defined]
+    data = completion.data  # type: ignore[attr-defined]
+    assert data.results["steps_completed"] == 3
+    stats = data.stats
+    assert (stats.steps, stats.tokens_prompt, stats.tokens_completion, stats.cost_usd, stats.agent) == (
+        3,
+        30,
+        15,
+        0.0,
+        "scripted",
+    )
+    assert stats.approval_wait is None and stats.duration == data.duration > 0
+    await wait_released(kv, start.run_id, runner)
+    assert await log.all_stored() == events
+
+
+async def test_approval_then_a_second_decision_is_ignored(nc: Any, js: Any, kv: Any, runner: Runner) -> None:
+    start = await publish_start(js, {"steps": 2}, require_approval=True, approval_timeout_s=60)
+    log = RunEvents(js, start.run_id)
+    required = await log.wait_for("approval_required")
+    assert required.data.plan == {"steps": ["Step 1", "Step 2"]}  # type: ignore[attr-defined]
+    assert required.data.timeout_s == 60  # type: ignore[attr-defined]
+    await eventually(
+        lambda: asyncio.sleep(
+            0, start.run_id in runner.held and runner.held[start.run_id].execution.waiting_for_human
+        ),
+        what="the run waiting for a human",
+    )
+    await send_control(nc, kv, start.run_id, "approve", feedback="looks good")
+    await log.wait_for("approved")
+    await send_control(nc, kv, start.run_id, "reject", feedback="changed my mind")
+    events = await log.until_terminal()
+    assert log.types == [
+        "analysis_start",
+        "plan_ready",
+        "approval_required",
+        "approved",
+        "progress",
+        "progress",
+        "completion",
+    ]
+    assert_gapless(events)
+    assert events[3].data.feedback == "looks good"  # type: ignore[attr-defined]
+    assert events[-1].data.stats.approval_wait > 0  # type: ignore[attr-defined]
+    await wait_released(kv, start.run_id, runner)
+    assert await log.all_stored() == events
+
+
+async def test_reject(nc: Any, js: Any, kv: Any, runner: Runner) -> None:
+    start = await publish_start(js, require_approval=True)
+    log = RunEvents(js, start.run_id)
+    await log.wait_for("approval_required")
+    await send_control(nc, kv, start.run_id, "reject", feedback="no")
+    events = await log.until_terminal()
+    assert log.types == ["analysis_start", "plan_ready", "approval_required", "rejected"]
+    data = events[-1].data  # type: ignore[attr-defined]
+    assert data.feedback == "no" and data.stats.steps == 0 and data.stats.approval_wait is not None
+
+
+async def test_decision_stored_before_the_wait_is_applied(js: Any, kv: Any, runner: Runner) -> None:
+    run_id = uuid.uuid4().hex
+    await kv.put(
+        subjects.decision_key(run_id), encode(RunControl(run_id=run_id, kind="approve", feedback="pre"))
+    )
+    start = RunStart(
+        run_id=run_id, task_id="t", run_number=1, task_name="x", agent_config={"steps": 1, "step_delay_ms": 0}
+    )
+    await js.publish(subjects.RUN_START, encode(start))
+    log = RunEvents(js, run_id)
+    await log.until_terminal()
+    assert log.types == [
+        "analysis_start",
+        "plan_ready",
+        "approval_required",
+        "approved",
+        "progress",
+        "completion",
+    ]
+    assert log.events[3].data.feedback == "pre"  # type: ignore[attr-defined]
+
+
+async def test_approval_timeout(js: Any, runner: Runner) -> None:
+    start = await publish_start(js, require_approval=True, approval_timeout_s=0.5)
+    log = RunEvents(js, start.run_id)
+    events = await log.until_terminal()
+    assert log.types == ["analysis_start", "plan_ready", "approval_required", "timeout"]
+    data = events[-1].data  # type: ignore[attr-defined]
+    assert data.phase == "approval" and data.stats.approval_wait >= 0.5
+
+
+async def test_execution_timeout(js: Any, runner: Runner) -> None:
+    start = await publish_start(js, {"steps": 50, "step_delay_ms": 50}, timeout_s=0.3)
+    log = RunEvents(js, start.run_id)
+    events = await log.until_terminal()
+    assert log.types[-1] == "timeout" and events[-1].data.phase == "execution"  # type: ignore[attr-defined]
+    assert 0 < log.types.count("progress") < 50
+    assert_gapless(events)
+
+
+async def test_failing_step(js: Any, runner: Runner) -> None:
+    start = await publish_start(js, {"steps": 3, "fail_at_step": 2})
+    log = RunEvents(js, start.run_id)
+    events = await log.until_terminal()
+    assert log.types == ["analysis_start", "plan_ready", "progress", "failure"]
+    error = events[-1].data.error  # type: ignore[attr-defined]
+    assert "step 2/3" in error and "fail_at_step=2" in error and "Traceback" not in error
+    assert events[-1].data.stats.steps == 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"agent_config": {"steps": "many"}}, "invalid agent_config.steps: Expected `int`, got `str`"),
+        ({"agent": "nope"}, "unknown agent kind 'nope'; available: scripted, slow"),
+    ],
+)
+async def test_bad_agent_or_config_fails_clearly(js: Any, runner: Runner, fields: dict, error: str) -> None:
+    start = RunStart(run_id=uuid.uuid4().hex, task_id="t", run_number=1, task_name="x", **fields)
+    await js.publish(subjects.RUN_START, encode(start))
+    log = RunEvents(js, start.run_id)
+    events = await log.until_terminal()
+    assert log.types == ["analysis_start", "failure"]
+    assert events[-1].data.error == error  # type: ignore[attr-defined]
+
+
+async def test_cancel_mid_execution_stops_the_run(nc: Any, js: Any, kv: Any, runner: Runner) -> None:
+    start = await publish_start(js, {"steps": 50, "step_delay_ms": 100})
+    log = RunEvents(js, start.run_id)
+    await log.wait_for("progress")
+    await send_control(nc, kv, start.run_id, "cancel", reason="user asked")
+    events = await log.until_terminal()
+    assert log.types[-1] == "cancelled"
+    assert events[-1].data.reason == "user asked"  # type: ignore[attr-defined]
+    await wait_released(kv, start.run_id, runner)
+    stored = await log.all_stored()
+    assert etype(stored[-1]) == "cancelled"
+    assert_gapless(stored)
+    assert stored[-1].data.stats.steps == log.types.count("progress") < 50  # type: ignore[attr-defined]
+
+
+async def test_cancel_while_waiting_and_stored_cancel(nc: Any, js: Any, kv: Any, runner: Runner) -> None:
+    waiting = await publish_start(js, require_approval=True)
+    log = RunEvents(js, waiting.run_id)
+    await log.wait_for("approval_required")
+    await send_control(nc, kv, waiting.run_id, "cancel")
+    events = await log.until_terminal()
+    assert log.types[-1] == "cancelled" and events[-1].data.stats.approval_wait is not None  # type: ignore[attr-defined]
+
+    # Cancelled before any runner picked it up: the stored cancel is found first.
+    run_id = uuid.uuid4().hex
+    await kv.put(
+        subjects.cancel_key(run_id), encode(RunControl(run_id=run_id, kind="cancel", reason="early"))
+    )
+    await js.publish(
+        subjects.RUN_START, encode(RunStart(run_id=run_id, task_id="t", run_number=1, task_name="x"))
+    )
+    early = RunEvents(js, run_id)
+    await early.until_terminal()
+    assert early.types == ["cancelled"] and early.events[0].seq == 1
+    assert early.events[0].data.reason == "early"  # type: ignore[attr-defined]
+
+
+async def test_artifact_is_stored(js: Any, runner: Runner) -> None:
+    start = await publish_start(js, {"steps": 2, "artifact": True})
+    log = RunEvents(js, start.run_id)
+    events = await log.until_terminal()
+    assert log.types == ["analysis_start", "plan_ready", "progress", "progress", "artifact", "completion"]
+    artifact = events[4].data  # type: ignore[attr-defined]
+    assert (artifact.name, artifact.content_type) == ("result.json", "application/json")
+    store = await js.object_store(subjects.ARTIFACTS_BUCKET)
+    obj = await store.get(f"{start.run_id}/result.json")
+    assert len(obj.data) == artifact.size
+    assert msgspec.json.decode(obj.data) == events[-1].data.results  # type: ignore[attr-defined]
+
+
+async def test_undecodable_run_start_is_dropped(nc: Any, js: Any, runner: Runner) -> None:
+    dead = await nc.subscribe(subjects.EVENTS_DEAD)
+    await js.publish(subjects.RUN_START, b"not json")
+    await js.publish(subjects.RUN_START, b'{"run_id": 1}')
+    await js.publish(
+        subjects.RUN_START, encode({"run_id": "a.b", "task_id": "t", "run_number": 1, "task_name": "x"})
+    )
+    assert (await dead.next_msg(timeout=10)).data == b"not json"
+    assert (await dead.next_msg(timeout=10)).data == b'{"run_id": 1}'
+    assert b"a.b" in (await dead.next_msg(timeout=10)).data
+    start = await publish_start(js, {"steps": 1})
+    await RunEvents(js, start.run_id).until_terminal()
+
+    async def queue_empty() -> bool:  # terminated and acked messages leave the work queue
+        return (await js.stream_info(subjects.RUN_COMMANDS_STREAM)).state.messages == 0
+
+    await eventually(queue_empty, what="an empty work queue")
+
+
+async def test_ping(nc: Any, runner: Runner) -> None:
+    reply = await nc.request(subjects.RUN_PING, encode(Ping()), timeout=5)
+    pong = msgspec.json.decode(reply.data, type=Pong)
+    assert pong.service == "runner" and "scripted" in pong.agents and pong.capacity > 0
+
+
+async def test_waiting_run_moves_to_another_runner(
+    nats_url: str, nc: Any, js: Any, kv: Any, runner: Runner
+) -> None:
+    start = await publish_start(js, {"steps": 2}, require_approval=True)
+    log = RunEvents(js, start.run_id)
+    await log.wait_for("approval_required")
+    async with running(settings(nats_url), agents=EXTRA_AGENTS) as other:
+        await runner.stop()  # hands the waiting run back at once
+        await eventually(lambda: asyncio.sleep(0, start.run_id in other.held), what="the other runner")
+        await send_control(nc, kv, start.run_id, "approve")
+        events = await log.until_terminal()
+        await wait_released(kv, start.run_id, other)
+    assert log.types == [
+        "analysis_start",
+        "plan_ready",
+        "approval_required",
+        "approved",
+        "progress",
+        "progress",
+        "completion",
+    ]
+    assert_gapless(events)
+
+
+async def test_run_resumes_after_its_step(nats_url: str, js: Any, kv: Any, runner: Runner) -> None:
+    start = await publish_start(js, {"steps": 6, "step_delay_ms": 150})
+    log = RunEvents(js, start.run_id)
+    await log.wait_for("progress")
+    await log.wait_for("progress")
+    async with running(settings(nats_url), agents=EXTRA_AGENTS) as other:
+        await runner.stop(grace_s=0)  # interrupts step 3; its checkpoint says 2 steps are done
+        events = await log.until_terminal()
+        await wait_released(kv, start.run_id, other)
+    assert_gapless(events)
+    assert [e.data.step for e in events if etype(e) == "progress"] == [1, 2, 3, 4, 5, 6]  # type: ignore[attr-defined]
+    stats = events[-1].data.stats  # type: ignore[attr-defined]
+    assert log.types[-1] == "completion" and stats.steps == 6 and stats.tokens_prompt == 60
+    assert (await checkpoint(kv, start.run_id)).runner_id == other.settings.runner_id  # type: ignore[union-attr]
+
+
+async def test_agent_without_resume_fails_when_its_runner_is_lost(
+    nats_url: str, js: Any, kv: Any, runner: Runner
+) -> None:
+    start = await publish_start(js, agent="slow")
+    log = RunEvents(js, start.run_id)
+    await log.wait_for("plan_ready")
+    async with running(settings(nats_url), agents=EXTRA_AGENTS) as other:
+        await runner.stop(grace_s=0)
+        events = await log.until_terminal()
+        await wait_released(kv, start.run_id, other)
+    assert log.types == ["analysis_start", "plan_ready", "failure"]
+    assert events[-1].data.error == "runner lost while executing; agent slow cannot resume"  # type: ignore[attr-defined]
+
+
+async def test_run_survives_a_broker_restart(tmp_path: Any) -> None:
+    # A broker of its own: restarting the session one would disturb other tests.
+    server = NatsServer(str(tmp_path)).start()
+    try:
+        async with running(settings(server.url)) as r:
+            client = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+            try:
+                js = client.jetstream(timeout=1)  # polls during the outage fail fast
+                start = await publish_start(js, {"steps": 8, "step_delay_ms": 150})
+                log = RunEvents(js, start.run_id)
+                kv = await js.key_value(subjects.RUN_STATE_BUCKET)
+                await log.wait_for("progress")
+                server.stop()
+                server.start()  # same port, same store: JetStream state survives
+                await wait_released(kv, start.run_id, r, timeout=30)
+                # A fresh reader: nats-py's ordered consumer is slow to notice a restarted server.
+                log = RunEvents(js, start.run_id)
+                events = await log.all_stored()
+            finally:
+                await client.close()
+    finally:
+        server.stop()
+    assert_gapless(events)
+    assert log.types[-1] == "completion"
+    assert [e.data.step for e in events if etype(e) == "progress"] == list(range(1, 9))  # type: ignore[attr-defined]
