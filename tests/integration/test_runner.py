@@ -32,9 +32,13 @@ def etype(event: Event) -> str:
 
 
 def settings(nats_url: str, **overrides: Any) -> Settings:
-    # A short pull timeout makes stop() quick; everything else is the production default.
+    # A short pull timeout and grace make stop() quick; the rest are production defaults.
     return Settings(
-        nats_url=nats_url, runner_id=f"test-{uuid.uuid4().hex[:6]}", fetch_timeout_s=0.5, **overrides
+        nats_url=nats_url,
+        runner_id=f"test-{uuid.uuid4().hex[:6]}",
+        fetch_timeout_s=0.5,
+        grace_s=2,
+        **overrides,
     )
 
 
@@ -161,6 +165,15 @@ async def send_control(nc: Any, kv: Any, run_id: str, kind: str, **fields: Any) 
     key = subjects.cancel_key(run_id) if kind == "cancel" else subjects.decision_key(run_id)
     await kv.put(key, ctl)
     await nc.publish(subjects.run_control(run_id), ctl)
+
+
+async def gone_from_work_queue(js: Any, seq: int) -> bool:
+    """Acked or terminated work leaves the work-queue stream; handed-back work stays."""
+    try:
+        await js.get_msg(subjects.RUN_COMMANDS_STREAM, seq)
+    except NotFoundError:
+        return True
+    return False
 
 
 async def checkpoint(kv: Any, run_id: str) -> Checkpoint | None:
@@ -302,7 +315,7 @@ async def test_approval_timeout(js: Any, runner: Runner) -> None:
 
 
 async def test_execution_timeout(js: Any, runner: Runner) -> None:
-    start = await publish_start(js, {"steps": 50, "step_delay_ms": 50}, timeout_s=0.3)
+    start = await publish_start(js, {"steps": 50, "step_delay_ms": 50}, timeout_s=1)
     log = RunEvents(js, start.run_id)
     events = await log.until_terminal()
     assert log.types[-1] == "timeout" and events[-1].data.phase == "execution"  # type: ignore[attr-defined]
@@ -388,21 +401,18 @@ async def test_artifact_is_stored(js: Any, runner: Runner) -> None:
 
 async def test_undecodable_run_start_is_dropped(nc: Any, js: Any, runner: Runner) -> None:
     dead = await nc.subscribe(subjects.EVENTS_DEAD)
-    await js.publish(subjects.RUN_START, b"not json")
-    await js.publish(subjects.RUN_START, b'{"run_id": 1}')
-    await js.publish(
-        subjects.RUN_START, encode({"run_id": "a.b", "task_id": "t", "run_number": 1, "task_name": "x"})
-    )
-    assert (await dead.next_msg(timeout=10)).data == b"not json"
-    assert (await dead.next_msg(timeout=10)).data == b'{"run_id": 1}'
-    assert b"a.b" in (await dead.next_msg(timeout=10)).data
+    bad = [
+        b"not json",
+        b'{"run_id": 1}',
+        encode({"run_id": "a.b", "task_id": "t", "run_number": 1, "task_name": "x"}),  # not a subject token
+    ]
+    seqs = [(await js.publish(subjects.RUN_START, payload)).seq for payload in bad]
+    for payload in bad:
+        assert (await dead.next_msg(timeout=10)).data == payload
     start = await publish_start(js, {"steps": 1})
     await RunEvents(js, start.run_id).until_terminal()
-
-    async def queue_empty() -> bool:  # terminated and acked messages leave the work queue
-        return (await js.stream_info(subjects.RUN_COMMANDS_STREAM)).state.messages == 0
-
-    await eventually(queue_empty, what="an empty work queue")
+    for seq in seqs:
+        await eventually(lambda seq=seq: gone_from_work_queue(js, seq), what=f"message {seq} terminated")
 
 
 async def test_ping(nc: Any, runner: Runner) -> None:
@@ -463,6 +473,17 @@ async def test_agent_without_resume_fails_when_its_runner_is_lost(
         await wait_released(kv, start.run_id, other)
     assert log.types == ["analysis_start", "plan_ready", "failure"]
     assert events[-1].data.error == "runner lost while executing; agent slow cannot resume"  # type: ignore[attr-defined]
+
+
+async def test_deleted_run_is_dropped(nc: Any, js: Any, kv: Any, runner: Runner) -> None:
+    start = RunStart(run_id=uuid.uuid4().hex, task_id="t", run_number=1, task_name="x")
+    seq = (await js.publish(subjects.RUN_START, encode(start))).seq
+    log = RunEvents(js, start.run_id)
+    await log.wait_for("approval_required")
+    await kv.delete(subjects.state_key(start.run_id))  # what deleting the run does
+    await send_control(nc, kv, start.run_id, "approve")
+    await eventually(lambda: gone_from_work_queue(js, seq), what="the work terminated, not handed back")
+    assert start.run_id not in runner.held and await checkpoint(kv, start.run_id) is None
 
 
 async def test_run_survives_a_broker_restart(tmp_path: Any) -> None:

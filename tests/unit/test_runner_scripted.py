@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from importlib.metadata import EntryPoint
+
 import msgspec
 import pytest
 
 from agentbus.contracts import RunStart
 from agentbus.runner.agents import (
+    ENTRY_POINT_GROUP,
+    Agent,
     AgentConfigError,
     AgentContext,
     AgentError,
@@ -15,6 +19,7 @@ from agentbus.runner.agents import (
     UnknownAgentError,
     parse_config,
 )
+from agentbus.runner.agents import registry as registry_module
 from agentbus.runner.settings import Settings
 
 
@@ -107,6 +112,23 @@ def test_registry_knows_scripted_and_names_the_available_kinds() -> None:
     assert isinstance(registry.create("scripted"), ScriptedAgent)
     with pytest.raises(UnknownAgentError, match=r"^unknown agent kind 'nope'; available: .*scripted"):
         registry.create("nope")
+
+
+class EchoAgent(Agent):
+    kind = "echo"
+
+
+def test_registry_loads_entry_point_plugins_and_skips_broken_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    plugins = [
+        EntryPoint("echo", f"{__name__}:EchoAgent", ENTRY_POINT_GROUP),
+        EntryPoint("broken", "agentbus_no_such_module:Agent", ENTRY_POINT_GROUP),
+    ]
+    monkeypatch.setattr(
+        registry_module, "entry_points", lambda group: plugins if group == ENTRY_POINT_GROUP else []
+    )
+    registry = AgentRegistry()
+    assert registry.kinds() == ["echo", "scripted"]
+    assert isinstance(registry.create("echo"), EchoAgent)
 
 
 def test_settings_from_env() -> None:

@@ -27,7 +27,7 @@ from agentbus.contracts import Pong, RunControl, RunStart, encode, subjects
 from agentbus.runner.agents import Agent, AgentRegistry
 from agentbus.runner.run import RunExecution
 from agentbus.runner.settings import Settings
-from agentbus.runner.store import BusError, RunLostError
+from agentbus.runner.store import BusError, RunDeletedError, RunLostError
 
 log = logging.getLogger(__name__)
 
@@ -117,16 +117,18 @@ class Runner:
                 msg = await asyncio.shield(fetch)
             except asyncio.CancelledError:
                 # stop(): let the lingering pull request end, so no run is delivered to a dead inbox.
+                self._slots.release()
                 msg = await fetch
                 if msg is not None:
-                    await msg.nak()
-                self._slots.release()
+                    with suppress(Exception):
+                        await msg.nak()
                 raise
             if msg is None:
                 self._slots.release()
             elif self._stopping.is_set():
-                await msg.nak()
                 self._slots.release()
+                with suppress(Exception):
+                    await msg.nak()
             else:
                 await self._accept(msg)
 
@@ -149,10 +151,13 @@ class Runner:
                 raise ValueError("run_id and task_id must match [A-Za-z0-9_=-]{1,200}")
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             log.error("dropping a message on %s that is not a valid RunStart: %s", msg.subject, exc)
-            await msg.term()  # never redeliver it
-            error = str(exc).replace("\r", " ").replace("\n", " ")[:500]
-            await self.nc.publish(subjects.EVENTS_DEAD, msg.data, headers={"Agentbus-Error": error})
             self._slots.release()
+            error = str(exc).replace("\r", " ").replace("\n", " ")[:500]
+            try:
+                await msg.term()  # never redeliver it
+                await self.nc.publish(subjects.EVENTS_DEAD, msg.data, headers={"Agentbus-Error": error})
+            except Exception as bus_exc:  # not terminated: it comes back after ack_wait and is dropped then
+                log.warning("could not terminate the bad message: %r", bus_exc)
             return
         task = asyncio.create_task(self._hold(msg, start), name=f"run-{start.run_id}")
         self._tasks.add(task)
@@ -186,6 +191,11 @@ class Runner:
         except asyncio.CancelledError:
             if not execution.finished:
                 log.info("run %s handed back (runner stopping)", run_id)
+        except RunDeletedError as exc:
+            log.warning("%s; dropping it", exc)
+            hand_back = False
+            with suppress(Exception):
+                await held.msg.term()
         except RunLostError as exc:
             log.warning("%s; leaving it to them", exc)
             hand_back = False
@@ -261,8 +271,8 @@ class Runner:
         self._stopping.set()
         grace = self.settings.grace_s if grace_s is None else grace_s
         if self._pull_task is not None:
+            # It winds down (its lingering pull request may take fetch_timeout_s) while runs finish.
             self._pull_task.cancel()
-            await asyncio.gather(self._pull_task, return_exceptions=True)
         # A run only waiting for a human has nothing to finish: hand it back at once.
         for held in list(self.held.values()):
             if held.execution.waiting_for_human:
@@ -280,6 +290,8 @@ class Runner:
                 _, stuck = await asyncio.wait(pending, timeout=10)
                 if stuck:  # an agent that ignores cancellation: JetStream redelivers after ack_wait
                     log.error("%d runs did not stop; leaving them to redelivery", len(stuck))
+        if self._pull_task is not None:
+            await asyncio.gather(self._pull_task, return_exceptions=True)
         # Unsubscribe rather than drain these: nats-py's drain of a pull subscription waits forever
         # on messages that fetch() consumed without marking them done.
         for sub in [self.psub, *self._subs]:

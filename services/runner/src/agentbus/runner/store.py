@@ -39,6 +39,10 @@ class RunLostError(Exception):
     """Another runner has moved this run's checkpoint on: it holds the run now, so we stop quietly."""
 
 
+class RunDeletedError(RunLostError):
+    """The run's checkpoint was deleted under us (the run was deleted): drop the work for good."""
+
+
 async def retrying(op: Callable[[], Awaitable[T]], what: str, attempts: int = 8) -> T:
     """Run `op`, retrying transient NATS errors with exponential backoff (about 30 s in all).
 
@@ -124,7 +128,10 @@ class RunStore:
                 return await self.kv.update(key, data, last=self.revision)
             except nats.js.errors.KeyWrongLastSequenceError:
                 # Our own earlier attempt landed before a reconnect, or someone else wrote.
-                entry = await self.kv.get(key)
+                try:
+                    entry = await self.kv.get(key)
+                except nats.js.errors.NotFoundError:
+                    raise RunDeletedError(f"run {self.run_id}: its state was deleted") from None
                 if entry.value == data:
                     return entry.revision
                 raise RunLostError(f"run {self.run_id} was taken over by another runner") from None
