@@ -23,7 +23,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import BadRequestError
 
 from agentbus.common.bus import artifacts_store, connect_with_retry, ensure_streams, guarded, run_state_kv
-from agentbus.contracts import Pong, RunControl, RunStart, encode, subjects
+from agentbus.contracts import Ping, Pong, RunControl, RunStart, encode, subjects
 from agentbus.runner.agents import Agent, AgentRegistry
 from agentbus.runner.run import RunExecution
 from agentbus.runner.settings import Settings
@@ -86,7 +86,10 @@ class Runner:
             ),
             await self.nc.subscribe(subjects.RUN_PING, cb=guarded(subjects.RUN_PING, self._on_ping)),
         ]
-        await self.nc.flush()  # the subscriptions exist at the server once start() returns
+        # Make sure the subscriptions exist at the server once start() returns. Not flush(): nats-py
+        # writes its PING ahead of still-queued commands. A request to our own ping subject is queued
+        # after the SUBs, so any answer means the server has processed them.
+        await self.nc.request(subjects.RUN_PING, encode(Ping()), timeout=10)
         self._pull_task = asyncio.create_task(self._pull_loop(), name="runner-pull")
         log.info(
             "runner %s ready: agents %s, capacity %d", s.runner_id, self.registry.kinds(), s.max_concurrency
