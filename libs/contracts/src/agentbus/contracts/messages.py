@@ -41,6 +41,28 @@ class RunControl(msgspec.Struct, kw_only=True):
     v: int = PROTOCOL_VERSION
 
 
+class RunnerHeartbeat(msgspec.Struct, kw_only=True):
+    """`run.heartbeat`: a runner is alive and holds these runs (sent every few seconds)."""
+
+    runner_id: str
+    run_ids: list[str] = msgspec.field(default_factory=list)
+    v: int = PROTOCOL_VERSION
+
+
+class RunCheckpointHead(msgspec.Struct, kw_only=True):
+    """The stable part of a runner's checkpoint (KV `<run_id>.state`).
+
+    The runner's own checkpoint struct is a superset with defaults for every
+    other field; the gateway's reaper reads `seq`/`phase` and writes a
+    `finished` head to fence off a lost holder.
+    """
+
+    phase: str = "new"
+    seq: int = 0
+    runner_id: str = ""
+    v: int = PROTOCOL_VERSION
+
+
 class ResourceDeleted(msgspec.Struct, kw_only=True):
     """`task.deleted` / `run.deleted`: owners of dependent data delete theirs."""
 

@@ -26,6 +26,7 @@ RUN_START = "run.start"
 RUN_CONTROL_PREFIX = "run.control"  # run.control.<run_id>
 RUN_CONTROL_ALL = "run.control.*"
 RUN_PING = "run.runners.ping"
+RUN_HEARTBEAT = "run.heartbeat"
 RUN_DELETED = "run.deleted"
 TASK_DELETED = "task.deleted"
 METRICS_QUERY = "run.metrics.query"
@@ -81,6 +82,7 @@ SUBJECTS: tuple[Subject, ...] = (
     Subject(RUN_START, "jetstream work queue", "RunStart", "gateway", "runner (durable pull `runners`)"),
     Subject("run.control.<run_id>", "core", "RunControl", "gateway", "runner holding the run"),
     Subject(RUN_PING, "request/reply", "Ping -> Pong", "gateway (/ready)", "every runner"),
+    Subject(RUN_HEARTBEAT, "core", "RunnerHeartbeat", "every runner", "every gateway (reaper)"),
     Subject(RUN_DELETED, "jetstream", "ResourceDeleted", "gateway", "metrics"),
     Subject(TASK_DELETED, "jetstream", "ResourceDeleted", "gateway", "metrics"),
     Subject(METRICS_QUERY, "request/reply", "MetricsQuery -> MetricsPage", "gateway", "metrics"),
