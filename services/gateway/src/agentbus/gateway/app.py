@@ -22,6 +22,7 @@ from agentbus.gateway.errors import EXCEPTION_HANDLERS, unexpected
 from agentbus.gateway.events.hub import Hub
 from agentbus.gateway.events.ingest import EventIngest
 from agentbus.gateway.health import MetricsController, all_stream, health, ready, run_stream, task_stream
+from agentbus.gateway.reaper import Reaper
 from agentbus.gateway.runs import RunController
 from agentbus.gateway.settings import Settings
 from agentbus.gateway.tasks import TaskController
@@ -51,10 +52,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         await hub.start(bus.nc)
         ingest = EventIngest(engine, bus, settings.ingest_batch)
         await ingest.start()
-        app.state.update(settings=settings, engine=engine, bus=bus, hub=hub, ingest=ingest)
+        reaper = Reaper(engine, bus, settings.reaper_after_s, settings.reaper_interval_s, settings.instance)
+        await reaper.start()
+        app.state.update(settings=settings, engine=engine, bus=bus, hub=hub, ingest=ingest, reaper=reaper)
         try:
             yield
         finally:
+            await reaper.stop()
             await hub.stop()
             await ingest.stop()
             await bus.close()

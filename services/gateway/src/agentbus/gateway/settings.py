@@ -37,6 +37,8 @@ class Settings:
     request_timeout_s: float = 3.0
     delete_wait_s: float = 5.0
     ingest_batch: int = 500
+    reaper_after_s: float = 90.0
+    reaper_interval_s: float = 10.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -54,6 +56,8 @@ class Settings:
             default_agent=e.get("DEFAULT_AGENT", cls.default_agent),
             instance=e.get("GATEWAY_INSTANCE", f"{socket.gethostname()}-{os.getpid()}"),
             request_timeout_s=float(e.get("GATEWAY_REQUEST_TIMEOUT_S", cls.request_timeout_s)),
+            reaper_after_s=float(e.get("REAPER_AFTER_S", cls.reaper_after_s)),
+            reaper_interval_s=float(e.get("REAPER_INTERVAL_S", cls.reaper_interval_s)),
         )
 
     def check(self) -> None:

@@ -23,7 +23,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import BadRequestError
 
 from agentbus.common.bus import artifacts_store, connect_with_retry, ensure_streams, guarded, run_state_kv
-from agentbus.contracts import Ping, Pong, RunControl, RunStart, encode, subjects
+from agentbus.contracts import Ping, Pong, RunControl, RunnerHeartbeat, RunStart, encode, subjects
 from agentbus.runner.agents import Agent, AgentRegistry
 from agentbus.runner.run import RunExecution
 from agentbus.runner.settings import Settings
@@ -63,6 +63,7 @@ class Runner:
         self._slots = asyncio.Semaphore(settings.max_concurrency)
         self._subs: list[Any] = []
         self._pull_task: asyncio.Task[None] | None = None
+        self._announce_task: asyncio.Task[None] | None = None
         self.nc: Any = None
 
     @property
@@ -91,6 +92,7 @@ class Runner:
         # after the SUBs, so any answer means the server has processed them.
         await self.nc.request(subjects.RUN_PING, encode(Ping()), timeout=10)
         self._pull_task = asyncio.create_task(self._pull_loop(), name="runner-pull")
+        self._announce_task = asyncio.create_task(self._announce_loop(), name="runner-announce")
         log.info(
             "runner %s ready: agents %s, capacity %d", s.runner_id, self.registry.kinds(), s.max_concurrency
         )
@@ -178,6 +180,7 @@ class Runner:
             log.warning("run %s redelivered while held here; keeping the running execution", run_id)
             self.held[run_id].msg = msg
             return
+        log.info("run %s taken (delivery %d)", run_id, msg.metadata.num_delivered)
         execution = RunExecution(
             start,
             js=self.js,
@@ -233,6 +236,16 @@ class Runner:
             except Exception as exc:
                 log.debug("heartbeat for run %s failed: %r", held.execution.run_id, exc)
 
+    async def _announce_loop(self) -> None:
+        """Tell the gateways which runs this runner holds; a run nobody announces gets reaped."""
+        while True:
+            beat = RunnerHeartbeat(runner_id=self.settings.runner_id, run_ids=list(self.held))
+            try:
+                await self.nc.publish(subjects.RUN_HEARTBEAT, encode(beat))
+            except Exception as exc:  # reconnecting: the next beat goes out once connected
+                log.debug("heartbeat not sent: %r", exc)
+            await asyncio.sleep(self.settings.heartbeat_s)
+
     # --- control and ping --------------------------------------------------------------------------
 
     async def _on_control(self, msg: Msg) -> None:
@@ -273,6 +286,8 @@ class Runner:
             return
         self._stopping.set()
         grace = self.settings.grace_s if grace_s is None else grace_s
+        if self._announce_task is not None:
+            self._announce_task.cancel()
         if self._pull_task is not None:
             # It winds down (its lingering pull request may take fetch_timeout_s) while runs finish.
             self._pull_task.cancel()

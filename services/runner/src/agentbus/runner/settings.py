@@ -23,12 +23,15 @@ class Settings:
     log_level: str = "INFO"
     # How long one pull request lingers at the server; bounds how long stopping takes to stop pulling.
     fetch_timeout_s: float = 5.0
+    # How often the runner announces the runs it holds on `run.heartbeat` (the gateway's reaper
+    # ends runs nobody has announced for a while).
+    heartbeat_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1:
             raise ValueError("RUNNER_MAX_CONCURRENCY must be >= 1")
-        if self.ack_wait_s <= 0 or self.fetch_timeout_s <= 0:
-            raise ValueError("RUNNER_ACK_WAIT_S and RUNNER_FETCH_TIMEOUT_S must be > 0")
+        if self.ack_wait_s <= 0 or self.fetch_timeout_s <= 0 or self.heartbeat_s <= 0:
+            raise ValueError("RUNNER_ACK_WAIT_S, RUNNER_FETCH_TIMEOUT_S and RUNNER_HEARTBEAT_S must be > 0")
         if self.grace_s < 0:
             raise ValueError("RUNNER_GRACE_S must be >= 0")
         if self.replicas < 1:
@@ -56,4 +59,5 @@ class Settings:
             replicas=num("NATS_REPLICAS", 1, int),
             log_level=env.get("LOG_LEVEL") or "INFO",
             fetch_timeout_s=num("RUNNER_FETCH_TIMEOUT_S", 5),
+            heartbeat_s=num("RUNNER_HEARTBEAT_S", 5),
         )

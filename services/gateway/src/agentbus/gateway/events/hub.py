@@ -112,13 +112,18 @@ class Hub:
     async def start(self, nc: Any) -> None:
         self.sub = await nc.subscribe(subjects.EVENTS_LIVE_ALL, cb=self._on_live, pending_msgs_limit=-1)
 
+    def close_all(self) -> None:
+        """Close every client with 1001 (going away); safe to call from a signal handler's callback."""
+        for client in self.clients():
+            if not client.dead:
+                client.dead = True
+                client.queue.put_nowait(_CLOSE)
+
     async def stop(self) -> None:
         if self.sub is not None:
             with contextlib.suppress(Exception):
                 await self.sub.unsubscribe()
-        for client in self.clients():
-            client.dead = True
-            client.queue.put_nowait(_CLOSE)
+        self.close_all()
 
     def clients(self) -> set[Client]:
         out = set(self.everything)

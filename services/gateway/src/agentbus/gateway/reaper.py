@@ -1,0 +1,153 @@
+"""Ends runs whose runner is gone and that no runner resumed: never `running` forever.
+
+Runners announce the runs they hold on `run.heartbeat` every few seconds. A
+run that is `running` or `awaiting_approval`, has not changed and has not been
+announced for `reaper_after_s` (and this gateway has listened at least that
+long) is ended as `failed` with a clear `error_message`:
+
+1. its checkpoint in KV is replaced, compare-and-set, by a `finished` head, so a
+   runner that later takes the run (or a lost holder that comes back) stops
+   instead of continuing it; of several gateway copies only one wins;
+2. a `failure` event with the next seq is published like any runner event (with
+   its message id), and stored through the normal ingest path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+from nats.js.errors import NotFoundError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from agentbus.contracts import RunCheckpointHead, RunnerHeartbeat, encode, subjects
+from agentbus.contracts.events import Failure, FailureData, RunStats
+from agentbus.gateway.models import runs
+
+log = logging.getLogger(__name__)
+
+_beat = msgspec.json.Decoder(RunnerHeartbeat)
+_head = msgspec.json.Decoder(RunCheckpointHead)
+
+
+class Reaper:
+    def __init__(
+        self, engine: AsyncEngine, bus: Any, after_s: float, interval_s: float, instance: str
+    ) -> None:
+        self.engine = engine
+        self.bus = bus
+        self.after_s = after_s
+        self.interval_s = interval_s
+        self.instance = instance
+        self.seen: dict[str, float] = {}  # run_id -> monotonic time of the last announcement
+        self.started = time.monotonic()
+        self.sub: Any = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.sub = await self.bus.nc.subscribe(subjects.RUN_HEARTBEAT, cb=self._on_beat)
+        self.task = asyncio.create_task(self._loop(), name="reaper")
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        if self.sub is not None:
+            with contextlib.suppress(Exception):
+                await self.sub.unsubscribe()
+
+    async def _on_beat(self, msg: Any) -> None:
+        try:
+            beat = _beat.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("dropping an undecodable heartbeat on %s: %s", msg.subject, exc)
+            return
+        now = time.monotonic()
+        for run_id in beat.run_ids:
+            self.seen[run_id] = now
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.sweep()
+            except Exception as exc:  # database or broker away: try again next round
+                log.warning("reaper sweep failed: %r", exc)
+
+    async def sweep(self) -> list[str]:
+        now = time.monotonic()
+        # Forget old announcements so the map does not grow with every run ever seen.
+        self.seen = {k: t for k, t in self.seen.items() if now - t < 10 * self.after_s}
+        if now - self.started < self.after_s:
+            return []  # not listened long enough to know who holds what
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.after_s)
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        runs.c.id, runs.c.task_id, runs.c.last_seq, runs.c.started_at, runs.c.status
+                    ).where(runs.c.status.in_(("running", "awaiting_approval")), runs.c.updated_at < cutoff)
+                )
+            ).all()
+        reaped = []
+        for row in rows:
+            if now - self.seen.get(row.id, float("-inf")) < self.after_s:
+                continue
+            if await self.reap(row):
+                reaped.append(row.id)
+        return reaped
+
+    async def reap(self, row: Any) -> bool:
+        key = subjects.state_key(row.id)
+        kv = self.bus.kv
+        seq, revision = row.last_seq, None
+        try:
+            entry = await kv.get(key)
+            head = _head.decode(entry.value)
+            if head.phase == "finished":
+                return False  # its terminal event exists; ingest will store it
+            seq, revision = max(seq, head.seq), entry.revision
+        except NotFoundError:
+            pass
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("run %s: unreadable checkpoint; reaping anyway", row.id)
+        seq += 1
+        fence = encode(RunCheckpointHead(phase="finished", seq=seq, runner_id=f"reaper:{self.instance}"))
+        try:
+            if revision is None:
+                await kv.create(key, fence)
+            else:
+                await kv.update(key, fence, last=revision)
+        except Exception as exc:
+            # A runner wrote meanwhile (it is alive after all), or another gateway reaped it first.
+            log.info("run %s not reaped: %r", row.id, exc)
+            return False
+        now = datetime.now(UTC)
+        waited = int(self.after_s)
+        event = Failure(
+            id=uuid.uuid4().hex,
+            seq=seq,
+            timestamp=now,
+            task_id=row.task_id,
+            run_id=row.id,
+            message="Runner lost",
+            data=FailureData(
+                error=f"runner lost: no runner held this run for {waited}s (it was {row.status})",
+                stats=RunStats(duration=(now - row.started_at).total_seconds() if row.started_at else 0.0),
+            ),
+        )
+        await self.bus.js.publish(
+            subjects.run_event(row.task_id, row.id, "failure"),
+            encode(event),
+            headers={"Nats-Msg-Id": subjects.event_msg_id(row.id, seq)},
+        )
+        log.warning("run %s reaped: no runner announced it for %ss", row.id, waited)
+        return True
