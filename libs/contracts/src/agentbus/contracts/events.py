@@ -48,6 +48,7 @@ class PlanData(msgspec.Struct):
 class ApprovalRequiredData(msgspec.Struct):
     plan: dict[str, Any]
     timeout_s: float
+    version: int = 1  # the plan version a decision now applies to
 
 
 class DecisionData(msgspec.Struct, omit_defaults=True):
@@ -55,12 +56,20 @@ class DecisionData(msgspec.Struct, omit_defaults=True):
     stats: RunStats | None = None
 
 
-class ProgressData(msgspec.Struct):
+class ProgressData(msgspec.Struct, omit_defaults=True):
     step: int
     total_steps: int
     progress_percent: float
     current_phase: str
     title: str | None = None
+    # Streaming agents: the text produced so far in this phase or step (its tail, when long).
+    partial: str | None = None
+
+
+class RevisionData(msgspec.Struct, omit_defaults=True):
+    version: int  # the plan version that was sent back
+    round: int  # 1 for the first revision
+    feedback: str | None = None
 
 
 class ArtifactData(msgspec.Struct):
@@ -114,6 +123,12 @@ class Progress(Event, tag="progress"):
     data: ProgressData
 
 
+class RevisionRequested(Event, tag="revision_requested"):
+    """The approver sent the plan back with feedback; the agent plans again (a new version follows)."""
+
+    data: RevisionData
+
+
 class ArtifactCreated(Event, tag="artifact"):
     data: ArtifactData
 
@@ -141,6 +156,7 @@ AnyEvent = (
     | Approved
     | Rejected
     | Progress
+    | RevisionRequested
     | ArtifactCreated
     | Completion
     | Failure
@@ -155,6 +171,7 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     Approved,
     Rejected,
     Progress,
+    RevisionRequested,
     ArtifactCreated,
     Completion,
     Failure,

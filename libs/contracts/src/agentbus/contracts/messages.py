@@ -24,6 +24,7 @@ class RunStart(msgspec.Struct, kw_only=True):
     timeout_s: float = 3600
     max_rounds: int = 5
     created_at: datetime | None = None
+    max_revision_rounds: int = 2  # how many times a rejected plan may be sent back for a new version
     v: int = PROTOCOL_VERSION
 
 
@@ -38,6 +39,8 @@ class RunControl(msgspec.Struct, kw_only=True):
     feedback: str | None = None
     reason: str | None = None
     decided_at: datetime | None = None
+    revise: bool = False  # a reject that asks the agent for a new plan version instead of ending the run
+    plan_version: int | None = None  # the plan version decided on; None: whichever is waiting
     v: int = PROTOCOL_VERSION
 
 
@@ -83,6 +86,28 @@ class Pong(msgspec.Struct, kw_only=True):
     instance: str
     version: str
     agents: list[str] = msgspec.field(default_factory=list)
+    active_runs: int = 0
+    capacity: int = 0
+    v: int = PROTOCOL_VERSION
+
+
+class AgentDescriptor(msgspec.Struct, kw_only=True):
+    """One agent kind as a runner serves it."""
+
+    kind: str
+    description: str = ""
+    config_schema: dict[str, Any] | None = None  # JSON Schema of its agent_config
+    supports_resume: bool = False
+    max_concurrency: int | None = None  # this runner's limit for the kind; None: only the runner's
+    active_runs: int = 0
+
+
+class RunnerInfo(msgspec.Struct, kw_only=True):
+    """`run.runners.info`: every runner answers a Ping on it (scatter-gather discovery)."""
+
+    instance: str
+    version: str
+    agents: list[AgentDescriptor] = msgspec.field(default_factory=list)
     active_runs: int = 0
     capacity: int = 0
     v: int = PROTOCOL_VERSION

@@ -16,6 +16,7 @@ STATUS_AFTER_EVENT: dict[str, str | None] = {
     "approved": "running",
     "rejected": "rejected",
     "progress": "running",
+    "revision_requested": "running",
     "artifact": None,
     "completion": "completed",
     "failure": "failed",

@@ -4,6 +4,7 @@
 there and this module cannot drift apart.
 """
 
+import hashlib
 from typing import NamedTuple
 
 # JetStream streams
@@ -22,11 +23,14 @@ RUN_STATE_BUCKET = "agentbus_run_state"  # runner checkpoints and stored decisio
 ARTIFACTS_BUCKET = "agentbus_artifacts"  # artifact bytes, key "<run_id>/<name>"
 
 # Subjects
-RUN_START = "run.start"
+RUN_START = "run.start"  # unrouted: taken by any runner (what gateways before agent routing sent)
+RUN_START_KIND_PREFIX = "run.start"  # run.start.<agent kind>: taken only by runners serving the kind
+RUN_START_KINDS = "run.start.>"
 RUN_CONTROL_PREFIX = "run.control"  # run.control.<run_id>
 RUN_CONTROL_ALL = "run.control.*"
 RUN_PING = "run.runners.ping"
 RUN_HEARTBEAT = "run.heartbeat"
+RUN_INFO = "run.runners.info"  # scatter-gather: every runner answers with its agent kinds
 RUN_DELETED = "run.deleted"
 TASK_DELETED = "task.deleted"
 METRICS_QUERY = "run.metrics.query"
@@ -39,6 +43,22 @@ EVENTS_RUN_ALL = "events.run.>"
 EVENTS_LIVE_PREFIX = "events.live"  # events.live.<task_id>.<run_id>, published after storage
 EVENTS_LIVE_ALL = "events.live.>"
 EVENTS_DEAD = "events.dead"  # payloads that did not decode, for inspection
+
+
+# An agent kind becomes subject tokens (dots allowed) and part of a consumer name (no dots).
+AGENT_KIND_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
+
+
+def run_start(kind: str) -> str:
+    return f"{RUN_START_KIND_PREFIX}.{kind}"
+
+
+def kind_consumer(kind: str) -> str:
+    """The durable consumer of `run.start.<kind>`, shared by every runner serving the kind."""
+    if "." not in kind:
+        return f"{RUNNER_CONSUMER}-{kind}"
+    digest = hashlib.sha1(kind.encode()).hexdigest()[:8]  # "a.b" and "a_b" must not share a name
+    return f"{RUNNER_CONSUMER}-{kind.replace('.', '_')}-{digest}"
 
 
 def run_control(run_id: str) -> str:
@@ -79,9 +99,25 @@ class Subject(NamedTuple):
 
 
 SUBJECTS: tuple[Subject, ...] = (
-    Subject(RUN_START, "jetstream work queue", "RunStart", "gateway", "runner (durable pull `runners`)"),
+    Subject(
+        "run.start.<agent_kind>",
+        "jetstream work queue",
+        "RunStart",
+        "gateway",
+        "runners serving the kind (durable pull `runners-<agent_kind>`)",
+    ),
+    Subject(
+        RUN_START, "jetstream work queue", "RunStart", "older gateways", "any runner (durable pull `runners`)"
+    ),
     Subject("run.control.<run_id>", "core", "RunControl", "gateway", "runner holding the run"),
     Subject(RUN_PING, "request/reply", "Ping -> Pong", "gateway (/ready)", "every runner"),
+    Subject(
+        RUN_INFO,
+        "request/reply, every runner answers",
+        "Ping -> RunnerInfo",
+        "gateway (agent registry)",
+        "every runner",
+    ),
     Subject(RUN_HEARTBEAT, "core", "RunnerHeartbeat", "every runner", "every gateway (reaper)"),
     Subject(RUN_DELETED, "jetstream", "ResourceDeleted", "gateway", "metrics"),
     Subject(TASK_DELETED, "jetstream", "ResourceDeleted", "gateway", "metrics"),
