@@ -38,5 +38,10 @@ test-only: install
 
 test: lint test-only
 
+# Every benchmark against the real services (SQLite and PostgreSQL); writes docs/benchmarks.md.
+# Not part of `make test`. BENCH_ARGS="--quick" for a smoke run, "--help" for the options.
+bench: install
+	$(PY) -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) $(TOOLS) var .pytest_cache .ruff_cache

@@ -1,0 +1,333 @@
+"""Each benchmark: drive a running system with load processes, return the runs' raw figures.
+
+Every function measures one thing once; `bench.__main__` repeats it and takes medians.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.services import ROOT, collect, cpu_seconds, free_port, rss_kb, start_tool, tool
+from tests.support.system import System
+
+WRK = shutil.which("wrk")
+FAST_RUN = {"steps": 1, "step_delay_ms": 0}
+
+
+def _wait_line(proc: subprocess.Popen, expected: str, timeout: float = 120) -> None:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            _, err = proc.communicate()
+            raise RuntimeError(f"{proc.args} ended before '{expected}':\n{err[-3000:]}")
+        if line.strip() == expected:
+            return
+    raise TimeoutError(f"{proc.args}: no '{expected}' in {timeout}s")
+
+
+# --- HTTP --------------------------------------------------------------------------------------------
+
+
+def _wrk(url: str, method: str, body: str, duration: float, connections: int) -> dict:
+    script = None
+    args = [WRK, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency"]
+    if method != "GET":
+        script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+        script.write(
+            f"wrk.method = {json.dumps(method)}\nwrk.body = {json.dumps(body)}\n"
+            'wrk.headers["Content-Type"] = "application/json"\n'
+        )
+        script.close()
+        args += ["-s", script.name]
+    out = subprocess.run([*args, url], capture_output=True, text=True, timeout=duration + 60).stdout
+    if script:
+        Path(script.name).unlink()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    result = {"rps": rps, "errors": int(non2xx.group(1)) if non2xx else 0, "client": "wrk"}
+    for q, key in (("50", "p50_ms"), ("99", "p99_ms")):
+        m = re.search(rf"^\s+{q}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if m:
+            value = float(m.group(1))
+            result[key] = value / 1000 if m.group(2) == "us" else value * 1000 if m.group(2) == "s" else value
+    return result
+
+
+def http_max(
+    url: str, method: str = "GET", body: str = "", duration: float = 5, connections: int = 32
+) -> dict:
+    """Closed-loop maximum throughput (wrk where installed, else bench.httpload)."""
+    if WRK and "{n}" not in body:
+        return _wrk(url, method, body, duration, connections)
+    args = [url, "--method", method, "--duration", str(duration), "--connections", str(connections)]
+    if body:
+        args += ["--body", body]
+    return {**tool("httpload", *args), "client": "bench.httpload"}
+
+
+def http_at_rate(url: str, rate: float, method: str = "GET", body: str = "", duration: float = 5) -> dict:
+    """Open-loop latency at a fixed rate (bench.httpload; wrk has no fixed-rate mode)."""
+    args = [url, "--method", method, "--duration", str(duration), "--rate", str(rate)]
+    if body:
+        args += ["--body", body]
+    return tool("httpload", *args)
+
+
+def with_cpu(pid: int, work):  # type: ignore[no-untyped-def]
+    """Run `work()` and add the CPU time the process `pid` used meanwhile."""
+    before = cpu_seconds(pid)
+    t0 = time.perf_counter()
+    result = work()
+    result["server_cpu_s"] = cpu_seconds(pid) - before
+    result["wall_s"] = time.perf_counter() - t0
+    return result
+
+
+# --- setup helpers -----------------------------------------------------------------------------------
+
+
+def create_task(system: System, **fields: object) -> dict:
+    r = httpx.post(f"{system.base_url}/api/tasks", json={"name": "bench", **fields}, timeout=30)
+    r.raise_for_status()
+    return r.json()
+
+
+def create_run(system: System, task_id: str) -> dict:
+    r = httpx.post(f"{system.base_url}/api/runs", json={"task_id": task_id}, timeout=30)
+    r.raise_for_status()
+    return r.json()
+
+
+def wait_run(system: System, run_id: str, status: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = httpx.get(f"{system.base_url}/api/runs/{run_id}", timeout=30).json()
+        if run["status"] == status:
+            return run
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"run {run_id} is {run['status']}, not {status}")
+        time.sleep(0.05)
+
+
+def waiting_run(system: System) -> dict:
+    """A run held by the runner, awaiting approval: synthetic events are published after its seq 3."""
+    task = create_task(system, agent_config=FAST_RUN, require_approval=True)
+    run = create_run(system, task["id"])
+    return wait_run(system, run["id"], "awaiting_approval")
+
+
+# --- events ------------------------------------------------------------------------------------------
+
+
+def event_latency(system: System, rate: float, duration: float, sse: bool = False, clients: int = 1) -> dict:
+    """One (or more) subscribers of one run; a runner-like publisher at `rate` events/s."""
+    run = waiting_run(system)
+    path = f"/api/runs/{run['id']}/events" if sse else f"/ws/runs/{run['id']}"
+    args = [system.base_url, path, "--clients", str(clients), "--duration", str(duration + 3)]
+    listener = start_tool("wsload", *args, *(["--sse"] if sse else []))
+    _wait_line(listener, "ready")
+    pub = tool(
+        "publish",
+        system.nats.url,
+        "--task",
+        run["task_id"],
+        "--run",
+        run["id"],
+        "--first-seq",
+        str(run["last_seq"] + 1),
+        "--rate",
+        str(rate),
+        "--duration",
+        str(duration),
+    )
+    result = collect(listener)
+    result["published"] = pub["published"]
+    result["publish_rate"] = pub["rate"]
+    return result
+
+
+def fanout(
+    system: System, clients: int, stalled: int, rate: float, duration: float, path: str = "/ws/stream"
+) -> dict:
+    run = waiting_run(system)
+    listener = start_tool(
+        "wsload",
+        system.base_url,
+        path,
+        "--clients",
+        str(clients),
+        "--stalled",
+        str(stalled),
+        "--duration",
+        str(duration + 5),
+    )
+    _wait_line(listener, "ready", timeout=300)
+    pid = system.gateways[0][0].proc.pid  # type: ignore[union-attr]
+    rss_open = rss_kb(pid)
+    pub = tool(
+        "publish",
+        system.nats.url,
+        "--task",
+        run["task_id"],
+        "--run",
+        run["id"],
+        "--first-seq",
+        str(run["last_seq"] + 1),
+        "--rate",
+        str(rate),
+        "--duration",
+        str(duration),
+    )
+    result = collect(listener, timeout=600)
+    result["published"] = pub["published"]
+    result["publish_rate"] = pub["rate"]
+    result["gateway_rss_kb"] = rss_open
+    return result
+
+
+def ws_memory(system: System, clients: int) -> dict:
+    """Gateway RSS with `clients` idle WebSockets open, against the same process before."""
+    pid = system.gateways[0][0].proc.pid  # type: ignore[union-attr]
+    before = rss_kb(pid)
+    listener = start_tool(
+        "wsload", system.base_url, "/ws/stream", "--clients", str(clients), "--duration", "3"
+    )
+    _wait_line(listener, "ready", timeout=300)
+    time.sleep(1)
+    during = rss_kb(pid)
+    collect(listener)
+    return {"before_kb": before, "during_kb": during, "per_ws_kb": (during - before) / clients}
+
+
+# --- runs --------------------------------------------------------------------------------------------
+
+
+def run_throughput(system: System, count: int, concurrency: int) -> dict:
+    task = create_task(system, agent_config=FAST_RUN, require_approval=False)
+    return tool(
+        "runload",
+        system.base_url,
+        "--task",
+        task["id"],
+        "--count",
+        str(count),
+        "--concurrency",
+        str(concurrency),
+    )
+
+
+def run_latency(system: System, rate: float, duration: float) -> dict:
+    task = create_task(system, agent_config=FAST_RUN, require_approval=False)
+    return tool(
+        "runload", system.base_url, "--task", task["id"], "--rate", str(rate), "--duration", str(duration)
+    )
+
+
+async def _runner_active(nats_url: str) -> int:
+    import nats
+
+    from agentbus.contracts import Ping, encode, subjects
+    from agentbus.contracts.messages import Pong
+
+    nc = await nats.connect(nats_url)
+    try:
+        import msgspec
+
+        msg = await nc.request(subjects.RUN_PING, encode(Ping()), timeout=5)
+        return msgspec.json.decode(msg.data, type=Pong).active_runs
+    finally:
+        await nc.close()
+
+
+def runner_memory(system: System, in_flight: int) -> dict:
+    """Runner RSS while it holds `in_flight` executing runs; they are cancelled afterwards."""
+    pid = system.runners[0].proc.pid  # type: ignore[union-attr]
+    before = rss_kb(pid)
+    task = create_task(system, agent_config={"steps": 1, "step_delay_ms": 60_000}, require_approval=False)
+    runs = [create_run(system, task["id"])["id"] for _ in range(in_flight)]
+    deadline = time.monotonic() + 60
+    active = 0
+    while time.monotonic() < deadline:
+        active = asyncio.run(_runner_active(system.nats.url))
+        if active >= in_flight:
+            break
+        time.sleep(0.2)
+    time.sleep(1)
+    during = rss_kb(pid)
+    for run_id in runs:
+        httpx.post(f"{system.base_url}/api/runs/{run_id}/cancel", timeout=30)
+    return {"before_kb": before, "during_kb": during, "active": active}
+
+
+# --- start-up ----------------------------------------------------------------------------------------
+
+
+def startup(timeout: float = 60) -> dict:
+    """`make run` in a fresh data directory until /ready answers 200 (warm environment: installed)."""
+    import os
+    import signal
+
+    var = tempfile.mkdtemp(prefix="agentbus-bench-var-")
+    port = free_port()
+    env = {
+        **os.environ,
+        "AGENTBUS_VAR": var,
+        "GATEWAY_PORT": str(port),
+        "NATS_PORT": str(free_port()),
+        "LOG_LEVEL": "WARNING",
+    }
+    env.pop("DATABASE_URL", None)
+    env.pop("METRICS_DATABASE_URL", None)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        ["make", "-s", "run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    ready_s = None
+    try:
+        while time.perf_counter() - t0 < timeout and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                    ready_s = time.perf_counter() - t0
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        shutil.rmtree(var, ignore_errors=True)
+    if ready_s is None:
+        raise RuntimeError(f"make run did not answer /ready within {timeout}s (exit code {proc.returncode})")
+    return {"ready_s": ready_s}
+
+
+# --- ceilings ----------------------------------------------------------------------------------------
+
+
+def nats_round_trip(url: str, duration: float, concurrency: int) -> dict:
+    return tool(
+        "baseline", "requester", "--url", url, "--duration", str(duration), "--concurrency", str(concurrency)
+    )

@@ -1,0 +1,117 @@
+"""Many stream subscribers in one process: delivered frames/s, latency, starvation, slow-client closes.
+
+    python -m bench.wsload BASE_URL PATH --clients N [--stalled K] [--sse] --duration S
+
+Prints `ready` once every client is subscribed, then after `--duration` seconds one JSON object.
+Latency is the time from an event's `timestamp` (set by the publisher just before it published)
+to its arrival here; both read the same wall clock of this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from urllib.parse import urlsplit
+
+import msgspec
+
+from bench.stats import summary
+from bench.streams import StreamClient, head_decoder, open_stream
+
+
+async def load(
+    base: str, path: str, clients: int, stalled: int, sse: bool, duration: float, connect_batch: int
+) -> dict:
+    parts = urlsplit(base)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    latencies: list[float] = []
+    counts: list[int] = []
+    first = last = 0.0
+    bad = 0
+
+    def make_handler(index: int):  # type: ignore[no-untyped-def]
+        def on_event(raw: bytes) -> None:
+            nonlocal first, last, bad
+            now = time.time()
+            try:
+                head = head_decoder.decode(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                bad += 1
+                return
+            if head.event_type == "heartbeat":
+                return
+            counts[index] += 1
+            latencies.append(now - head.timestamp.timestamp())
+            if not first:
+                first = now
+            last = now
+
+        return on_event
+
+    # Stalled clients are spread among the others, not bunched at one end.
+    stalled_idx = set(range(0, clients, max(1, clients // stalled))[:stalled]) if stalled else set()
+    conns: list[StreamClient] = []
+    stalled_conns: list[StreamClient] = []
+    for start in range(0, clients, connect_batch):
+        idx = range(start, min(clients, start + connect_batch))
+        counts.extend(0 for _ in idx)
+        opened = await asyncio.gather(
+            *(open_stream(host, port, path, make_handler(i), sse=sse, stalled=i in stalled_idx) for i in idx)
+        )
+        for i, client in zip(idx, opened, strict=True):
+            (stalled_conns if i in stalled_idx else conns).append(client)
+    print("ready", flush=True)
+    t0 = time.time()
+    await asyncio.sleep(duration)
+    live_counts = [counts[i] for i in range(clients) if i not in stalled_idx]
+    closes: dict[str, int] = {}
+    for c in [*conns, *stalled_conns]:
+        if c.closed.done():
+            key = str(c.closed.result())
+            closes[key] = closes.get(key, 0) + 1
+    stalled_closed_1013 = sum(1 for c in stalled_conns if c.closed.done() and c.closed.result() == 1013)
+    live_closed = sum(1 for c in conns if c.closed.done())
+    for c in [*conns, *stalled_conns]:
+        c.close()
+    total = sum(live_counts)
+    span = (last - first) if last > first else 0.0
+    return {
+        "clients": clients,
+        "stalled": len(stalled_conns),
+        "sse": sse,
+        "frames": total,
+        "frames_per_s": total / span if span else 0.0,
+        "span_s": span,
+        "listen_s": time.time() - t0,
+        "min_client_frames": min(live_counts) if live_counts else 0,
+        "max_client_frames": max(live_counts) if live_counts else 0,
+        "live_closed": live_closed,
+        "stalled_closed_1013": stalled_closed_1013,
+        "closes": closes,
+        "undecodable": bad,
+        **summary(latencies),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvloop
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("base")
+    p.add_argument("path")
+    p.add_argument("--clients", type=int, default=1)
+    p.add_argument("--stalled", type=int, default=0)
+    p.add_argument("--sse", action="store_true")
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--connect-batch", type=int, default=50)
+    a = p.parse_args(argv)
+    result = uvloop.run(load(a.base, a.path, a.clients, a.stalled, a.sse, a.duration, a.connect_batch))
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
