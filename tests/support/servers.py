@@ -202,3 +202,108 @@ def create_database(admin_url: str, name: str) -> str:
 
     asyncio.run(_create())
     return parsed.set(database=name).render_as_string(hide_password=False)
+
+
+class NatsCluster:
+    """Three nats-servers with routes on loopback and clustered JetStream (replicas up to 3)."""
+
+    def __init__(self, root: str, size: int = 3) -> None:
+        self.root = root
+        self.cluster_ports = [free_port() for _ in range(size)]
+        routes = ",".join(f"nats://127.0.0.1:{p}" for p in self.cluster_ports)
+        self.nodes = [
+            NatsServer(
+                os.path.join(root, f"n{i}"),
+                extra=[
+                    "--name",
+                    f"n{i}",
+                    "--cluster_name",
+                    "agentbus",
+                    "--cluster",
+                    f"nats://127.0.0.1:{cport}",
+                    "--routes",
+                    routes,
+                ],
+            )
+            for i, cport in enumerate(self.cluster_ports)
+        ]
+
+    @property
+    def url(self) -> str:
+        return ",".join(n.url for n in self.nodes)
+
+    def start(self) -> NatsCluster:
+        for node in self.nodes:
+            os.makedirs(node.store_dir, exist_ok=True)
+            node.start()
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+class LocalPostgres:
+    """A throwaway cluster this process controls, so a test can take the database away and back."""
+
+    def __init__(self) -> None:
+        self.initdb, self.pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+        self.prefix: list[str] = []
+        self.tmp = tempfile.mkdtemp(prefix="agentbus-pgctl-")
+        self.data = os.path.join(self.tmp, "data")
+        self.port = free_port()
+
+    @staticmethod
+    def available() -> bool:
+        return bool(_pg_bin("initdb") and _pg_bin("pg_ctl")) and (
+            os.geteuid() != 0 or any(_has_user(u) for u in ("postgres", "nobody"))
+        )
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def init(self) -> LocalPostgres:
+        os.chmod(self.tmp, 0o755)
+        if os.geteuid() == 0:
+            user = next(u for u in ("postgres", "nobody") if _has_user(u))
+            pw = pwd.getpwnam(user)
+            os.chown(self.tmp, pw.pw_uid, pw.pw_gid)
+            self.prefix = ["runuser", "-u", user, "--"]
+        subprocess.run(
+            [*self.prefix, self.initdb, "-D", self.data, "-U", "postgres", "-A", "trust", "--no-sync"],
+            check=True,
+            capture_output=True,
+        )
+        return self.start()
+
+    def start(self) -> LocalPostgres:
+        opts = (
+            f"-p {self.port} -k {self.tmp} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        )
+        subprocess.run(
+            [
+                *self.prefix,
+                self.pg_ctl,
+                "-D",
+                self.data,
+                "-o",
+                opts,
+                "-l",
+                os.path.join(self.tmp, "log"),
+                "-w",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        subprocess.run(
+            [*self.prefix, self.pg_ctl, "-D", self.data, "-m", mode, "-w", "stop"], capture_output=True
+        )
+
+    def destroy(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.tmp, ignore_errors=True)

@@ -13,6 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -31,6 +32,9 @@ class Service:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         return self
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
         if self.proc and self.proc.poll() is None:
@@ -83,6 +87,18 @@ class System:
         wait_port(port, timeout=60, proc=s.proc)
         return s
 
+    def restart_gateway(self, index: int = 0) -> Service:
+        """Start gateway `index` again on its port (after it was stopped or killed)."""
+        old, port = self.gateways[index]
+        s = self._service(f"{old.name}", "agentbus.gateway", {"GATEWAY_PORT": str(port)})
+        self.gateways[index] = (s, port)
+        wait_port(port, timeout=60, proc=s.proc)
+        return s
+
+    def url_of(self, index: int) -> tuple[str, str]:
+        port = self.gateways[index][1]
+        return f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"
+
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         last = None
@@ -108,9 +124,11 @@ class System:
         self.nats.stop()
 
 
-def start_system(database_url: str | None = None, runners: int = 1, **env: str) -> System:
+def start_system(
+    database_url: str | None = None, runners: int = 1, gateways: int = 1, nats: Any = None, **env: str
+) -> System:
     root = Path(tempfile.mkdtemp(prefix="agentbus-e2e-"))
-    nats = NatsServer(str(root / "nats")).start()
+    nats = nats or NatsServer(str(root / "nats")).start()
     base_env = {
         **os.environ,
         "NATS_URL": nats.url,
@@ -126,7 +144,8 @@ def start_system(database_url: str | None = None, runners: int = 1, **env: str) 
         system.add_metrics()
         for _ in range(runners):
             system.add_runner()
-        system.add_gateway()
+        for _ in range(gateways):
+            system.add_gateway()
         system.wait_ready()
     except BaseException:
         system.stop()
