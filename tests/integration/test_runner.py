@@ -337,7 +337,7 @@ async def test_failing_step(js: Any, runner: Runner) -> None:
     ("fields", "error"),
     [
         ({"agent_config": {"steps": "many"}}, "invalid agent_config.steps: Expected `int`, got `str`"),
-        ({"agent": "nope"}, "unknown agent kind 'nope'; available: scripted, slow"),
+        ({"agent": "nope"}, "unknown agent kind 'nope'; available: openai, scripted, slow"),
     ],
 )
 async def test_bad_agent_or_config_fails_clearly(js: Any, runner: Runner, fields: dict, error: str) -> None:

@@ -127,7 +127,7 @@ def test_registry_loads_entry_point_plugins_and_skips_broken_ones(monkeypatch: p
         registry_module, "entry_points", lambda group: plugins if group == ENTRY_POINT_GROUP else []
     )
     registry = AgentRegistry()
-    assert registry.kinds() == ["echo", "scripted"]
+    assert registry.kinds() == ["echo", "openai", "scripted"]
     assert isinstance(registry.create("echo"), EchoAgent)
 
 

@@ -28,7 +28,7 @@ from agentbus.contracts import (
     subjects,
 )
 from agentbus.contracts.events import ArtifactData, CancelledData, FailureData
-from agentbus.runner.agents import AgentContext
+from agentbus.runner.agents import AgentContext, ArtifactLimitError
 from agentbus.runner.store import Checkpoint, RunStore, retrying
 
 
@@ -40,17 +40,27 @@ def since(then: datetime | None, now: datetime) -> float:
     return 0.0 if then is None else max(0.0, (now - then).total_seconds())
 
 
+def _size(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MiB" if n >= 1024 * 1024 else f"{n} bytes"
+
+
 class RunRecord:
     """The state of one held run and the only way its events are written."""
 
-    def __init__(self, start: RunStart, *, js: Any, kv: Any, obs: Any, runner_id: str) -> None:
+    def __init__(
+        self, start: RunStart, *, js: Any, kv: Any, obs: Any, runner_id: str, settings: Any = None
+    ) -> None:
         self.start = start
         self.js = js
         self.obs = obs
         self.runner_id = runner_id
+        self.settings = settings
         self.store = RunStore(kv, start.run_id)
         self.cp = Checkpoint(runner_id=runner_id)
-        self.ctx = AgentContext(start, artifact_writer=self._write_artifact)
+        self.ctx = AgentContext(start, artifact_writer=self._write_artifact, settings=settings)
+        # Events an agent causes (artifacts, streamed progress) may come from concurrent agent tasks:
+        # one at a time, so each gets its own seq.
+        self._agent_emit = asyncio.Lock()
         self.cancel_reason: str | None = None
         self.handing_back = False  # the runner is stopping and gives this run to another runner
         self.waiting_for_human = False
@@ -90,12 +100,37 @@ class RunRecord:
             raise asyncio.CancelledError
 
     def offer_decision(self, ctl: RunControl) -> None:
-        """Only the first decision of a wait counts; later or unexpected ones are ignored."""
-        if self._decision is not None and not self._decision.done():
+        """Only the first decision of a wait counts; later, unexpected or stale ones are ignored.
+
+        A decision names the plan version it was made on: the stored decision that sent version 1
+        back for revision must not also decide version 2.
+        """
+        stale = (
+            ctl.kind != "cancel" and ctl.plan_version is not None and ctl.plan_version != self.cp.plan_version
+        )
+        if not stale and self._decision is not None and not self._decision.done():
             self._decision.set_result(ctl)
 
     async def _write_artifact(self, name: str, data: bytes, content_type: str) -> None:
+        async with self._agent_emit:
+            await self._store_artifact(name, data, content_type)
+
+    async def _store_artifact(self, name: str, data: bytes, content_type: str) -> None:
         key = f"{self.run_id}/{name}"
+        limit = getattr(self.settings, "artifact_max_bytes", None)
+        run_limit = getattr(self.settings, "run_artifacts_max_bytes", None)
+        if limit is not None and len(data) > limit:
+            raise ArtifactLimitError(
+                f"artifact {name!r} is {_size(len(data))}, over the per-file limit of {_size(limit)} "
+                "(RUNNER_ARTIFACT_MAX_BYTES)"
+            )
+        sizes = {**self.cp.artifacts, name: len(data)}  # a rewrite replaces the earlier bytes
+        if run_limit is not None and sum(sizes.values()) > run_limit:
+            raise ArtifactLimitError(
+                f"artifact {name!r} ({_size(len(data))}) would take this run's artifacts to "
+                f"{_size(sum(sizes.values()))}, over the per-run limit of {_size(run_limit)} "
+                "(RUNNER_RUN_ARTIFACTS_MAX_BYTES)"
+            )
 
         async def put() -> Any:
             meta = ObjectMeta(name=key, description=content_type, headers={"Content-Type": [content_type]})
@@ -106,6 +141,7 @@ class RunRecord:
             ArtifactCreated,
             ArtifactData(name=name, size=len(data), content_type=content_type),
             f"Artifact {name} stored",
+            artifacts=sizes,
         )
 
     # --- events ------------------------------------------------------------------------------------
@@ -127,7 +163,9 @@ class RunRecord:
     def _stats(self, cp: Checkpoint, now: datetime) -> RunStats:
         wait = cp.approval_wait
         if wait is None and cp.approval_started_at is not None:  # ended while waiting for the human
-            wait = round(since(cp.approval_started_at, now), 3)
+            wait = round(cp.approval_wait_before + since(cp.approval_started_at, now), 3)
+        elif wait is None and cp.approval_wait_before:  # ended while revising the plan
+            wait = round(cp.approval_wait_before, 3)
         usage = cp.usage
         return RunStats(
             duration=round(since(cp.started_at, now), 3),

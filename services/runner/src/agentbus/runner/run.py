@@ -21,6 +21,7 @@ from agentbus.contracts import (
     PlanReady,
     Progress,
     Rejected,
+    RevisionRequested,
     RunControl,
     RunStart,
     Timeout,
@@ -31,6 +32,7 @@ from agentbus.contracts.events import (
     DecisionData,
     PlanData,
     ProgressData,
+    RevisionData,
     TimeoutData,
 )
 from agentbus.runner.agents import (
@@ -41,6 +43,7 @@ from agentbus.runner.agents import (
     UnknownAgentError,
     step_title,
 )
+from agentbus.runner.progress import ProgressReporter
 from agentbus.runner.record import RunRecord, since, utcnow
 from agentbus.runner.store import BusError, RunLostError
 
@@ -58,10 +61,20 @@ class RunExecution(RunRecord):
     RECHECK_S = 5.0
 
     def __init__(
-        self, start: RunStart, *, js: Any, kv: Any, obs: Any, registry: AgentRegistry, runner_id: str
+        self,
+        start: RunStart,
+        *,
+        js: Any,
+        kv: Any,
+        obs: Any,
+        registry: AgentRegistry,
+        runner_id: str,
+        settings: Any = None,
     ) -> None:
-        super().__init__(start, js=js, kv=kv, obs=obs, runner_id=runner_id)
+        super().__init__(start, js=js, kv=kv, obs=obs, runner_id=runner_id, settings=settings)
         self.registry = registry
+        self.progress = ProgressReporter(self, getattr(settings, "progress_interval_s", 0.1))
+        self.ctx._progress = self.progress
 
     # --- the run -----------------------------------------------------------------------------------
 
@@ -115,11 +128,14 @@ class RunExecution(RunRecord):
             return
         self.ctx.usage = msgspec.structs.replace(self.cp.usage) if self.cp.usage else None
         self.ctx.plan, self.ctx.feedback = self.cp.plan, self.cp.feedback
+        self.ctx.outputs, self.ctx.revisions = list(self.cp.outputs), list(self.cp.revisions)
         try:
-            if self.cp.phase in ("new", "planning"):
-                await self._within_work_budget(self._plan(agent))
-            if self.cp.phase == "awaiting_approval":
-                await self._approval()
+            # A plan sent back for revision returns to planning: a new version, a new approval.
+            while self.cp.phase in ("new", "planning", "awaiting_approval"):
+                if self.cp.phase in ("new", "planning"):
+                    await self._within_work_budget(self._plan(agent))
+                if self.cp.phase == "awaiting_approval":
+                    await self._approval()
             if self.cp.phase == "executing":
                 results = await self._within_work_budget(self._execute(agent))
                 if self.finished:  # timed out
@@ -131,11 +147,17 @@ class RunExecution(RunRecord):
                 )
         except AgentFailedError as exc:
             await self._fail(str(exc))
+        finally:
+            try:
+                await agent.aclose()
+            except Exception:
+                log.warning("run %s: agent %s failed to close", self.run_id, kind, exc_info=True)
 
     async def _within_work_budget(self, work: Awaitable[T]) -> T | None:
         """Bound working time by timeout_s; time spent waiting for a human does not count."""
         now = utcnow()
-        worked = since(self.cp.started_at, now) - (self.cp.approval_wait or 0.0)
+        waited = self.cp.approval_wait if self.cp.approval_wait is not None else self.cp.approval_wait_before
+        worked = since(self.cp.started_at, now) - waited
         deadline = asyncio.timeout(self.start.timeout_s - worked)
         try:
             async with deadline:
@@ -149,7 +171,15 @@ class RunExecution(RunRecord):
     async def _plan(self, agent: Agent) -> None:
         if self.cp.phase == "new":
             await self._emit(AnalysisStart, None, "Analysing the task", phase="planning")
-        plan = await self._call("planning", agent.plan(self.ctx))
+        version = len(self.cp.revisions) + 1
+        self.ctx.plan_version = version
+        self.progress.at(0, 0, 0.0, "planning", None)
+        if self.cp.revisions:
+            last = self.cp.revisions[-1]
+            work = agent.revise(self.ctx, last["plan"], last.get("feedback"))
+            plan = await self._call(f"revising the plan (version {version})", work)
+        else:
+            plan = await self._call("planning", agent.plan(self.ctx))
         if not isinstance(plan, dict) or not isinstance(plan.get("steps"), list) or not plan["steps"]:
             raise AgentFailedError(
                 f"agent {agent.kind} returned an invalid plan: need a non-empty `steps` list"
@@ -157,11 +187,13 @@ class RunExecution(RunRecord):
         plan = self._jsonable(plan, "the plan")
         self.ctx.plan = plan
         approval = self.start.require_approval
+        suffix = f" (version {version})" if version > 1 else ""
         await self._emit(
             PlanReady,
-            PlanData(plan=plan),
-            "Plan ready for review" if approval else "Plan ready",
+            PlanData(plan=plan, version=version),
+            ("Plan ready for review" if approval else "Plan ready") + suffix,
             plan=plan,
+            plan_version=version,
             phase="awaiting_approval" if approval else "executing",
         )
 
@@ -170,13 +202,18 @@ class RunExecution(RunRecord):
             now = utcnow()
             await self._emit(
                 ApprovalRequired,
-                ApprovalRequiredData(plan=self.cp.plan or {}, timeout_s=self.start.approval_timeout_s),
+                ApprovalRequiredData(
+                    plan=self.cp.plan or {},
+                    timeout_s=self.start.approval_timeout_s,
+                    version=self.cp.plan_version,
+                ),
                 "Waiting for approval",
                 now=now,
                 approval_started_at=now,
             )
         ctl = await self._wait_for_decision()
-        waited = round(since(self.cp.approval_started_at, utcnow()), 3)
+        this_round = since(self.cp.approval_started_at, utcnow())
+        waited = round(self.cp.approval_wait_before + this_round, 3)
         if ctl is None:
             await self._finish(
                 Timeout,
@@ -187,7 +224,23 @@ class RunExecution(RunRecord):
         elif ctl.kind == "cancel" or self.cancel_reason is not None:
             self.request_cancel(ctl.reason)  # a no-op when the control message already set it
             await self._cancelled()
+        elif ctl.kind == "reject" and ctl.revise and len(self.cp.revisions) < self.start.max_revision_rounds:
+            revision = {"version": self.cp.plan_version, "plan": self.cp.plan, "feedback": ctl.feedback}
+            self.ctx.revisions = [*self.cp.revisions, revision]
+            await self._emit(
+                RevisionRequested,
+                RevisionData(
+                    version=self.cp.plan_version, round=len(self.ctx.revisions), feedback=ctl.feedback
+                ),
+                f"Plan version {self.cp.plan_version} sent back for revision",
+                phase="planning",
+                revisions=self.ctx.revisions,
+                approval_started_at=None,
+                approval_wait_before=self.cp.approval_wait_before + this_round,
+            )
         elif ctl.kind == "reject":
+            if ctl.revise:
+                log.info("run %s: no revision rounds left; the rejection ends the run", self.run_id)
             await self._finish(
                 Rejected,
                 lambda s: DecisionData(feedback=ctl.feedback, stats=s),
@@ -239,6 +292,8 @@ class RunExecution(RunRecord):
         total = len(steps)
         for index in range(self.cp.steps_done, total):
             title = step_title(index, steps[index])
+            self.ctx.outputs = list(self.cp.outputs)
+            self.progress.at(index + 1, total, round(100 * index / total, 1), "executing", title)
             output = await self._call(
                 f"step {index + 1}/{total} '{title}'", agent.execute_step(self.ctx, index, steps[index])
             )
@@ -256,6 +311,8 @@ class RunExecution(RunRecord):
                 steps_done=index + 1,
                 outputs=[*self.cp.outputs, output],
             )
+        self.ctx.outputs = list(self.cp.outputs)
+        self.progress.at(total, total, 100.0, "finalizing", None)
         results = await self._call("finalizing", agent.finalize(self.ctx, list(self.cp.outputs)))
         return self._jsonable(results, "the results")
 

@@ -1,7 +1,9 @@
 """The runner service: pulls `run.start` work, holds runs, routes controls to them, answers pings.
 
-Work comes from one durable pull consumer shared by every runner copy, so each
-run is held by exactly one runner at a time. A held run is kept alive with
+Work comes from durable pull consumers shared by every runner copy, one per
+agent kind (`run.start.<kind>`, pulled only by runners serving the kind, within
+its concurrency limit) plus the unrouted `run.start`, so each run is held by
+exactly one runner at a time. A held run is kept alive with
 `in_progress()` heartbeats; when its holder dies, JetStream redelivers it after
 ack_wait and the next holder resumes it from its checkpoint.
 """
@@ -23,7 +25,16 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import BadRequestError
 
 from agentbus.common.bus import artifacts_store, connect_with_retry, ensure_streams, guarded, run_state_kv
-from agentbus.contracts import Ping, Pong, RunControl, RunnerHeartbeat, RunStart, encode, subjects
+from agentbus.contracts import (
+    Ping,
+    Pong,
+    RunControl,
+    RunnerHeartbeat,
+    RunnerInfo,
+    RunStart,
+    encode,
+    subjects,
+)
 from agentbus.runner.agents import Agent, AgentRegistry
 from agentbus.runner.run import RunExecution
 from agentbus.runner.settings import Settings
@@ -43,6 +54,17 @@ _control_decoder = msgspec.json.Decoder(RunControl)
 
 
 @dataclass
+class Lane:
+    """One work queue consumer this runner pulls from: an agent kind's, or the unrouted `run.start`."""
+
+    kind: str | None
+    consumer: str
+    subject: str
+    slots: asyncio.Semaphore | None  # the kind's limit on this runner (RUNNER_AGENT_CONCURRENCY)
+    psub: Any = None
+
+
+@dataclass
 class Held:
     msg: Msg  # the latest delivery of the run's work message: the one we ack or nak
     execution: RunExecution
@@ -56,7 +78,19 @@ class Runner:
         self, settings: Settings, agents: dict[str, type[Agent]] | None = None, plugins: bool = True
     ) -> None:
         self.settings = settings
-        self.registry = AgentRegistry(agents, plugins=plugins)
+        self.registry = AgentRegistry(agents, plugins=plugins, only=settings.agents)
+        self.lanes = [
+            Lane(
+                kind,
+                subjects.kind_consumer(kind),
+                subjects.run_start(kind),
+                asyncio.Semaphore(settings.agent_concurrency[kind])
+                if kind in settings.agent_concurrency
+                else None,
+            )
+            for kind in self.registry.kinds()
+        ]
+        self.lanes.append(Lane(None, subjects.RUNNER_CONSUMER, subjects.RUN_START, None))
         self.held: dict[str, Held] = {}  # run_id -> the run this runner is executing
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
@@ -77,15 +111,19 @@ class Runner:
         await ensure_streams(self.js, s.replicas)
         self.kv = await run_state_kv(self.js, s.replicas)
         self.obs = await artifacts_store(self.js, s.replicas)
-        await self._ensure_consumer()
-        self.psub = await self.js.pull_subscribe_bind(
-            durable=subjects.RUNNER_CONSUMER, stream=subjects.RUN_COMMANDS_STREAM
-        )
+        for lane in self.lanes:
+            await self._ensure_consumer(lane)
+            lane.psub = await self.js.pull_subscribe_bind(
+                durable=lane.consumer, stream=subjects.RUN_COMMANDS_STREAM
+            )
+        self.psub = self.lanes[-1].psub
         self._subs = [
             await self.nc.subscribe(
                 subjects.RUN_CONTROL_ALL, cb=guarded(subjects.RUN_CONTROL_ALL, self._on_control)
             ),
             await self.nc.subscribe(subjects.RUN_PING, cb=guarded(subjects.RUN_PING, self._on_ping)),
+            await self.nc.subscribe(subjects.RUN_INFO, cb=guarded(subjects.RUN_INFO, self._on_info)),
+            *(lane.psub for lane in self.lanes[:-1]),  # unsubscribed with the others on stop
         ]
         # Make sure the subscriptions exist at the server once start() returns. Not flush(): nats-py
         # writes its PING ahead of still-queued commands. A request to our own ping subject is queued
@@ -98,10 +136,10 @@ class Runner:
         )
         return self
 
-    async def _ensure_consumer(self) -> None:
+    async def _ensure_consumer(self, lane: Lane) -> None:
         config = ConsumerConfig(
-            durable_name=subjects.RUNNER_CONSUMER,
-            filter_subject=subjects.RUN_START,
+            durable_name=lane.consumer,
+            filter_subject=lane.subject,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.settings.ack_wait_s,
             max_deliver=-1,  # a run is never dropped: it is redelivered until some runner finishes it
@@ -110,37 +148,76 @@ class Runner:
         try:  # create, or update an existing one to this config
             await self.js.add_consumer(subjects.RUN_COMMANDS_STREAM, config)
         except BadRequestError as exc:  # e.g. a field that cannot be changed: use the consumer as it is
-            log.warning("keeping the existing %s consumer: %s", subjects.RUNNER_CONSUMER, exc)
+            log.warning("keeping the existing %s consumer: %s", lane.consumer, exc)
 
     # --- pulling work ------------------------------------------------------------------------------
 
     async def _pull_loop(self) -> None:
+        await asyncio.gather(*(self._lane_loop(lane) for lane in self.lanes))
+
+    async def _lane_loop(self, lane: Lane) -> None:
+        """Pull one run at a time from the lane while its kind has a free slot here.
+
+        The runner-wide slot is taken after the fetch, not before: a lane's lingering pull request
+        must not hold a slot another kind's run could use. So each lane holds at most one fetched
+        run waiting for a slot (kept ours with in_progress()); the rest wait in the queue, in order.
+        """
         while not self._stopping.is_set():
-            await self._slots.acquire()  # wait for a free slot (cancelling here loses nothing)
-            fetch = asyncio.ensure_future(self._fetch_one())
+            if lane.slots is not None:
+                await lane.slots.acquire()  # cancelling here loses nothing
+            fetch = asyncio.ensure_future(self._fetch_one(lane))
             try:
                 msg = await asyncio.shield(fetch)
             except asyncio.CancelledError:
                 # stop(): let the lingering pull request end, so no run is delivered to a dead inbox.
-                self._slots.release()
+                self._release(lane, runner_slot=False)
                 msg = await fetch
                 if msg is not None:
                     with suppress(Exception):
                         await msg.nak()
                 raise
             if msg is None:
-                self._slots.release()
-            elif self._stopping.is_set():
-                self._slots.release()
+                self._release(lane, runner_slot=False)
+                continue
+            try:
+                await self._wait_for_slot(msg)
+            except asyncio.CancelledError:
+                self._release(lane, runner_slot=False)
+                with suppress(Exception):
+                    await msg.nak()
+                raise
+            if self._stopping.is_set():
+                self._release(lane)
                 with suppress(Exception):
                     await msg.nak()
             else:
-                await self._accept(msg)
+                await self._accept(msg, lane)
 
-    async def _fetch_one(self) -> Msg | None:
+    def _release(self, lane: Lane, runner_slot: bool = True) -> None:
+        if runner_slot:
+            self._slots.release()
+        if lane.slots is not None:
+            lane.slots.release()
+
+    async def _wait_for_slot(self, msg: Msg) -> None:
+        acquire = asyncio.ensure_future(self._slots.acquire())
+        try:
+            while True:
+                done, _ = await asyncio.wait({acquire}, timeout=self.settings.ack_wait_s / 3)
+                if done:
+                    return
+                with suppress(Exception):
+                    await msg.in_progress()  # still ours: not redelivered while it waits
+        except asyncio.CancelledError:
+            if acquire.done() and not acquire.cancelled():
+                self._slots.release()
+            acquire.cancel()
+            raise
+
+    async def _fetch_one(self, lane: Lane) -> Msg | None:
         # One message per request: a batch > 1 makes nats-py wait for the whole batch or the timeout.
         try:
-            return (await self.psub.fetch(1, timeout=self.settings.fetch_timeout_s))[0]
+            return (await lane.psub.fetch(1, timeout=self.settings.fetch_timeout_s))[0]
         except TimeoutError:
             return None
         except Exception as exc:  # broker down or reconnecting: back off, never crash the loop
@@ -149,14 +226,14 @@ class Runner:
                 await asyncio.wait_for(self._stopping.wait(), 1.0)
             return None
 
-    async def _accept(self, msg: Msg) -> None:
+    async def _accept(self, msg: Msg, lane: Lane) -> None:
         try:
             start = _start_decoder.decode(msg.data)
             if not (_ID.match(start.run_id) and _ID.match(start.task_id)):
                 raise ValueError("run_id and task_id must match [A-Za-z0-9_=-]{1,200}")
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             log.error("dropping a message on %s that is not a valid RunStart: %s", msg.subject, exc)
-            self._slots.release()
+            self._release(lane)
             error = str(exc).replace("\r", " ").replace("\n", " ")[:500]
             try:
                 await msg.term()  # never redeliver it
@@ -166,9 +243,9 @@ class Runner:
             return
         task = asyncio.create_task(self._hold(msg, start), name=f"run-{start.run_id}")
         self._tasks.add(task)
-        # Release the slot however the task ends, even if it is cancelled before it starts.
+        # Release the slots however the task ends, even if it is cancelled before it starts.
         task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(lambda _: self._slots.release())
+        task.add_done_callback(lambda _: self._release(lane))
 
     async def _hold(self, msg: Msg, start: RunStart) -> None:
         run_id = start.run_id
@@ -188,6 +265,7 @@ class Runner:
             obs=self.obs,
             registry=self.registry,
             runner_id=self.settings.runner_id,
+            settings=self.settings,
         )
         held = self.held[run_id] = Held(msg, execution, current)
         beat = asyncio.create_task(self._heartbeat(held))
@@ -273,6 +351,26 @@ class Runner:
             capacity=self.settings.max_concurrency,
         )
         await msg.respond(encode(pong))
+
+    async def _on_info(self, msg: Msg) -> None:
+        """Discovery: what this runner serves right now, with each kind's config schema and limit."""
+        active: dict[str, int] = {}
+        for held in self.held.values():
+            active[held.execution.start.agent] = active.get(held.execution.start.agent, 0) + 1
+        agents = []
+        for kind in self.registry.kinds():
+            desc = self.registry.describe(kind)
+            desc.max_concurrency = self.settings.agent_concurrency.get(kind)
+            desc.active_runs = active.get(kind, 0)
+            agents.append(desc)
+        info = RunnerInfo(
+            instance=self.settings.runner_id,
+            version=VERSION,
+            agents=agents,
+            active_runs=self.active_runs,
+            capacity=self.settings.max_concurrency,
+        )
+        await msg.respond(encode(info))
 
     def _hand_back(self, held: Held) -> None:
         held.execution.hand_back()

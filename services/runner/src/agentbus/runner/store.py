@@ -79,6 +79,12 @@ class Checkpoint(msgspec.Struct, kw_only=True, omit_defaults=True):
     approval_wait: float | None = None  # seconds waited for the human, once decided
     usage: Usage | None = None
     runner_id: str = ""
+    # Plan revisions: the version of the current plan, the plans sent back ({"version", "plan",
+    # "feedback"}), and the time waited for the human in the rounds before this one.
+    plan_version: int = 1
+    revisions: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    approval_wait_before: float = 0.0
+    artifacts: dict[str, int] = msgspec.field(default_factory=dict)  # name -> size, for the run's limit
     v: int = 1
 
 

@@ -5,7 +5,9 @@ from agentbus.runner.agents.base import (
     AgentConfigError,
     AgentContext,
     AgentError,
+    ArtifactLimitError,
     Usage,
+    convert_config,
     step_title,
 )
 from agentbus.runner.agents.registry import ENTRY_POINT_GROUP, AgentRegistry, UnknownAgentError
@@ -18,10 +20,12 @@ __all__ = [
     "AgentContext",
     "AgentError",
     "AgentRegistry",
+    "ArtifactLimitError",
     "ScriptedAgent",
     "ScriptedConfig",
     "UnknownAgentError",
     "Usage",
+    "convert_config",
     "parse_config",
     "step_title",
 ]

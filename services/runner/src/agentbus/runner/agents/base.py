@@ -1,19 +1,22 @@
 """The agent protocol: plan a task, then execute the (approved) plan step by step.
 
-An agent never talks to NATS itself: it reports artifacts and usage through its
-`AgentContext`, and the runner turns them into events, checkpoints and stats.
+An agent never talks to NATS itself: it reports streamed text, artifacts and
+usage through its `AgentContext`, and the runner turns them into events,
+checkpoints and stats.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import msgspec
 
 from agentbus.contracts import RunStart
 
+T = TypeVar("T")
 ArtifactWriter = Callable[[str, bytes, str], Awaitable[None]]
+ProgressReporter = Callable[[str], Awaitable[None]]
 
 
 class AgentError(Exception):
@@ -22,6 +25,10 @@ class AgentError(Exception):
 
 class AgentConfigError(AgentError):
     """The run's agent_config is invalid; the message names the field."""
+
+
+class ArtifactLimitError(AgentError):
+    """An artifact is over the runner's per-file or per-run size limit."""
 
 
 class Usage(msgspec.Struct, kw_only=True):
@@ -41,6 +48,7 @@ class AgentContext:
         usage: Usage | None = None,
         plan: dict[str, Any] | None = None,
         feedback: str | None = None,
+        settings: Any = None,
     ) -> None:
         self.start = start
         self.run_id = start.run_id
@@ -54,7 +62,13 @@ class AgentContext:
         self.plan = plan  # the approved plan once execution starts
         self.feedback = feedback  # the approver's feedback, if any
         self.usage = usage  # None until the agent reports some
+        self.settings = settings  # the runner's Settings (e.g. `settings.model` defaults); None in tests
+        self.outputs: list[Any] = []  # outputs of the steps finished so far
+        self.plan_version = 1  # the version the current/next plan gets
+        # Plans sent back for revision, oldest first: {"version", "plan", "feedback"}.
+        self.revisions: list[dict[str, Any]] = []
         self._artifact_writer = artifact_writer
+        self._progress: ProgressReporter | None = None
 
     async def write_artifact(
         self, name: str, data: bytes, content_type: str = "application/octet-stream"
@@ -65,6 +79,15 @@ class AgentContext:
         if self._artifact_writer is None:
             raise AgentError("this context cannot store artifacts")
         await self._artifact_writer(name, bytes(data), content_type)
+
+    async def report_progress(self, partial: str) -> None:
+        """Report the text produced so far in this phase or step (e.g. streamed tokens).
+
+        Cheap to call for every token: the runner emits at most one `progress` event per
+        RUNNER_PROGRESS_INTERVAL_S (0.1 s) per run and drops the calls in between.
+        """
+        if self._progress is not None:
+            await self._progress(partial)
 
     def report_usage(self, prompt_tokens: int = 0, completion_tokens: int = 0, cost_usd: float = 0.0) -> None:
         """Add model usage; the totals end up in the run's terminal stats."""
@@ -83,11 +106,26 @@ class Agent:
     """
 
     kind: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    # The type agent_config is converted to (a msgspec Struct); its JSON Schema is published by
+    # GET /api/agents. None: no schema is published.
+    config_type: ClassVar[type | None] = None
     supports_resume: ClassVar[bool] = False
 
+    @classmethod
+    def config_schema(cls) -> dict[str, Any] | None:
+        return msgspec.json.schema(cls.config_type) if cls.config_type is not None else None
+
     async def plan(self, ctx: AgentContext) -> dict[str, Any]:
-        """Return the plan: a dict with at least `steps`, a non-empty list (strings or dicts with `title`)."""
+        """Return the plan: a dict with at least `steps`, a non-empty list (strings or dicts with `title`).
+
+        On a revision `ctx.revisions` holds the plans sent back, with the approver's feedback.
+        """
         raise NotImplementedError
+
+    async def revise(self, ctx: AgentContext, plan: dict[str, Any], feedback: str | None) -> dict[str, Any]:
+        """A new version of `plan` that addresses `feedback` (also the last entry of ctx.revisions)."""
+        return await self.plan(ctx)
 
     async def execute_step(self, ctx: AgentContext, index: int, step: Any) -> Any:
         """Execute plan step `index` (0-based); return its output (JSON-serialisable)."""
@@ -96,6 +134,21 @@ class Agent:
     async def finalize(self, ctx: AgentContext, outputs: list[Any]) -> Any:
         """Turn the step outputs into the run's results."""
         return {"outputs": outputs}
+
+    async def aclose(self) -> None:
+        """Release what the agent holds (HTTP clients...); called once when the run leaves this runner."""
+
+
+def convert_config(raw: Any, config_type: type[T]) -> T:
+    """agent_config as `config_type`, strictly (no "3" for 3); the error names the field."""
+    try:
+        return msgspec.convert(raw if raw is not None else {}, config_type, strict=True)
+    except msgspec.ValidationError as exc:
+        detail, _, where = str(exc).partition(" - at `$.")
+        field = where.rstrip("`").split("[")[0]
+        if field:
+            raise AgentConfigError(f"invalid agent_config.{field}: {detail}") from None
+        raise AgentConfigError(f"invalid agent_config: {detail}") from None
 
 
 def step_title(index: int, step: Any) -> str:

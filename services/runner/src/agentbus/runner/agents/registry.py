@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Iterable
 from importlib.metadata import entry_points
 
+from agentbus.contracts import AgentDescriptor, subjects
 from agentbus.runner.agents.base import Agent, AgentConfigError
+from agentbus.runner.agents.openai import OpenAIAgent
 from agentbus.runner.agents.scripted import ScriptedAgent
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "agentbus.agents"
-BUILTIN: dict[str, type[Agent]] = {ScriptedAgent.kind: ScriptedAgent}
+BUILTIN: dict[str, type[Agent]] = {ScriptedAgent.kind: ScriptedAgent, OpenAIAgent.kind: OpenAIAgent}
+_KIND = re.compile(subjects.AGENT_KIND_PATTERN)
 
 
 class UnknownAgentError(AgentConfigError):
@@ -19,17 +24,36 @@ class UnknownAgentError(AgentConfigError):
 
 
 class AgentRegistry:
-    """Name -> Agent class. Plugins are loaded once; a plugin that fails to import is logged and skipped."""
+    """Name -> Agent class. Plugins are loaded once; a plugin that fails to import is logged and skipped.
 
-    def __init__(self, extra: dict[str, type[Agent]] | None = None, plugins: bool = True) -> None:
-        self._kinds: dict[str, type[Agent]] = dict(BUILTIN)
+    `only`: serve just these kinds (RUNNER_AGENTS); a listed kind that is not installed is an error.
+    """
+
+    def __init__(
+        self,
+        extra: dict[str, type[Agent]] | None = None,
+        plugins: bool = True,
+        only: Iterable[str] | None = None,
+    ) -> None:
+        kinds: dict[str, type[Agent]] = dict(BUILTIN)
         if plugins:
             for ep in entry_points(group=ENTRY_POINT_GROUP):
                 try:
-                    self._kinds[ep.name] = ep.load()
+                    kinds[ep.name] = ep.load()
                 except Exception as exc:  # a broken plugin must not take the runner down
                     log.error("agent plugin %r (%s) failed to load: %s", ep.name, ep.value, exc)
-        self._kinds.update(extra or {})
+        kinds.update(extra or {})
+        for name in [k for k in kinds if not _KIND.match(k) or len(k) > 100]:
+            # The kind is a subject token sequence and part of a consumer name.
+            log.error("agent kind %r skipped: a kind is dot-separated [A-Za-z0-9_-] words", name)
+            del kinds[name]
+        if only is not None:
+            wanted = list(only)
+            missing = [k for k in wanted if k not in kinds]
+            if missing:
+                raise ValueError(f"RUNNER_AGENTS names kinds that are not installed: {', '.join(missing)}")
+            kinds = {k: kinds[k] for k in wanted}
+        self._kinds = kinds
 
     def kinds(self) -> list[str]:
         return sorted(self._kinds)
@@ -39,3 +63,18 @@ class AgentRegistry:
         if cls is None:
             raise UnknownAgentError(f"unknown agent kind {kind!r}; available: {', '.join(self.kinds())}")
         return cls()
+
+    def describe(self, kind: str) -> AgentDescriptor:
+        cls = self._kinds[kind]
+        try:
+            schema = cls.config_schema()
+        except Exception as exc:  # a plugin's odd config type must not break discovery
+            log.warning("agent %s: no config schema: %s", kind, exc)
+            schema = None
+        doc = (cls.__doc__ or "").strip().splitlines()
+        return AgentDescriptor(
+            kind=kind,
+            description=cls.description or (doc[0] if doc else ""),
+            config_schema=schema,
+            supports_resume=cls.supports_resume,
+        )

@@ -32,6 +32,8 @@ def parse_config(raw: Any) -> ScriptedConfig:
 
 class ScriptedAgent(Agent):
     kind = "scripted"
+    description = "Deterministic built-in agent, no model: `steps` named steps, for demos and tests"
+    config_type = ScriptedConfig
     supports_resume = True  # steps are independent, so any runner can pick up at the next one
 
     # Usage reported per step, so usage metrics exist without a model.

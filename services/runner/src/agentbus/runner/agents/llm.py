@@ -1,0 +1,270 @@
+"""A small client for OpenAI-compatible chat completions (OpenAI, vLLM, Ollama, llama.cpp, LiteLLM).
+
+Streams tokens (server-sent events), retries 429/5xx/timeouts/connection errors
+with exponential backoff and jitter (honouring `Retry-After`), bounds every
+request with a timeout, and aborts the HTTP request at once when the calling
+task is cancelled. The API key is sent in the Authorization header only: it is
+never logged and is scrubbed from every error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+
+from agentbus.runner.agents.base import AgentError
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+TextCallback = Callable[[str], Awaitable[None]]
+_json = msgspec.json.Decoder()
+
+
+class ModelError(AgentError):
+    """The model server failed in a way retrying did not (or cannot) fix; the message says how."""
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    usage_reported: bool  # False: the server sent no usage and the counts are estimates
+    finish_reason: str | None = None
+
+
+def retry_after_s(headers: httpx.Headers, now: float | None = None) -> float | None:
+    """Seconds the server asks us to wait: `retry-after-ms`, `Retry-After` (seconds or an HTTP date)."""
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def backoff_s(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with jitter: half fixed, half random, so retries of many runs spread out."""
+    delay = min(cap, base * 2 ** (attempt - 1))
+    return delay / 2 + random.uniform(0, delay / 2)
+
+
+def estimate_tokens(text: str) -> int:
+    return max(1, len(text) // 4) if text else 0
+
+
+class ChatClient:
+    """One base URL and key; `complete()` is one chat completion with retries."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        *,
+        timeout_s: float = 120.0,
+        max_retries: int = 4,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 20.0,
+        retry_after_max_s: float = 60.0,
+        include_usage: bool = True,
+        text_interval_s: float = 0.05,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.host = urlsplit(base_url).netloc or base_url
+        self._key = api_key
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.retry_after_max_s = retry_after_max_s
+        self.include_usage = include_usage
+        self.text_interval_s = text_interval_s  # on_text gets the text so far at most this often
+        self._http = http or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)), trust_env=True
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def scrub(self, text: str) -> str:
+        """`text` without the API key (some servers echo it in errors)."""
+        if self._key and len(self._key) >= 4:
+            text = text.replace(self._key, "***")
+        return text
+
+    async def complete(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        model: str,
+        response_format: dict[str, Any] | None = None,
+        stream: bool = True,
+        on_text: TextCallback | None = None,
+        **params: Any,
+    ) -> Completion:
+        body: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
+        body.update({k: v for k, v in params.items() if v is not None})
+        if response_format is not None:
+            body["response_format"] = response_format
+        if stream and self.include_usage:
+            body["stream_options"] = {"include_usage": True}
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._once(body, on_text)
+            except _Retryable as exc:
+                if attempt > self.max_retries:
+                    tries = "1 attempt" if attempt == 1 else f"{attempt} attempts"
+                    raise ModelError(f"{self.scrub(str(exc))} (gave up after {tries})") from None
+                if exc.retry_after is not None:
+                    delay = min(exc.retry_after, self.retry_after_max_s)
+                else:
+                    delay = backoff_s(attempt, self.backoff_base_s, self.backoff_max_s)
+                log.warning(
+                    "model server %s: %s; retry %d/%d in %.2fs",
+                    self.host,
+                    self.scrub(str(exc)),
+                    attempt,
+                    self.max_retries,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def _once(self, body: dict[str, Any], on_text: TextCallback | None) -> Completion:
+        headers = {"Accept": "text/event-stream" if body["stream"] else "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        try:
+            # Leaving this block in any way (a cancel included) closes the response, and with it
+            # the connection when the body was not read to the end: the server sees it at once.
+            async with self._http.stream("POST", self.url, json=body, headers=headers) as resp:
+                if resp.status_code != 200:
+                    detail = _error_detail(await _read_some(resp))
+                    message = f"model server answered HTTP {resp.status_code}: {detail}"
+                    if resp.status_code in RETRY_STATUSES:
+                        raise _Retryable(message, retry_after_s(resp.headers))
+                    raise ModelError(self.scrub(message))
+                if "text/event-stream" in resp.headers.get("content-type", ""):
+                    return await _read_stream(resp, body["messages"], on_text, self.text_interval_s)
+                return _read_json(await resp.aread(), body["messages"])
+        except httpx.TimeoutException as exc:
+            kind = "connecting" if isinstance(exc, httpx.ConnectTimeout) else "waiting for an answer"
+            raise _Retryable(f"model server {self.host} timed out {kind} ({self.timeout_s:g}s)") from None
+        except httpx.TransportError as exc:
+            raise _Retryable(f"model server {self.host} unreachable: {type(exc).__name__}: {exc}") from None
+
+
+async def _read_some(resp: httpx.Response, limit: int = 64 * 1024) -> bytes:
+    data = b""
+    async for chunk in resp.aiter_bytes():
+        data += chunk
+        if len(data) >= limit:
+            break
+    return data[:limit]
+
+
+def _error_detail(raw: bytes) -> str:
+    try:
+        doc = _json.decode(raw)
+    except msgspec.DecodeError:
+        return raw.decode(errors="replace").strip()[:500] or "(no body)"
+    if isinstance(doc, dict):
+        err = doc.get("error", doc)
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err["message"][:500]
+        if isinstance(err, str):
+            return err[:500]
+    return raw.decode(errors="replace")[:500]
+
+
+def _prompt_chars(messages: list[dict[str, Any]]) -> str:
+    return "".join(str(m.get("content") or "") for m in messages)
+
+
+def _usage(doc: dict[str, Any]) -> tuple[int, int] | None:
+    usage = doc.get("usage")
+    if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+        return usage["prompt_tokens"], int(usage.get("completion_tokens") or 0)
+    return None
+
+
+def _completion(text: str, usage: tuple[int, int] | None, messages: list[Any], finish: Any) -> Completion:
+    if usage is None:
+        return Completion(
+            text, estimate_tokens(_prompt_chars(messages)), estimate_tokens(text), False, finish
+        )
+    return Completion(text, usage[0], usage[1], True, finish)
+
+
+def _read_json(raw: bytes, messages: list[dict[str, Any]]) -> Completion:
+    try:
+        doc = _json.decode(raw)
+        choice = doc["choices"][0]
+        text = choice["message"].get("content") or ""
+    except (msgspec.DecodeError, KeyError, IndexError, TypeError, AttributeError):
+        raise ModelError(f"model server sent an unreadable completion: {raw[:200]!r}") from None
+    return _completion(text, _usage(doc), messages, choice.get("finish_reason"))
+
+
+async def _read_stream(
+    resp: httpx.Response, messages: list[dict[str, Any]], on_text: TextCallback | None, interval: float
+) -> Completion:
+    parts: list[str] = []
+    usage: tuple[int, int] | None = None
+    finish = None
+    last = 0.0
+    async for line in resp.aiter_lines():
+        if not line.startswith("data:"):
+            continue  # blank separators, comments (": keep-alive"), event names
+        data = line[5:].strip()
+        if data == "[DONE]":
+            break
+        try:
+            doc = _json.decode(data)
+        except msgspec.DecodeError:
+            raise ModelError(f"model server sent an unreadable stream chunk: {data[:200]!r}") from None
+        if not isinstance(doc, dict):
+            continue
+        if "error" in doc:
+            raise ModelError(f"model server failed while streaming: {_error_detail(data.encode())}")
+        usage = _usage(doc) or usage
+        for choice in doc.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str) and delta["content"]:
+                parts.append(delta["content"])
+                # Joining on every token would be quadratic: hand out the text at most every interval.
+                if on_text is not None and time.monotonic() - last >= interval:
+                    last = time.monotonic()
+                    await on_text("".join(parts))
+            finish = choice.get("finish_reason") or finish
+    return _completion("".join(parts), usage, messages, finish)
