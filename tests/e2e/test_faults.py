@@ -237,13 +237,12 @@ async def test_scaled_out_two_gateways_three_runners() -> None:
         async def watch(i: int, ready: asyncio.Event) -> None:
             async with apis[i].ws("/ws/stream") as ws:
                 ready.set()
-                done: set[str] = set()
-                while len(done) < N:
+                ended: set[str] = set()
+                while len(work.runs) < N or not {r["id"] for r in work.runs} <= ended:
                     e = await next_event(ws, timeout=60)
-                    if any(e["run_id"] == r["id"] for r in work.runs):
-                        streams[i].append(e)
-                        if e["event_type"] in TERMINAL:
-                            done.add(e["run_id"])
+                    streams[i].append(e)
+                    if e["event_type"] in TERMINAL:
+                        ended.add(e["run_id"])
 
         ready = [asyncio.Event(), asyncio.Event()]
         watchers = [asyncio.create_task(watch(i, ready[i])) for i in range(2)]
