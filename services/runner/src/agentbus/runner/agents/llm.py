@@ -267,4 +267,7 @@ async def _read_stream(
                     last = time.monotonic()
                     await on_text("".join(parts))
             finish = choice.get("finish_reason") or finish
-    return _completion("".join(parts), usage, messages, finish)
+    text = "".join(parts)
+    if on_text is not None and text:
+        await on_text(text)  # the whole text, whatever the interval dropped
+    return _completion(text, usage, messages, finish)
