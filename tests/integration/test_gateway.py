@@ -22,6 +22,7 @@ from agentbus.contracts import RunControl, encode, subjects
 from agentbus.contracts import events as ev
 from agentbus.gateway.app import create_app
 from agentbus.gateway.settings import Settings
+from tests.support.fake_runner import FakeRunnerInfo
 from tests.support.servers import NatsServer, nats_server
 
 
@@ -32,8 +33,18 @@ def own_nats() -> Iterator[NatsServer]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def runner_info(own_nats: NatsServer) -> Iterator[FakeRunnerInfo]:
+    """Answers agent discovery as a runner serving `scripted` would."""
+    fake = FakeRunnerInfo(own_nats.url).start()
+    yield fake
+    fake.stop()
+
+
 @pytest.fixture
-async def client(own_nats: NatsServer, database_url: str) -> AsyncIterator[AsyncTestClient]:
+async def client(
+    own_nats: NatsServer, database_url: str, runner_info: FakeRunnerInfo
+) -> AsyncIterator[AsyncTestClient]:
     settings = Settings(
         nats_url=own_nats.url, database_url=database_url, max_body_bytes=64 * 1024, request_timeout_s=0.5
     )
@@ -162,7 +173,7 @@ async def test_create_run_queues_a_start_command(client: AsyncTestClient, js) ->
     second = await new_run(client, task["id"])
     assert second["run_number"] == 2 and second["require_approval"] is True
 
-    msg = await js.get_last_msg(subjects.RUN_COMMANDS_STREAM, subjects.RUN_START)
+    msg = await js.get_last_msg(subjects.RUN_COMMANDS_STREAM, subjects.run_start("scripted"))
     cmd = msgspec.json.decode(msg.data)
     assert cmd["run_id"] == second["id"] and cmd["approval_timeout_s"] == 42
     assert cmd["agent_config"] == {"steps": 2}

@@ -16,6 +16,7 @@ from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 
 from agentbus.common.db import make_engine, migrate, redact, wait_for_database
 from agentbus.gateway import __version__
+from agentbus.gateway.agents import AgentController, Discovery
 from agentbus.gateway.auth import token_middleware
 from agentbus.gateway.bus import Bus
 from agentbus.gateway.errors import EXCEPTION_HANDLERS, unexpected
@@ -54,7 +55,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
         await ingest.start()
         reaper = Reaper(engine, bus, settings.reaper_after_s, settings.reaper_interval_s, settings.instance)
         await reaper.start()
-        app.state.update(settings=settings, engine=engine, bus=bus, hub=hub, ingest=ingest, reaper=reaper)
+        discovery = Discovery(bus.nc)
+        app.state.update(
+            settings=settings,
+            engine=engine,
+            bus=bus,
+            hub=hub,
+            ingest=ingest,
+            reaper=reaper,
+            discovery=discovery,
+        )
         try:
             yield
         finally:
@@ -69,6 +79,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             TaskController,
             RunController,
+            AgentController,
             MetricsController,
             health,
             ready,

@@ -45,8 +45,11 @@ class Bus:
             await self.nc.drain()
 
     async def start_run(self, cmd: RunStart) -> None:
-        # The message id makes a retried publish of the same run a no-op on the server.
-        await self.js.publish(subjects.RUN_START, encode(cmd), headers={"Nats-Msg-Id": f"start:{cmd.run_id}"})
+        # Routed by agent kind: only runners serving it pull it. The message id makes a retried
+        # publish of the same run a no-op on the server.
+        await self.js.publish(
+            subjects.run_start(cmd.agent), encode(cmd), headers={"Nats-Msg-Id": f"start:{cmd.run_id}"}
+        )
 
     async def decide(self, control: RunControl) -> None:
         """Store the decision first (a runner that takes the run later applies it), then announce it."""

@@ -20,6 +20,7 @@ def task_out(row: Any) -> Task:
         approval_timeout_s=row.approval_timeout_s,
         timeout_s=row.timeout_s,
         max_rounds=row.max_rounds,
+        max_revision_rounds=row.max_revision_rounds,
         status=row.status,
         total_runs=total,
         successful_runs=row.successful_runs or 0,
@@ -42,6 +43,8 @@ def approval_out(value: dict[str, Any] | None) -> Approval | None:
         approved=bool(value.get("approved")),
         feedback=value.get("feedback"),
         decided_at=datetime.fromisoformat(value["decided_at"].replace("Z", "+00:00")),
+        revise=bool(value.get("revise", False)),
+        plan_version=value.get("plan_version"),
     )
 
 
@@ -53,6 +56,7 @@ def run_out(row: Any) -> Run:
         status=row.status,
         agent=row.agent,
         require_approval=row.require_approval,
+        max_revision_rounds=row.max_revision_rounds,
         plan=row.plan,
         progress=row.progress or 0.0,
         results=row.results,

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 from agentbus.common.db import JSONType, UTCDateTime
@@ -31,6 +32,7 @@ tasks = Table(
     Column("approval_timeout_s", Integer, nullable=False),
     Column("timeout_s", Integer, nullable=False),
     Column("max_rounds", Integer, nullable=False),
+    Column("max_revision_rounds", Integer, nullable=False, default=2, server_default=text("2")),
     Column("status", String(32), nullable=False),
     Column("total_runs", Integer, nullable=False, default=0),
     Column("successful_runs", Integer, nullable=False, default=0),
@@ -55,6 +57,7 @@ runs = Table(
     Column("status", String(32), nullable=False),
     Column("agent", String(100), nullable=False),
     Column("require_approval", Boolean, nullable=False),
+    Column("max_revision_rounds", Integer, nullable=False, default=2, server_default=text("2")),
     Column("agent_config", JSONType),
     Column("plan", JSONType),
     Column("progress", Float, nullable=False, default=0.0),

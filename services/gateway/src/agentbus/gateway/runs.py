@@ -8,16 +8,17 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Response, delete, get, patch, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import State
-from litestar.exceptions import NotFoundException
+from litestar.exceptions import NotFoundException, ValidationException
 from litestar.params import Parameter
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentbus.contracts import RunControl, RunStart
 from agentbus.contracts.status import TERMINAL_RUN_STATUSES, RunStatus
-from agentbus.gateway import lifecycle
+from agentbus.gateway import lifecycle, plans
+from agentbus.gateway.artifacts import serve as serve_artifact
 from agentbus.gateway.convert import artifact_out, run_out
 from agentbus.gateway.errors import Conflict, ServiceUnavailable
 from agentbus.gateway.models import artifacts, run_events, runs, tasks
@@ -26,6 +27,7 @@ from agentbus.gateway.schemas import (
     ArtifactInfo,
     CancelBody,
     EventPage,
+    PlanVersion,
     Run,
     RunCreate,
     RunPage,
@@ -62,6 +64,7 @@ class RunController(Controller):
     @post("/", summary="Create a run; it is queued for execution at once")
     async def create(self, data: RunCreate, state: State) -> Run:
         task = await load_task(state.engine, data.task_id)
+        await state.discovery.require(task.agent)  # 409 when no runner serves the kind
         ts = now()
         run_id = uuid.uuid4().hex
         require_approval = task.require_approval if data.require_approval is None else data.require_approval
@@ -90,6 +93,7 @@ class RunController(Controller):
                     status="pending",
                     agent=task.agent,
                     require_approval=require_approval,
+                    max_revision_rounds=task.max_revision_rounds,
                     agent_config=agent_config,
                     progress=0.0,
                     labels=data.labels,
@@ -112,6 +116,7 @@ class RunController(Controller):
             approval_timeout_s=task.approval_timeout_s,
             timeout_s=task.timeout_s,
             max_rounds=task.max_rounds,
+            max_revision_rounds=task.max_revision_rounds,
             created_at=ts,
         )
         try:
@@ -178,11 +183,21 @@ class RunController(Controller):
         if run.status != "awaiting_approval" or run.approval:
             what = "already decided" if run.approval else f"is {run.status}"
             raise Conflict(f"run {run_id} is not awaiting approval ({what})")
+        if data.revise and data.approved:
+            raise ValidationException("`revise: true` sends a plan back: it goes with `approved: false`")
+        version = await plans.waiting_version(state.engine, run_id)
+        if data.revise and version is not None and version > run.max_revision_rounds:
+            raise Conflict(
+                f"run {run_id}: no revision rounds left (plan version {version}, "
+                f"max_revision_rounds {run.max_revision_rounds}); approve it or reject it without revise"
+            )
         decided_at = now()
         approval = {
             "approved": data.approved,
             "feedback": data.feedback,
             "decided_at": decided_at.isoformat().replace("+00:00", "Z"),
+            "revise": data.revise,
+            "plan_version": version,
         }
         async with state.engine.begin() as conn:
             # Conditional: of two concurrent decisions exactly one wins.
@@ -200,6 +215,8 @@ class RunController(Controller):
                     kind="approve" if data.approved else "reject",
                     feedback=data.feedback,
                     decided_at=decided_at,
+                    revise=data.revise,
+                    plan_version=version,
                 )
             )
         return await get_run(state.engine, run_id)
@@ -239,8 +256,11 @@ class RunController(Controller):
             ).all()
         return [artifact_out(r) for r in rows]
 
-    @get("/{run_id:str}/artifacts/{name:str}", summary="Download an artifact")
-    async def get_artifact(self, run_id: str, name: str, state: State) -> Response[bytes]:
+    @get(
+        "/{run_id:str}/artifacts/{name:str}",
+        summary="Download an artifact (streamed; `Range: bytes=a-b` gets a 206)",
+    )
+    async def get_artifact(self, run_id: str, name: str, state: State, request: Request) -> Response[Any]:
         async with state.engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -249,5 +269,9 @@ class RunController(Controller):
             ).first()
         if row is None:
             raise NotFoundException(f"artifact {name} of run {run_id} not found")
-        data = await state.bus.read_artifact(run_id, name)
-        return Response(content=data, media_type=row.content_type)
+        return await serve_artifact(state.bus, run_id, name, row.content_type, request.headers.get("range"))
+
+    @get("/{run_id:str}/plans", summary="Every version of the run's plan, oldest first, with its decision")
+    async def list_plans(self, run_id: str, state: State) -> list[PlanVersion]:
+        await load_run(state.engine, run_id)
+        return await plans.versions(state.engine, run_id)

@@ -15,6 +15,7 @@ AgentKind = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z
 ApprovalTimeout = Annotated[int, Meta(ge=1, le=86400)]
 RunTimeout = Annotated[int, Meta(ge=1, le=604800)]
 MaxRounds = Annotated[int, Meta(ge=1, le=100)]
+MaxRevisionRounds = Annotated[int, Meta(ge=0, le=10)]
 Description = Annotated[str, Meta(max_length=10000)]
 Labels = dict[Annotated[str, Meta(min_length=1, max_length=100)], Annotated[str, Meta(max_length=500)]]
 TaskStatus = Literal[
@@ -32,6 +33,7 @@ class TaskCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     approval_timeout_s: ApprovalTimeout = 300
     timeout_s: RunTimeout = 3600
     max_rounds: MaxRounds = 5
+    max_revision_rounds: MaxRevisionRounds = 2
 
 
 class TaskUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -44,6 +46,7 @@ class TaskUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     approval_timeout_s: ApprovalTimeout | UnsetType = UNSET
     timeout_s: RunTimeout | UnsetType = UNSET
     max_rounds: MaxRounds | UnsetType = UNSET
+    max_revision_rounds: MaxRevisionRounds | UnsetType = UNSET
 
 
 class Task(msgspec.Struct, kw_only=True):
@@ -57,6 +60,7 @@ class Task(msgspec.Struct, kw_only=True):
     approval_timeout_s: int
     timeout_s: int
     max_rounds: int
+    max_revision_rounds: int
     status: str
     total_runs: int
     successful_runs: int
@@ -90,16 +94,30 @@ class RunUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class ApproveBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     approved: bool
     feedback: Annotated[str, Meta(max_length=10000)] | None = None
+    # With approved: false, send the plan back for a new version instead of ending the run.
+    revise: bool = False
 
 
 class CancelBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     reason: Annotated[str, Meta(max_length=1000)] | None = None
 
 
-class Approval(msgspec.Struct):
+class Approval(msgspec.Struct, kw_only=True):
     approved: bool
     feedback: str | None
     decided_at: datetime
+    revise: bool = False
+    plan_version: int | None = None
+
+
+class PlanVersion(msgspec.Struct, kw_only=True):
+    """One version of a run's plan and what became of it."""
+
+    version: int
+    plan: dict[str, Any]
+    created_at: datetime
+    status: Literal["pending", "approved", "rejected", "revised"]  # revised: sent back for a new version
+    decision: Approval | None
 
 
 class Run(msgspec.Struct, kw_only=True):
@@ -109,6 +127,7 @@ class Run(msgspec.Struct, kw_only=True):
     status: str
     agent: str
     require_approval: bool
+    max_revision_rounds: int
     plan: dict[str, Any] | None
     progress: float
     results: Any
@@ -134,6 +153,32 @@ class EventPage(msgspec.Struct):
     """Stored events, each exactly as it was published (the same bytes a WebSocket client got)."""
 
     items: list[msgspec.Raw]
+    total: int
+
+
+class AgentRunner(msgspec.Struct, kw_only=True):
+    instance: str
+    version: str
+    active_runs: int  # runs of this kind it holds now
+    max_concurrency: int | None  # its limit for this kind; null: only its overall capacity
+    capacity: int  # runs it holds at most, of every kind
+
+
+class AgentKindOut(msgspec.Struct, kw_only=True):
+    kind: str
+    description: str
+    available: bool  # some runner serves it right now
+    runners: list[AgentRunner]
+    config_schema: dict[str, Any] | None
+    supports_resume: bool
+    total_runs: int
+    finished_runs: int
+    successful_runs: int
+    success_rate: float  # successful / finished, 0 when none finished
+
+
+class AgentPage(msgspec.Struct):
+    items: list[AgentKindOut]
     total: int
 
 

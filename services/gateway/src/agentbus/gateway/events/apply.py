@@ -39,6 +39,15 @@ def apply_event(run: dict[str, Any], event: ev.Event) -> bool:
             run["plan"] = event.data.plan
         case ev.ApprovalRequired():
             run["plan"] = event.data.plan
+            run["approval"] = None  # a new plan version waits for its own decision
+        case ev.RevisionRequested():
+            run["approval"] = run.get("approval") or {
+                "approved": False,
+                "feedback": event.data.feedback,
+                "decided_at": _iso(event.timestamp),
+                "revise": True,
+                "plan_version": event.data.version,
+            }
         case ev.Approved() | ev.Rejected():
             run["approval"] = run.get("approval") or {
                 "approved": isinstance(event, ev.Approved),
