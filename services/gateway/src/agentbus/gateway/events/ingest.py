@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from agentbus.common.db import sync_sqlite_engine
 from agentbus.contracts import decode_event, subjects
 from agentbus.contracts import events as ev
 from agentbus.gateway.events.apply import apply_event, task_counters
@@ -49,8 +52,18 @@ class EventIngest:
         self.queue: asyncio.Queue[Msg] = asyncio.Queue()
         self.sub: Any = None
         self.task: asyncio.Task[None] | None = None
-        dialect = engine.dialect.name
-        self._insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+        self._insert_events = (
+            insert(run_events)
+            .on_conflict_do_nothing(index_elements=["run_id", "seq"])
+            .returning(run_events.c.run_id, run_events.c.seq)
+        )
+        self._insert_artifacts = insert(artifacts).on_conflict_do_nothing(index_elements=["run_id", "name"])
+        # SQLite: the whole batch runs in one thread of its own on a plain sqlite3 connection, one
+        # hand-off per batch. Through aiosqlite every statement, cursor and commit is a round trip
+        # to its thread, and those round trips were most of the event latency in the profile.
+        self._sync_engine = sync_sqlite_engine(engine.url)
+        self._executor = ThreadPoolExecutor(1, "event-ingest-db") if self._sync_engine is not None else None
 
     async def start(self) -> None:
         self.sub = await self.bus.js.subscribe(
@@ -81,6 +94,10 @@ class EventIngest:
                 await self.task
             except asyncio.CancelledError:
                 pass
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
 
     async def _on_msg(self, msg: Msg) -> None:
         self.queue.put_nowait(msg)
@@ -118,70 +135,124 @@ class EventIngest:
 
     async def store(self, batch: list[tuple[ev.Event, bytes]]) -> list[tuple[ev.Event, bytes]]:
         """Store new events and their effects in one transaction; returns the ones not seen before."""
-        stored: list[tuple[ev.Event, bytes]] = []
+        if self._sync_engine is not None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, self._store_in_thread, batch)
         async with self.engine.begin() as conn:
-            ids = {e.run_id for e, _ in batch}
-            rows = {r.id: r._asdict() for r in await conn.execute(select(runs).where(runs.c.id.in_(ids)))}
-            dirty: set[str] = set()
-            ended: list[dict[str, Any]] = []
-            for event, raw in batch:
-                run = rows.get(event.run_id)
-                if run is None:
-                    log.info("event %s of unknown run %s dropped (deleted?)", event.seq, event.run_id)
-                    continue
-                result = await conn.execute(
-                    self._insert(run_events)
-                    .values(
-                        run_id=event.run_id,
-                        task_id=event.task_id,
-                        seq=event.seq,
-                        event_type=event.__struct_config__.tag,
-                        timestamp=event.timestamp,
-                        payload=raw.decode(),
-                    )
-                    .on_conflict_do_nothing(index_elements=["run_id", "seq"])
+            return await conn.run_sync(self._store, batch)
+
+    def _store_in_thread(self, batch: list[tuple[ev.Event, bytes]]) -> list[tuple[ev.Event, bytes]]:
+        assert self._sync_engine is not None
+        with self._sync_engine.begin() as conn:
+            return self._store(conn, batch)
+
+    def _store(self, conn: Connection, batch: list[tuple[ev.Event, bytes]]) -> list[tuple[ev.Event, bytes]]:
+        """The transaction's statements: a handful per batch whatever its size (executemany, and one
+        multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING that tells new events from
+        redeliveries). One statement per event made storage the bottleneck of the event path."""
+        stored: list[tuple[ev.Event, bytes]] = []
+        ids = {e.run_id for e, _ in batch}
+        rows = {r.id: r._asdict() for r in conn.execute(select(runs).where(runs.c.id.in_(ids)))}
+        fresh: dict[tuple[str, int], tuple[ev.Event, bytes]] = {}
+        for event, raw in batch:
+            if event.run_id not in rows:
+                log.info("event %s of unknown run %s dropped (deleted?)", event.seq, event.run_id)
+                continue
+            fresh.setdefault((event.run_id, event.seq), (event, raw))  # a redelivery in the same batch
+        if not fresh:
+            return stored
+        result = conn.execute(
+            self._insert_events,
+            [
+                {
+                    "run_id": e.run_id,
+                    "task_id": e.task_id,
+                    "seq": e.seq,
+                    "event_type": e.__struct_config__.tag,
+                    "timestamp": e.timestamp,
+                    "payload": raw.decode(),
+                }
+                for e, raw in fresh.values()
+            ],
+        )
+        inserted = {(r.run_id, r.seq) for r in result}  # the others were stored and applied already
+        dirty: dict[str, dict[str, Any]] = {}
+        ended: list[dict[str, Any]] = []
+        new_artifacts: list[dict[str, Any]] = []
+        for key, (event, raw) in fresh.items():
+            if key not in inserted:
+                continue
+            stored.append((event, raw))
+            run = rows[event.run_id]
+            if apply_event(run, event):
+                ended.append(run)
+            dirty[run["id"]] = run
+            if isinstance(event, ev.ArtifactCreated):
+                new_artifacts.append(
+                    {
+                        "run_id": event.run_id,
+                        "task_id": event.task_id,
+                        "name": event.data.name,
+                        "size": event.data.size,
+                        "content_type": event.data.content_type,
+                        "created_at": event.timestamp,
+                    }
                 )
-                if result.rowcount == 0:
-                    continue  # a redelivery: stored and applied already
-                stored.append((event, raw))
-                if apply_event(run, event):
-                    ended.append(run)
-                dirty.add(run["id"])
-                if isinstance(event, ev.ArtifactCreated):
-                    await conn.execute(
-                        self._insert(artifacts)
-                        .values(
-                            run_id=event.run_id,
-                            task_id=event.task_id,
-                            name=event.data.name,
-                            size=event.data.size,
-                            content_type=event.data.content_type,
-                            created_at=event.timestamp,
-                        )
-                        .on_conflict_do_nothing(index_elements=["run_id", "name"])
-                    )
-            for run_id in dirty:
-                run = rows[run_id]
-                await conn.execute(
-                    runs.update().where(runs.c.id == run_id).values({c: run[c] for c in RUN_COLUMNS})
-                )
-                await conn.execute(
-                    tasks.update()
-                    .where(tasks.c.id == run["task_id"], tasks.c.latest_run_id == run_id)
-                    .values(status=run["status"], updated_at=run["updated_at"])
-                )
+        if new_artifacts:
+            conn.execute(self._insert_artifacts, new_artifacts)
+        if dirty:
+            conn.execute(
+                _UPDATE_RUN,
+                [{"b_id": r["id"], **{f"b_{c}": r[c] for c in RUN_COLUMNS}} for r in dirty.values()],
+            )
+            conn.execute(
+                _UPDATE_TASK_STATUS,
+                [
+                    {
+                        "b_task": r["task_id"],
+                        "b_run": r["id"],
+                        "b_status": r["status"],
+                        "b_updated": r["updated_at"],
+                    }
+                    for r in dirty.values()
+                ],
+            )
+        if ended:
+            counters = []
             for run in ended:
                 c = task_counters(run)
-                await conn.execute(
-                    tasks.update()
-                    .where(tasks.c.id == run["task_id"])
-                    .values(
-                        total_runs=tasks.c.total_runs + 1,
-                        successful_runs=tasks.c.successful_runs + c["succeeded"],
-                        failed_runs=tasks.c.failed_runs + c["failed"],
-                        last_run_duration=c["last_run_duration"],
-                        last_error=c["last_error"],
-                        updated_at=run["updated_at"],
-                    )
+                counters.append(
+                    {
+                        "b_task": run["task_id"],
+                        "b_succeeded": c["succeeded"],
+                        "b_failed": c["failed"],
+                        "b_duration": c["last_run_duration"],
+                        "b_error": c["last_error"],
+                        "b_updated": run["updated_at"],
+                    }
                 )
+            conn.execute(_UPDATE_TASK_COUNTERS, counters)
         return stored
+
+
+# Built once: statement construction and cache-key generation per event showed in the profile.
+_UPDATE_RUN = (
+    runs.update().where(runs.c.id == bindparam("b_id")).values({c: bindparam(f"b_{c}") for c in RUN_COLUMNS})
+)
+_UPDATE_TASK_STATUS = (
+    tasks.update()
+    .where(tasks.c.id == bindparam("b_task"), tasks.c.latest_run_id == bindparam("b_run"))
+    .values(status=bindparam("b_status"), updated_at=bindparam("b_updated"))
+)
+_UPDATE_TASK_COUNTERS = (
+    tasks.update()
+    .where(tasks.c.id == bindparam("b_task"))
+    .values(
+        total_runs=tasks.c.total_runs + 1,
+        successful_runs=tasks.c.successful_runs + bindparam("b_succeeded"),
+        failed_runs=tasks.c.failed_runs + bindparam("b_failed"),
+        last_run_duration=bindparam("b_duration"),
+        last_error=bindparam("b_error"),
+        updated_at=bindparam("b_updated"),
+    )
+)
