@@ -74,14 +74,24 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Any) -> None:
-    # WAL snapshot isolation: a transaction whose snapshot is stale fails on write (SQLITE_BUSY)
-    # instead of silently overwriting; callers retry the unit of work.
-    conn.exec_driver_sql("BEGIN")
+    # A unit of work that reads, then writes what it read, asks for `sqlite_immediate`: it takes the
+    # write lock up front (waiting for it under busy_timeout). Any other transaction is deferred; under
+    # WAL, a deferred one whose snapshot went stale fails on write (SQLITE_BUSY) rather than overwrite.
+    immediate = conn.get_execution_options().get("sqlite_immediate", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def _sqlite_events(engine: Any) -> None:
+def _sqlite_events(engine: Any, immediate: bool = False) -> None:
     event.listen(engine, "connect", _sqlite_pragmas)
-    event.listen(engine, "begin", _sqlite_begin)
+    if immediate:
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+    else:
+        event.listen(engine, "begin", _sqlite_begin)
+
+
+def read_then_write(engine: AsyncEngine) -> AsyncEngine:
+    """The engine for a unit of work that writes what it read: on SQLite it locks from the start."""
+    return engine.execution_options(sqlite_immediate=True)
 
 
 def sync_sqlite_engine(url: str | URL) -> Engine | None:
@@ -94,7 +104,7 @@ def sync_sqlite_engine(url: str | URL) -> Engine | None:
     engine = create_engine(
         parsed.set(drivername="sqlite+pysqlite"), connect_args={"timeout": 30, "check_same_thread": False}
     )
-    _sqlite_events(engine)
+    _sqlite_events(engine, immediate=True)  # it only serves read-then-write units (event ingest)
     return engine
 
 

@@ -11,6 +11,7 @@ from litestar.datastructures import State
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from agentbus.common.db import read_then_write
 from agentbus.contracts import RunControl
 from agentbus.contracts.status import TERMINAL_RUN_STATUSES
 from agentbus.gateway.models import artifacts, runs, tasks
@@ -44,7 +45,7 @@ async def _cancel_live(state: State, rows: list[Any], reason: str) -> None:
 
 async def delete_run(state: State, run: Any) -> None:
     await _cancel_live(state, [run], "run deleted")
-    async with state.engine.begin() as conn:
+    async with read_then_write(state.engine).begin() as conn:
         names = (await conn.execute(select(artifacts.c.name).where(artifacts.c.run_id == run.id))).scalars()
         names = list(names)
         await conn.execute(delete(runs).where(runs.c.id == run.id))
@@ -56,7 +57,7 @@ async def delete_task(state: State, task_id: str) -> None:
     async with state.engine.connect() as conn:
         rows = (await conn.execute(select(runs.c.id, runs.c.status).where(runs.c.task_id == task_id))).all()
     await _cancel_live(state, list(rows), "task deleted")
-    async with state.engine.begin() as conn:
+    async with read_then_write(state.engine).begin() as conn:
         arts = (
             await conn.execute(
                 select(artifacts.c.run_id, artifacts.c.name).where(artifacts.c.task_id == task_id)

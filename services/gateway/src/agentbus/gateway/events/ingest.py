@@ -25,9 +25,11 @@ from agentbus.common.db import sync_sqlite_engine
 from agentbus.contracts import decode_event, subjects
 from agentbus.contracts import events as ev
 from agentbus.gateway.events.apply import apply_event, task_counters
+from agentbus.gateway.events.hub import ORIGIN, ORIGIN_HEADER, deliver_local
 from agentbus.gateway.models import artifacts, run_events, runs, tasks
 
 log = logging.getLogger(__name__)
+_ORIGIN = {ORIGIN_HEADER: ORIGIN}
 
 RUN_COLUMNS = (
     "status",
@@ -128,8 +130,14 @@ class EventIngest:
                 log.warning("dropping an event on %s that does not decode: %s", m.subject, exc)
                 await self.bus.nc.publish(subjects.EVENTS_DEAD, m.data)
         stored = await self.store(decoded) if decoded else []
-        for event, raw in stored:
-            await self.bus.nc.publish(subjects.live_event(event.task_id, event.run_id), raw)
+        if stored:
+            # Committed: this process's stream clients get the events directly, the other gateway
+            # copies through events.live (they tell theirs from ours by the origin header).
+            deliver_local((e.task_id, e.run_id, e.seq, e.__struct_config__.tag, raw) for e, raw in stored)
+            for event, raw in stored:
+                await self.bus.nc.publish(
+                    subjects.live_event(event.task_id, event.run_id), raw, headers=_ORIGIN
+                )
         for m in msgs:
             await m.ack()
 
@@ -152,7 +160,12 @@ class EventIngest:
         redeliveries). One statement per event made storage the bottleneck of the event path."""
         stored: list[tuple[ev.Event, bytes]] = []
         ids = {e.run_id for e, _ in batch}
-        rows = {r.id: r._asdict() for r in conn.execute(select(runs).where(runs.c.id.in_(ids)))}
+        # Locked for this transaction: two gateway copies storing events of one run must not
+        # overwrite each other's run state (SQLite: the transaction began IMMEDIATE).
+        query = select(runs).where(runs.c.id.in_(ids)).order_by(runs.c.id)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        rows = {r.id: r._asdict() for r in conn.execute(query)}
         fresh: dict[tuple[str, int], tuple[ev.Event, bytes]] = {}
         for event, raw in batch:
             if event.run_id not in rows:
