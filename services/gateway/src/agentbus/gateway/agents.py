@@ -38,6 +38,8 @@ class Discovery:
         self.ttl_s = ttl_s  # how long an answer vouches for its runner on the hot path
         self.miss_wait_s = miss_wait_s  # how long a miss waits for a runner serving the kind
         self.seen: dict[str, tuple[RunnerInfo, float]] = {}  # instance -> (info, monotonic time)
+        # One round per kind at a time: a burst of creates on a cold cache shares it.
+        self._misses: dict[str, asyncio.Future[list[RunnerInfo]]] = {}
 
     def fresh(self, max_age: float | None = None) -> list[RunnerInfo]:
         now, age = time.monotonic(), self.ttl_s if max_age is None else max_age
@@ -80,7 +82,11 @@ class Discovery:
         """Return when some runner serves `kind` (cached or asked now); else 409 with the kinds served."""
         if any(a.kind == kind for info in self.fresh() for a in info.agents):
             return
-        answers = await self.round(want=kind, wait=self.miss_wait_s)
+        pending = self._misses.get(kind)
+        if pending is None:
+            pending = self._misses[kind] = asyncio.ensure_future(self.round(want=kind, wait=self.miss_wait_s))
+            pending.add_done_callback(lambda _: self._misses.pop(kind, None))
+        answers = await asyncio.shield(pending)
         if any(a.kind == kind for info in answers for a in info.agents):
             return
         served = sorted({a.kind for info in answers for a in info.agents})
