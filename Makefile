@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install run test lint format test-only bench clean
+.PHONY: install run test lint format test-only bench clean reliability soak
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -42,6 +42,18 @@ test: lint test-only
 # Not part of `make test`. BENCH_ARGS="--quick" for a smoke run, "--help" for the options.
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)
+
+# Fault injection into real processes, written up in docs/reliability.md (also part of `make test`).
+reliability: install
+	rm -f var/reliability-results.jsonl
+	AGENTBUS_RELIABILITY_RESULTS=var/reliability-results.jsonl $(PY) -m pytest -q -m faults tests/e2e/test_faults.py
+	$(PY) scripts/reliability_report.py var/reliability-results.jsonl docs/reliability.md "make reliability"
+
+# The long variant: 1,000 runs per fault (minutes). Not part of `make test`.
+soak: install
+	rm -f var/soak-results.jsonl
+	AGENTBUS_SOAK=1 AGENTBUS_RELIABILITY_RESULTS=var/soak-results.jsonl $(PY) -m pytest -q -m faults tests/e2e/test_faults.py
+	$(PY) scripts/reliability_report.py var/soak-results.jsonl var/soak-report.md "make soak"
 
 clean:
 	rm -rf $(VENV) $(TOOLS) var .pytest_cache .ruff_cache
