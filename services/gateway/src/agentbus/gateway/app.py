@@ -26,6 +26,7 @@ from agentbus.gateway.health import MetricsController, all_stream, health, ready
 from agentbus.gateway.reaper import Reaper
 from agentbus.gateway.runs import RunController
 from agentbus.gateway.settings import Settings
+from agentbus.gateway.sse import run_event_stream
 from agentbus.gateway.tasks import TaskController
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             run_stream,
             task_stream,
             all_stream,
+            run_event_stream,
         ],
         lifespan=[lifespan],
         exception_handlers={**EXCEPTION_HANDLERS, Exception: unexpected},

@@ -1,11 +1,18 @@
-"""WebSocket fan-out.
+"""Fan-out of stored events to stream clients (WebSocket and Server-Sent Events alike).
 
-Every gateway copy subscribes to `events.live.>`, which carries each event once
-it is stored. A client has its own bounded queue: a client that falls behind
-is closed with 1013 and reconnects with `since`, so it never slows anyone else.
-Per run, a client remembers the last `seq` it was sent: duplicates (the seam
-between replay and live) are dropped, and a gap (another gateway copy stored
-an earlier event but has not announced it yet) is filled from the database.
+Events reach a hub two ways, both only after they are stored: from the event
+ingest of this process directly (`deliver_local`, no broker round trip), and
+from `events.live.>` for events stored by another gateway copy (a copy skips
+its own announcements by their origin header). Each client is a
+`Subscription` with its own bounded queue: a client that falls behind is cut
+off (WebSocket close 1013, SSE end of stream) and reconnects with `since` /
+`Last-Event-ID`, so it never slows anyone else. Per run, a subscription
+remembers the last `seq` it was sent: duplicates (the seam between replay and
+live) are dropped, and a gap (another copy stored an earlier event but has not
+announced it yet) is filled from the database.
+
+Each event is decoded once (its routing head) and its text shared by every
+client; a client's pump sends whatever has queued up without a timer per frame.
 """
 
 from __future__ import annotations
@@ -13,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
-from collections.abc import Iterable
+import uuid
+import weakref
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +40,10 @@ log = logging.getLogger(__name__)
 
 CLOSE_TOO_SLOW = 1013
 CLOSE_GOING_AWAY = 1001
+ORIGIN_HEADER = "Agentbus-Origin"
+# This process's stored events reach its hubs directly; its live announcements carry this id.
+ORIGIN = uuid.uuid4().hex
+_local_hubs: weakref.WeakSet[Hub] = weakref.WeakSet()
 
 
 class _Head(msgspec.Struct):
@@ -39,64 +52,139 @@ class _Head(msgspec.Struct):
     run_id: str
     task_id: str
     seq: int
+    event_type: str = ""
 
 
 _head = msgspec.json.Decoder(_Head)
-Frame = tuple[str, int, bytes]  # run_id, seq, payload
-_OVERFLOW: Frame = ("", -1, b"")
-_CLOSE: Frame = ("", -2, b"")
 
 
-class Client:
-    def __init__(self, hub: Hub, socket: WebSocket, run_id: str | None, task_id: str | None) -> None:
-        self.hub = hub
-        self.socket = socket
+class Frame:
+    """One stored event, shared by every client it goes to."""
+
+    __slots__ = ("_sse", "event_type", "run_id", "seq", "task_id", "text")
+
+    def __init__(self, run_id: str, task_id: str, seq: int, text: str, event_type: str = "") -> None:
         self.run_id = run_id
         self.task_id = task_id
-        self.queue: asyncio.Queue[Frame] = asyncio.Queue()
+        self.seq = seq
+        self.text = text
+        self.event_type = event_type
+        self._sse: bytes | None = None
+
+    def sse(self) -> bytes:
+        """The Server-Sent Events form: the event's seq is its id (`Last-Event-ID` resumes after it)."""
+        if self._sse is None:
+            self._sse = f"id: {self.seq}\ndata: {self.text}\n\n".encode()
+        return self._sse
+
+
+class TooSlow(Exception):
+    """The client's queue overflowed: it must reconnect and resume from the stored log."""
+
+
+class GoingAway(Exception):
+    """The gateway is shutting down."""
+
+
+def deliver_local(events: Iterable[tuple[str, str, int, str, bytes]]) -> None:
+    """Hand events this process has just stored, as (task_id, run_id, seq, event_type, payload), to
+    its hubs."""
+    if not _local_hubs:
+        return
+    frames = [Frame(run_id, task_id, seq, raw.decode(), kind) for task_id, run_id, seq, kind, raw in events]
+    for hub in list(_local_hubs):
+        hub.fan_out(frames)
+
+
+class Subscription:
+    """One client's view of the stored events: what it asked for, its bounded queue, its seqs."""
+
+    def __init__(self, hub: Hub, run_id: str | None, task_id: str | None) -> None:
+        self.hub = hub
+        self.run_id = run_id
+        self.task_id = task_id
+        self.queue: deque[Frame] = deque()
         self.limit = hub.queue_size
         self.last: dict[str, int] = {}
-        self.dead = False
+        self.overflowed = False
+        self.going_away = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def dead(self) -> bool:
+        return self.overflowed or self.going_away
 
     def offer(self, frame: Frame) -> None:
-        if self.dead:
+        if self.overflowed or self.going_away:
             return
-        if self.queue.qsize() >= self.limit:
-            self.dead = True
-            self.queue.put_nowait(_OVERFLOW)
-            return
-        self.queue.put_nowait(frame)
+        if len(self.queue) >= self.limit:
+            self.overflowed = True
+            self.queue.clear()
+        else:
+            self.queue.append(frame)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
-    async def send(self, frame: Frame) -> None:
-        run_id, seq, payload = frame
-        last = self.last.get(run_id)
-        if last is not None:
-            if seq <= last:
-                return
-            if seq > last + 1:
-                for missing in await self.hub.stored_between(run_id, last, seq):
-                    await self.socket.send_data(missing[2].decode(), mode="text")
-                    self.last[run_id] = missing[1]
-        await self.socket.send_data(payload.decode(), mode="text")
-        self.last[run_id] = seq
+    def close(self) -> None:
+        self.going_away = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
-    async def pump(self, replay: Iterable[Frame]) -> None:
+    async def _wait(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout, lambda: waiter.done() or waiter.set_result(None))
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _place(self, frame: Frame) -> int:
+        """0: a duplicate, drop it; 1: next in its run's order (or the first), send it; 2: a gap first."""
+        last = self.last.get(frame.run_id)
+        if last is None or frame.seq == last + 1:
+            self.last[frame.run_id] = frame.seq
+            return 1
+        return 0 if frame.seq <= last else 2
+
+    async def _gap(self, frame: Frame) -> list[Frame]:
+        """The stored events missing before `frame`, then `frame` itself."""
+        missing = await self.hub.stored_between(frame.run_id, self.last[frame.run_id], frame.seq)
+        self.last[frame.run_id] = frame.seq
+        return [*missing, frame]
+
+    async def frames(self, replay: Iterable[Frame]) -> AsyncIterator[Frame | None]:
+        """The replayed frames, then live ones as they come, in per-run seq order without duplicates;
+        None when a heartbeat is due. Raises TooSlow or GoingAway when the client must go."""
         for frame in replay:
-            await self.send(frame)
+            verdict = self._place(frame)
+            if verdict == 1:
+                yield frame
+            elif verdict == 2:
+                for out in await self._gap(frame):
+                    yield out
         heartbeat = self.hub.heartbeat_s
+        queue = self.queue
         while True:
-            try:
-                frame = await asyncio.wait_for(self.queue.get(), timeout=heartbeat)
-            except TimeoutError:
-                await self.socket.send_data(self.hub.heartbeat_frame(), mode="text")
+            if self.going_away:
+                raise GoingAway
+            if self.overflowed:
+                raise TooSlow
+            if not queue:
+                await self._wait(heartbeat)
+                if not queue and not self.dead:
+                    yield None
                 continue
-            if frame is _OVERFLOW:
-                await self.socket.close(code=CLOSE_TOO_SLOW, reason="client too slow; reconnect with since")
-                return
-            if frame is _CLOSE:
-                await self.socket.close(code=CLOSE_GOING_AWAY, reason="gateway shutting down")
-                return
-            await self.send(frame)
+            frame = queue.popleft()
+            verdict = self._place(frame)
+            if verdict == 1:
+                yield frame
+            elif verdict == 2:
+                for out in await self._gap(frame):
+                    yield out
 
 
 class Hub:
@@ -104,28 +192,28 @@ class Hub:
         self.engine = engine
         self.heartbeat_s = heartbeat_s
         self.queue_size = queue_size
-        self.by_run: dict[str, set[Client]] = defaultdict(set)
-        self.by_task: dict[str, set[Client]] = defaultdict(set)
-        self.everything: set[Client] = set()
+        self.by_run: dict[str, set[Subscription]] = defaultdict(set)
+        self.by_task: dict[str, set[Subscription]] = defaultdict(set)
+        self.everything: set[Subscription] = set()
         self.sub: Any = None
 
     async def start(self, nc: Any) -> None:
         self.sub = await nc.subscribe(subjects.EVENTS_LIVE_ALL, cb=self._on_live, pending_msgs_limit=-1)
+        _local_hubs.add(self)
 
     def close_all(self) -> None:
-        """Close every client with 1001 (going away); safe to call from a signal handler's callback."""
+        """Close every client (WebSocket 1001, SSE end of stream); safe from a signal handler's callback."""
         for client in self.clients():
-            if not client.dead:
-                client.dead = True
-                client.queue.put_nowait(_CLOSE)
+            client.close()
 
     async def stop(self) -> None:
+        _local_hubs.discard(self)
         if self.sub is not None:
             with contextlib.suppress(Exception):
                 await self.sub.unsubscribe()
         self.close_all()
 
-    def clients(self) -> set[Client]:
+    def clients(self) -> set[Subscription]:
         out = set(self.everything)
         for group in (*self.by_run.values(), *self.by_task.values()):
             out |= group
@@ -136,18 +224,24 @@ class Hub:
         return msgspec.json.encode({"event_type": "heartbeat", "timestamp": datetime.now(UTC)}).decode()
 
     async def _on_live(self, msg: Any) -> None:
+        if msg.headers and msg.headers.get(ORIGIN_HEADER) == ORIGIN:
+            return  # stored by this process: its hubs had it from deliver_local already
         try:
             head = _head.decode(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError):
             log.warning("undecodable live event on %s dropped", msg.subject)
             return
-        frame = (head.run_id, head.seq, msg.data)
-        for client in self.everything:
-            client.offer(frame)
-        for client in self.by_run.get(head.run_id, ()):
-            client.offer(frame)
-        for client in self.by_task.get(head.task_id, ()):
-            client.offer(frame)
+        self.fan_out([Frame(head.run_id, head.task_id, head.seq, msg.data.decode(), head.event_type)])
+
+    def fan_out(self, frames: list[Frame]) -> None:
+        everything = self.everything
+        for frame in frames:
+            for client in everything:
+                client.offer(frame)
+            for client in self.by_run.get(frame.run_id, ()):
+                client.offer(frame)
+            for client in self.by_task.get(frame.task_id, ()):
+                client.offer(frame)
 
     async def stored_between(self, run_id: str, after: int, before: int, wait_s: float = 2.0) -> list[Frame]:
         """Stored events of a run with after < seq < before, waiting briefly for ones not yet committed."""
@@ -156,7 +250,12 @@ class Hub:
             async with self.engine.connect() as conn:
                 rows = (
                     await conn.execute(
-                        select(run_events.c.seq, run_events.c.payload)
+                        select(
+                            run_events.c.task_id,
+                            run_events.c.seq,
+                            run_events.c.event_type,
+                            run_events.c.payload,
+                        )
                         .where(
                             run_events.c.run_id == run_id, run_events.c.seq > after, run_events.c.seq < before
                         )
@@ -164,7 +263,7 @@ class Hub:
                     )
                 ).all()
             if len(rows) == before - after - 1 or asyncio.get_running_loop().time() > deadline:
-                return [(run_id, r.seq, r.payload.encode()) for r in rows]
+                return [Frame(run_id, r.task_id, r.seq, r.payload, r.event_type) for r in rows]
             await asyncio.sleep(0.02)
 
     async def replay(self, run_id: str | None, task_id: str | None, since: int) -> list[Frame]:
@@ -173,12 +272,54 @@ class Hub:
         async with self.engine.connect() as conn:
             rows = (
                 await conn.execute(
-                    select(run_events.c.run_id, run_events.c.seq, run_events.c.payload)
+                    select(
+                        run_events.c.run_id,
+                        run_events.c.task_id,
+                        run_events.c.seq,
+                        run_events.c.event_type,
+                        run_events.c.payload,
+                    )
                     .where(*where)
                     .order_by(run_events.c.id)
                 )
             ).all()
-        return [(r.run_id, r.seq, r.payload.encode()) for r in rows]
+        return [Frame(r.run_id, r.task_id, r.seq, r.payload, r.event_type) for r in rows]
+
+    def subscribe(self, run_id: str | None = None, task_id: str | None = None) -> Subscription:
+        client = Subscription(self, run_id, task_id)
+        group = self.by_run[run_id] if run_id else self.by_task[task_id] if task_id else self.everything
+        group.add(client)
+        return client
+
+    def unsubscribe(self, client: Subscription) -> None:
+        run_id, task_id = client.run_id, client.task_id
+        group = (
+            self.by_run.get(run_id) if run_id else self.by_task.get(task_id) if task_id else self.everything
+        )
+        if group is not None:
+            group.discard(client)
+        if run_id and not self.by_run.get(run_id):
+            self.by_run.pop(run_id, None)
+        if task_id and not self.by_task.get(task_id):
+            self.by_task.pop(task_id, None)
+
+    @contextlib.asynccontextmanager
+    async def subscription(
+        self, run_id: str | None = None, task_id: str | None = None, since: int | None = None
+    ) -> AsyncIterator[AsyncIterator[Frame | None]]:
+        """Subscribe, then read the stored log: an event stored meanwhile arrives live and the per-run
+        seq check drops the copy, so the seam has no gap. Yields the frames to send (None: heartbeat)."""
+        client = self.subscribe(run_id, task_id)
+        frames = None
+        try:
+            replay = await self.replay(run_id, task_id, since) if since is not None else []
+            frames = client.frames(replay)
+            yield frames
+        finally:
+            self.unsubscribe(client)
+            if frames is not None:
+                with contextlib.suppress(RuntimeError):
+                    await frames.aclose()
 
     async def serve(
         self,
@@ -187,28 +328,31 @@ class Hub:
         task_id: str | None = None,
         since: int | None = None,
     ) -> None:
-        client = Client(self, socket, run_id, task_id)
-        group = self.by_run[run_id] if run_id else self.by_task[task_id] if task_id else self.everything
-        # Subscribe before reading the stored log: an event stored meanwhile arrives
-        # live and the per-run seq check drops the copy, so the seam has no gap.
-        group.add(client)
-        try:
-            replay = await self.replay(run_id, task_id, since) if since is not None else []
-            pump = asyncio.create_task(client.pump(replay))
+        """Serve one accepted WebSocket until it goes away, falls behind (1013) or we shut down (1001)."""
+        async with self.subscription(run_id, task_id, since) as frames:
+            pump = asyncio.create_task(self._pump(socket, frames))
             listen = asyncio.create_task(self._drain_input(socket))
             done, pending = await asyncio.wait({pump, listen}, return_when=asyncio.FIRST_COMPLETED)
             for t in pending:
                 t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
             for t in done:
                 exc = t.exception()
                 if exc and not isinstance(exc, WebSocketDisconnect | RuntimeError):
                     log.debug("websocket ended: %r", exc)
-        finally:
-            group.discard(client)
-            if run_id and not self.by_run.get(run_id):
-                self.by_run.pop(run_id, None)
-            if task_id and not self.by_task.get(task_id):
-                self.by_task.pop(task_id, None)
+
+    async def _pump(self, socket: WebSocket, frames: AsyncIterator[Frame | None]) -> None:
+        # The ASGI send itself, not Litestar's send_data wrapper: one message dict per frame, the text
+        # already decoded once for every client.
+        send = socket.send
+        try:
+            async for frame in frames:
+                text = self.heartbeat_frame() if frame is None else frame.text
+                await send({"type": "websocket.send", "text": text})
+        except TooSlow:
+            await socket.close(code=CLOSE_TOO_SLOW, reason="client too slow; reconnect with since")
+        except GoingAway:
+            await socket.close(code=CLOSE_GOING_AWAY, reason="gateway shutting down")
 
     @staticmethod
     async def _drain_input(socket: WebSocket) -> None:

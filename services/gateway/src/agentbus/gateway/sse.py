@@ -1,0 +1,72 @@
+"""`GET /api/runs/{run_id}/events`: a run's events as Server-Sent Events, for curl and HTTP clients.
+
+The same events, bytes and `seq` as `/ws/runs/{run_id}`, through the same hub subscription (replay
+from the stored log, then live, per-run seq dedup, a bounded queue). Each event's `id:` is its seq,
+so a reconnecting EventSource (or `curl -H "Last-Event-ID: N"`) resumes right after the last event it
+got. Without `Last-Event-ID` or `?since=` it starts from the run's first event. The stream ends after
+the run's terminal event; a run that has ended with nothing left to send answers 204, which tells an
+EventSource to stop reconnecting. A client too slow to keep up gets a comment and the end of the
+stream, and resumes with `Last-Event-ID`; heartbeats are comments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated
+
+from litestar import Request, Response, get
+from litestar.exceptions import NotFoundException
+from litestar.params import Parameter
+from litestar.response import Stream
+from sqlalchemy import select
+
+from agentbus.contracts import TERMINAL_EVENT_TYPES
+from agentbus.contracts.status import TERMINAL_RUN_STATUSES
+from agentbus.gateway.events.hub import GoingAway, Hub, TooSlow
+from agentbus.gateway.models import runs
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+Since = Annotated[int | None, Parameter(ge=0, description="start after this seq (Last-Event-ID wins)")]
+
+
+def resume_point(last_event_id: str | None, since: int | None) -> int:
+    """Where the stream starts: after `Last-Event-ID` when it is a seq, else after `since`, else 0."""
+    if last_event_id is not None and last_event_id.strip().isdigit():
+        return int(last_event_id.strip())
+    return since or 0
+
+
+async def _events(hub: Hub, run_id: str, after: int) -> AsyncIterator[bytes]:
+    yield b"retry: 1000\n\n"
+    async with hub.subscription(run_id=run_id, since=after) as frames:
+        try:
+            async for frame in frames:
+                if frame is None:
+                    yield f": heartbeat {datetime.now(UTC).isoformat()}\n\n".encode()
+                    continue
+                yield frame.sse()
+                if frame.event_type in TERMINAL_EVENT_TYPES:
+                    return
+        except TooSlow:
+            yield b": client too slow; reconnect with Last-Event-ID\n\n"
+        except GoingAway:
+            yield b": gateway shutting down; reconnect with Last-Event-ID\n\n"
+
+
+@get(
+    "/api/runs/{run_id:str}/events",
+    tags=["runs"],
+    summary="A run's events as Server-Sent Events (replay, then live; resumable with Last-Event-ID)",
+    media_type="text/event-stream",
+)
+async def run_event_stream(request: Request, run_id: str, since: Since = None) -> Stream | Response[None]:
+    state = request.app.state
+    async with state.engine.connect() as conn:
+        row = (await conn.execute(select(runs.c.status, runs.c.last_seq).where(runs.c.id == run_id))).first()
+    if row is None:
+        raise NotFoundException(f"run {run_id} not found")
+    after = resume_point(request.headers.get("last-event-id"), since)
+    if row.status in TERMINAL_RUN_STATUSES and (row.last_seq or 0) <= after:
+        return Response(None, status_code=204)
+    return Stream(_events(state.hub, run_id, after), media_type="text/event-stream", headers=SSE_HEADERS)
