@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 from litestar import WebSocket
 from litestar.exceptions import WebSocketDisconnect
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentbus.contracts import subjects
@@ -106,6 +106,7 @@ class Subscription:
         self.queue: deque[Frame] = deque()
         self.limit = hub.queue_size
         self.last: dict[str, int] = {}
+        self.connected_at = datetime.now(UTC)
         self.overflowed = False
         self.going_away = False
         self._waiter: asyncio.Future[None] | None = None
@@ -143,16 +144,26 @@ class Subscription:
             self._waiter = None
 
     def _place(self, frame: Frame) -> int:
-        """0: a duplicate, drop it; 1: next in its run's order (or the first), send it; 2: a gap first."""
+        """0: a duplicate, drop it; 1: next in its run's order (or its first), send it; 2: a gap first."""
         last = self.last.get(frame.run_id)
-        if last is None or frame.seq == last + 1:
+        if frame.seq == (1 if last is None else last + 1):
             self.last[frame.run_id] = frame.seq
             return 1
-        return 0 if frame.seq <= last else 2
+        return 0 if last is not None and frame.seq <= last else 2
 
     async def _gap(self, frame: Frame) -> list[Frame]:
-        """The stored events missing before `frame`, then `frame` itself."""
-        missing = await self.hub.stored_between(frame.run_id, self.last[frame.run_id], frame.seq)
+        """The stored events missing before `frame`, then `frame` itself.
+
+        The first event a client sees of a run need not be its seq 1: the client joined mid-run, or
+        another gateway copy stored (and will announce) an earlier event after this one. What the
+        client missed since it connected is sent first; what happened before it connected is not.
+        """
+        after = self.last.get(frame.run_id)
+        if after is None:
+            after = await self.hub.last_seq_before(frame.run_id, self.connected_at)
+        missing = (
+            await self.hub.stored_between(frame.run_id, after, frame.seq) if frame.seq > after + 1 else []
+        )
         self.last[frame.run_id] = frame.seq
         return [*missing, frame]
 
@@ -242,6 +253,18 @@ class Hub:
                 client.offer(frame)
             for client in self.by_task.get(frame.task_id, ()):
                 client.offer(frame)
+
+    async def last_seq_before(self, run_id: str, moment: datetime) -> int:
+        """The highest stored seq of a run among its events that happened before `moment` (0: none)."""
+        async with self.engine.connect() as conn:
+            found = (
+                await conn.execute(
+                    select(func.max(run_events.c.seq)).where(
+                        run_events.c.run_id == run_id, run_events.c.timestamp < moment
+                    )
+                )
+            ).scalar()
+        return found or 0
 
     async def stored_between(self, run_id: str, after: int, before: int, wait_s: float = 2.0) -> list[Frame]:
         """Stored events of a run with after < seq < before, waiting briefly for ones not yet committed."""
