@@ -153,7 +153,16 @@ class Runner:
     # --- pulling work ------------------------------------------------------------------------------
 
     async def _pull_loop(self) -> None:
-        await asyncio.gather(*(self._lane_loop(lane) for lane in self.lanes))
+        # return_exceptions: on stop, wait for every lane to let its lingering pull request end (without
+        # it, gather returns as soon as the first lane is cancelled and leaves the others running).
+        await asyncio.gather(*(self._supervised(lane) for lane in self.lanes), return_exceptions=True)
+
+    async def _supervised(self, lane: Lane) -> None:
+        try:
+            await self._lane_loop(lane)
+        except Exception:
+            log.exception("pulling %s stopped after an unexpected error", lane.subject)
+            raise
 
     async def _lane_loop(self, lane: Lane) -> None:
         """Pull one run at a time from the lane while its kind has a free slot here.
