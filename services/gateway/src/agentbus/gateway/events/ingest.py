@@ -78,7 +78,8 @@ class EventIngest:
             config=ConsumerConfig(
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
-                ack_wait=30,
+                # Short: a crashed gateway copy's unacked events go to another copy within seconds.
+                ack_wait=5,
                 max_ack_pending=20000,
             ),
         )
