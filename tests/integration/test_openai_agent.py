@@ -212,7 +212,10 @@ async def test_client_errors_fail_at_once_and_never_show_the_key(server: FakeOpe
     with pytest.raises(ModelError) as err:
         await client.complete([{"role": "user", "content": "x"}], model="m")
     await client.aclose()
-    assert str(err.value) == "model server answered HTTP 401: Incorrect API key provided: ***"
+    assert (
+        str(err.value)
+        == f"model server 127.0.0.1:{server.port} answered HTTP 401: Incorrect API key provided: ***"
+    )
     assert len(server.chat_requests()) == 1, "a 401 is not retried"
 
 

@@ -151,8 +151,7 @@ class ChatClient:
                 else:
                     delay = backoff_s(attempt, self.backoff_base_s, self.backoff_max_s)
                 log.warning(
-                    "model server %s: %s; retry %d/%d in %.2fs",
-                    self.host,
+                    "%s; retry %d/%d in %.2fs",
                     self.scrub(str(exc)),
                     attempt,
                     self.max_retries,
@@ -170,7 +169,7 @@ class ChatClient:
             async with self._http.stream("POST", self.url, json=body, headers=headers) as resp:
                 if resp.status_code != 200:
                     detail = _error_detail(await _read_some(resp))
-                    message = f"model server answered HTTP {resp.status_code}: {detail}"
+                    message = f"model server {self.host} answered HTTP {resp.status_code}: {detail}"
                     if resp.status_code in RETRY_STATUSES:
                         raise _Retryable(message, retry_after_s(resp.headers))
                     raise ModelError(self.scrub(message))
