@@ -8,8 +8,12 @@ one `openai` run at a time from the environment, as a deployment would.
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +23,7 @@ from tests.support.fake_openai import FakeOpenAI, Reply, Request
 from tests.support.system import System, start_system
 
 pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
 
 KEY = "sk-e2e-SECRET-0123456789"
 PRICES = {"fake-model": {"prompt": 3.0, "completion": 15.0}}
@@ -223,3 +228,68 @@ async def test_kind_limit_queues_runs_and_cancel_aborts_the_stream(api: Api, mod
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def readme_responder(req: Request) -> Reply:
+    if req.wants_plan:
+        if "one step is enough" in req.user_text:
+            return Reply.plan("Explain subjects and streams", usage=(120, 30))
+        return Reply.plan("Explain subjects", "Explain streams", usage=(100, 40))
+    return Reply.chat(ANSWER, usage=(300, 60), chunk_chars=12, delay_s=0.05)
+
+
+def test_readme_agents_section_runs_as_written(
+    agents_system: System, model: FakeOpenAI, tmp_path: Path
+) -> None:
+    model.reset()
+    model.responder = readme_responder
+    section = (ROOT / "README.md").read_text().split("\n## Agents\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    assert len(blocks) == 3
+    port = agents_system.base_url.rsplit(":", 1)[1]
+    marker = "=== next block ==="
+    script = "set -euo pipefail\n" + f"\necho '{marker}'\n".join(blocks).replace(
+        "localhost:8000", f"localhost:{port}"
+    )
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    env = {**os.environ, "AGENTBUS_WS": agents_system.ws_url}
+    out = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    print(out.stdout)  # what the README shows, when run with -s
+    first, second, third = (b.strip().splitlines() for b in out.stdout.split(marker))
+
+    def events(lines: list[str]) -> list[tuple[str, dict[str, Any]]]:
+        return [
+            (m.group(1), json.loads(m.group(2)))
+            for m in map(re.compile(r"^\d+ ([a-z_]+) (.*)$").match, lines)
+            if m
+        ]
+
+    plan1 = events(first)
+    assert [t for t, _ in plan1 if t != "progress"] == ["analysis_start", "plan_ready", "approval_required"]
+    assert plan1[-1][1]["version"] == 1 and len(plan1[-1][1]["plan"]["steps"]) == 2
+    revised = events(second)
+    assert [t for t, _ in revised if t != "progress"] == [
+        "revision_requested",
+        "plan_ready",
+        "approval_required",
+    ]
+    assert revised[-1][1]["version"] == 2
+    plans = json.loads(second[-1])
+    assert [(p["version"], p["status"]) for p in plans] == [(1, "revised"), (2, "pending")]
+    done = events(third)
+    assert [t for t, _ in done if t != "progress"] == ["approved", "artifact", "artifact", "completion"]
+    streamed = [d for t, d in done if t == "progress" and "partial" in d]
+    assert streamed and all(ANSWER.startswith(d["partial"]) for d in streamed)
+    rest = third[len(done) :]
+    assert {a["name"] for a in json.loads(rest[0])} == {"result.md", "sources.json"}
+    assert "\n".join(rest[1:-2]) == "# NATS in one paragraph\n\n## 1. Explain subjects and streams\n\nSub"
+    metrics = json.loads(rest[-2])["metrics"]
+    assert metrics["tokens_prompt"]["last"] == 520 and metrics["tokens_completion"]["last"] == 130
+    assert metrics["cost_usd"]["last"] == pytest.approx((520 * 3.0 + 130 * 15.0) / 1e6)
+    kind, available, runners, total, rate = rest[-1].split()
+    assert 0 <= float(rate) <= 1
+    assert (kind, available, runners) == ("openai", "True", "1") and int(total) >= 1
