@@ -39,9 +39,9 @@ def resume_point(last_event_id: str | None, since: int | None) -> int:
 
 async def _events(hub: Hub, run_id: str, after: int) -> AsyncIterator[bytes]:
     yield b"retry: 1000\n\n"
-    async with hub.subscription(run_id=run_id, since=after) as frames:
+    async with hub.subscription(run_id=run_id, since=after) as client:
         try:
-            async for frame in frames:
+            async for frame in client.frames():
                 if frame is None:
                     yield f": heartbeat {datetime.now(UTC).isoformat()}\n\n".encode()
                     continue

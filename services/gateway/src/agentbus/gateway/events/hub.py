@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 CLOSE_TOO_SLOW = 1013
 CLOSE_GOING_AWAY = 1001
+# How long a client's stream waits for a missing event before sending what follows it. Events a
+# crashed gateway copy had taken are redelivered after the ingest consumer's ack_wait (5 s).
+GAP_WAIT_S = 8.0
 ORIGIN_HEADER = "Agentbus-Origin"
 # This process's stored events reach its hubs directly; its live announcements carry this id.
 ORIGIN = uuid.uuid4().hex
@@ -61,7 +64,7 @@ _head = msgspec.json.Decoder(_Head)
 class Frame:
     """One stored event, shared by every client it goes to."""
 
-    __slots__ = ("_sse", "event_type", "run_id", "seq", "task_id", "text")
+    __slots__ = ("_sse", "_ws", "event_type", "run_id", "seq", "task_id", "text")
 
     def __init__(self, run_id: str, task_id: str, seq: int, text: str, event_type: str = "") -> None:
         self.run_id = run_id
@@ -70,6 +73,21 @@ class Frame:
         self.text = text
         self.event_type = event_type
         self._sse: bytes | None = None
+        self._ws: bytes | None = None
+
+    def ws(self) -> bytes:
+        """The whole WebSocket text frame as a server sends it (unmasked, no extension), built once."""
+        if self._ws is None:
+            payload = self.text.encode()
+            n = len(payload)
+            if n < 126:
+                head = bytes((0x81, n))
+            elif n < 65536:
+                head = bytes((0x81, 126)) + n.to_bytes(2, "big")
+            else:
+                head = bytes((0x81, 127)) + n.to_bytes(8, "big")
+            self._ws = head + payload
+        return self._ws
 
     def sse(self) -> bytes:
         """The Server-Sent Events form: the event's seq is its id (`Last-Event-ID` resumes after it)."""
@@ -96,6 +114,81 @@ def deliver_local(events: Iterable[tuple[str, str, int, str, bytes]]) -> None:
         hub.fan_out(frames)
 
 
+class DirectWriter:
+    """Writes pre-encoded frames straight to a uvicorn WebSocket connection's transport.
+
+    The frame bytes of an event are the same for every client (server frames are unmasked), so
+    they are built once and each client costs one buffer append. Used only when the connection is
+    uvicorn's websockets-sansio protocol with no extension negotiated (no per-message deflate) and
+    its transport is below its high-water mark; otherwise frames take the ASGI path.
+    """
+
+    __slots__ = ("loop", "proto", "transport")
+
+    def __init__(self, proto: Any) -> None:
+        self.proto = proto
+        self.transport = proto.transport
+        self.loop = asyncio.get_running_loop()
+
+    @classmethod
+    def of(cls, send: Any) -> DirectWriter | None:
+        proto = _find_protocol(send)
+        if proto is None or type(proto).__name__ != "WebSocketsSansIOProtocol":
+            return None
+        conn = getattr(proto, "conn", None)
+        if conn is None or getattr(conn, "extensions", None) or not hasattr(proto, "writable"):
+            return None
+        return cls(proto)
+
+    def ready(self) -> bool:
+        p = self.proto
+        return (
+            p.writable.is_set()
+            and not p.close_sent
+            and not p.disconnected
+            and not self.transport.is_closing()
+        )
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def cut_off(self, code: int, reason: str, grace_s: float = 10.0) -> None:
+        """Close a client that stopped keeping up, even while a send waits on its full buffer: the
+        close frame goes after what is buffered, and the connection is dropped if it is not read."""
+        p = self.proto
+        if p.close_sent or p.disconnected or self.transport.is_closing():
+            return
+        try:
+            p.conn.send_close(code, reason)
+            self.transport.write(b"".join(p.conn.data_to_send()))
+        except Exception:  # the protocol is not open any more: nothing to say goodbye on
+            pass
+        p.close_sent = True
+        self.loop.call_later(grace_s, self.transport.abort)
+
+    def now(self) -> float:
+        return self.loop.time()
+
+
+def _find_protocol(send: Any, depth: int = 0) -> Any:
+    """The server protocol object behind an ASGI `send` (through Litestar's wrappers), if any."""
+    owner = getattr(send, "__self__", None)
+    if owner is not None and hasattr(owner, "transport") and hasattr(owner, "conn"):
+        return owner
+    if depth > 8:
+        return None
+    for cell in getattr(send, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:
+            continue
+        if callable(value) and (hasattr(value, "__closure__") or hasattr(value, "__self__")):
+            found = _find_protocol(value, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
 class Subscription:
     """One client's view of the stored events: what it asked for, its bounded queue, its seqs."""
 
@@ -110,6 +203,11 @@ class Subscription:
         self.overflowed = False
         self.going_away = False
         self._waiter: asyncio.Future[None] | None = None
+        # Set by a WebSocket whose connection can take pre-encoded frames (see DirectWriter): while
+        # the pump is idle, frames are written straight from the fan-out, no task switch per frame.
+        self.direct: DirectWriter | None = None
+        self.sent_at = 0.0
+        self.replay: list[Frame] = []
 
     @property
     def dead(self) -> bool:
@@ -118,14 +216,49 @@ class Subscription:
     def offer(self, frame: Frame) -> None:
         if self.overflowed or self.going_away:
             return
+        direct = self.direct
+        if direct is not None and self._waiter is not None and not self.queue and direct.ready():
+            verdict = self._place(frame)
+            if verdict == 1:
+                direct.write(frame.ws())
+                self.sent_at = direct.now()
+                return
+            if verdict == 0:
+                return
+            # A gap: the pump fills it from the stored log, in order.
         if len(self.queue) >= self.limit:
             self.overflowed = True
             self.queue.clear()
+            if direct is not None:
+                direct.cut_off(CLOSE_TOO_SLOW, "client too slow; reconnect with since")
         else:
             self.queue.append(frame)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def offer_many(self, frames: list[Frame]) -> None:
+        """Several frames at once: on the direct path, one write for all of them."""
+        direct = self.direct
+        if direct is None or self._waiter is None or self.queue or self.dead or not direct.ready():
+            for frame in frames:
+                self.offer(frame)
+            return
+        out = []
+        for i, frame in enumerate(frames):
+            verdict = self._place(frame)
+            if verdict == 1:
+                out.append(frame.ws())
+            elif verdict == 2:  # a gap: the rest goes through the pump, which fills it in order
+                for rest in frames[i:]:
+                    self.queue.append(rest)
+                waiter = self._waiter
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+                break
+        if out:
+            direct.write(b"".join(out))
+            self.sent_at = direct.now()
 
     def close(self) -> None:
         self.going_away = True
@@ -167,9 +300,10 @@ class Subscription:
         self.last[frame.run_id] = frame.seq
         return [*missing, frame]
 
-    async def frames(self, replay: Iterable[Frame]) -> AsyncIterator[Frame | None]:
+    async def frames(self) -> AsyncIterator[Frame | None]:
         """The replayed frames, then live ones as they come, in per-run seq order without duplicates;
         None when a heartbeat is due. Raises TooSlow or GoingAway when the client must go."""
+        replay, self.replay = self.replay, []
         for frame in replay:
             verdict = self._place(frame)
             if verdict == 1:
@@ -187,7 +321,16 @@ class Subscription:
             if not queue:
                 await self._wait(heartbeat)
                 if not queue and not self.dead:
-                    yield None
+                    loop = asyncio.get_running_loop()
+                    idle = loop.time() - self.sent_at
+                    if idle >= heartbeat * 0.99:  # nothing went out directly meanwhile
+                        self.sent_at = loop.time()
+                        yield None
+                    else:
+                        await self._wait(heartbeat - idle)
+                        if not queue and not self.dead and loop.time() - self.sent_at >= heartbeat * 0.99:
+                            self.sent_at = loop.time()
+                            yield None
                 continue
             frame = queue.popleft()
             verdict = self._place(frame)
@@ -245,14 +388,32 @@ class Hub:
         self.fan_out([Frame(head.run_id, head.task_id, head.seq, msg.data.decode(), head.event_type)])
 
     def fan_out(self, frames: list[Frame]) -> None:
-        everything = self.everything
-        for frame in frames:
-            for client in everything:
+        if len(frames) == 1:
+            frame = frames[0]
+            for client in self.everything:
                 client.offer(frame)
             for client in self.by_run.get(frame.run_id, ()):
                 client.offer(frame)
             for client in self.by_task.get(frame.task_id, ()):
                 client.offer(frame)
+            return
+        # A batch (the ingest stores events in batches under load): each client gets its share in
+        # one write, so the cost per frame falls as the load rises.
+        for client in self.everything:
+            client.offer_many(frames)
+        by_run: dict[str, list[Frame]] = defaultdict(list)
+        by_task: dict[str, list[Frame]] = defaultdict(list)
+        for frame in frames:
+            if frame.run_id in self.by_run:
+                by_run[frame.run_id].append(frame)
+            if frame.task_id in self.by_task:
+                by_task[frame.task_id].append(frame)
+        for run_id, share in by_run.items():
+            for client in self.by_run.get(run_id, ()):
+                client.offer_many(share)
+        for task_id, share in by_task.items():
+            for client in self.by_task.get(task_id, ()):
+                client.offer_many(share)
 
     async def last_seq_before(self, run_id: str, moment: datetime) -> int:
         """The highest stored seq of a run among its events that happened before `moment` (0: none)."""
@@ -266,7 +427,9 @@ class Hub:
             ).scalar()
         return found or 0
 
-    async def stored_between(self, run_id: str, after: int, before: int, wait_s: float = 2.0) -> list[Frame]:
+    async def stored_between(
+        self, run_id: str, after: int, before: int, wait_s: float = GAP_WAIT_S
+    ) -> list[Frame]:
         """Stored events of a run with after < seq < before, waiting briefly for ones not yet committed."""
         deadline = asyncio.get_running_loop().time() + wait_s
         while True:
@@ -329,20 +492,21 @@ class Hub:
     @contextlib.asynccontextmanager
     async def subscription(
         self, run_id: str | None = None, task_id: str | None = None, since: int | None = None
-    ) -> AsyncIterator[AsyncIterator[Frame | None]]:
+    ) -> AsyncIterator[Subscription]:
         """Subscribe, then read the stored log: an event stored meanwhile arrives live and the per-run
-        seq check drops the copy, so the seam has no gap. Yields the frames to send (None: heartbeat)."""
+        seq check drops the copy, so the seam has no gap. `client.frames()` then gives what to send.
+        WebSocket and SSE clients both come through here."""
         client = self.subscribe(run_id, task_id)
-        frames = None
         try:
-            replay = await self.replay(run_id, task_id, since) if since is not None else []
-            frames = client.frames(replay)
-            yield frames
+            if since is not None:
+                client.replay = await self.replay(run_id, task_id, since)
+                if run_id is not None:
+                    # The client has 1..since: an event after that which is not stored yet (a crashed
+                    # gateway's batch awaiting redelivery) is a gap to wait for, not a new start.
+                    client.last[run_id] = since
+            yield client
         finally:
             self.unsubscribe(client)
-            if frames is not None:
-                with contextlib.suppress(RuntimeError):
-                    await frames.aclose()
 
     async def serve(
         self,
@@ -352,8 +516,9 @@ class Hub:
         since: int | None = None,
     ) -> None:
         """Serve one accepted WebSocket until it goes away, falls behind (1013) or we shut down (1001)."""
-        async with self.subscription(run_id, task_id, since) as frames:
-            pump = asyncio.create_task(self._pump(socket, frames))
+        async with self.subscription(run_id, task_id, since) as client:
+            client.direct = DirectWriter.of(socket.send)
+            pump = asyncio.create_task(self._pump(socket, client.frames()))
             listen = asyncio.create_task(self._drain_input(socket))
             done, pending = await asyncio.wait({pump, listen}, return_when=asyncio.FIRST_COMPLETED)
             for t in pending:
@@ -376,6 +541,9 @@ class Hub:
             await socket.close(code=CLOSE_TOO_SLOW, reason="client too slow; reconnect with since")
         except GoingAway:
             await socket.close(code=CLOSE_GOING_AWAY, reason="gateway shutting down")
+        finally:
+            with contextlib.suppress(RuntimeError):
+                await frames.aclose()  # type: ignore[attr-defined]
 
     @staticmethod
     async def _drain_input(socket: WebSocket) -> None:
