@@ -210,3 +210,24 @@ async def test_artifacts_go_with_their_task(client: AsyncTestClient, js) -> None
     store = await js.object_store(subjects.ARTIFACTS_BUCKET)
     with pytest.raises(ObjectNotFoundError):
         await store.get(f"{rid}/notes.md")
+
+
+async def test_a_rewritten_artifact_is_indexed_anew(client: AsyncTestClient, js) -> None:  # type: ignore[no-untyped-def]
+    rid = await _artifact(client, js, b"first", "out.txt", "text/plain")
+    run = (await client.get(f"/api/runs/{rid}")).json()
+    store = await js.object_store(subjects.ARTIFACTS_BUCKET)
+    await store.put(f"{rid}/out.txt", b"second, longer")
+    e = Emitter(js, run["task_id"], rid)
+    e.seq = run["last_seq"]
+    await e.emit(
+        ev.ArtifactCreated, data=ev.ArtifactData(name="out.txt", size=14, content_type="text/markdown")
+    )
+
+    async def updated() -> Any:
+        items = (await client.get(f"/api/runs/{rid}/artifacts")).json()
+        return items if items[0]["size"] == 14 else None
+
+    [item] = await eventually(updated)
+    assert item["content_type"] == "text/markdown"
+    r = await client.get(f"/api/runs/{rid}/artifacts/out.txt")
+    assert r.content == b"second, longer" and r.headers["content-type"].startswith("text/markdown")

@@ -60,7 +60,13 @@ class EventIngest:
             .on_conflict_do_nothing(index_elements=["run_id", "seq"])
             .returning(run_events.c.run_id, run_events.c.seq)
         )
-        self._insert_artifacts = insert(artifacts).on_conflict_do_nothing(index_elements=["run_id", "name"])
+        # An agent may write an artifact again (e.g. a step re-run after its runner was lost): the index
+        # follows the bytes it replaced.
+        upsert = insert(artifacts)
+        self._insert_artifacts = upsert.on_conflict_do_update(
+            index_elements=["run_id", "name"],
+            set_={c: upsert.excluded[c] for c in ("size", "content_type", "created_at")},
+        )
         # SQLite: the whole batch runs in one thread of its own on a plain sqlite3 connection, one
         # hand-off per batch. Through aiosqlite every statement, cursor and commit is a round trip
         # to its thread, and those round trips were most of the event latency in the profile.
