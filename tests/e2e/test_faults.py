@@ -55,10 +55,6 @@ async def running(**kwargs: Any) -> AsyncIterator[tuple[System, list[Api]]]:
         await asyncio.to_thread(system.stop)
 
 
-def assert_nothing_lost(row: dict[str, Any]) -> None:
-    assert row["lost"] == 0, "\n".join(row["problems"])
-
-
 async def some_progress(api: Api, work: Workload, rng) -> None:  # type: ignore[no-untyped-def]
     """Wait until the batch is under way, then a random moment more."""
 
@@ -78,9 +74,8 @@ async def test_runner_killed_mid_batch() -> None:
         await some_progress(apis[0], work, rng)
         system.runners[0].kill()
         system.add_runner()  # what a supervisor (k8s, compose) does
-        row = await check_invariants("runner SIGKILL mid-batch", apis[0], work)
+        await check_invariants("runner SIGKILL mid-batch", apis[0], work)
         await work.stop()
-    assert_nothing_lost(row)
 
 
 async def test_runner_killed_while_awaiting_approval_decisions_stored() -> None:
@@ -105,12 +100,9 @@ async def test_runner_killed_while_awaiting_approval_decisions_stored() -> None:
             again = await api.http.post(f"/api/runs/{rid}/approve", json={"approved": True})
             assert again.status_code == 409  # twice has the effect of once
         system.add_runner()
-        row = await check_invariants(
-            "runner SIGKILL while awaiting approval; decisions sent meanwhile", api, work
-        )
+        await check_invariants("runner SIGKILL while awaiting approval; decisions sent meanwhile", api, work)
         for rid in waiting[:3]:
             assert [e["event_type"] for e in await api.logs(rid)].count("approved") == 1
-    assert_nothing_lost(row)
 
 
 async def test_reaper_ends_runs_no_runner_holds() -> None:
@@ -122,12 +114,9 @@ async def test_reaper_ends_runs_no_runner_holds() -> None:
         await api.wait_status(work.runs[1]["id"], "running")
         system.runners[0].kill()
         # No runner comes back: both runs must still end, as failed, within the documented bound.
-        row = await check_invariants(
-            "runner gone for good (reaper)", api, work, timeout=40, expect={"failed"}
-        )
+        await check_invariants("runner gone for good (reaper)", api, work, timeout=40, expect={"failed"})
         for r in work.runs:
             assert "runner lost" in (await api.get_run(r["id"]))["error_message"]
-    assert_nothing_lost(row)
 
 
 async def test_gateway_killed_clients_reconnect_with_since() -> None:
@@ -157,11 +146,10 @@ async def test_gateway_killed_clients_reconnect_with_since() -> None:
         system.gateways[0][0].kill()
         await asyncio.to_thread(system.restart_gateway, 0)
         await asyncio.wait_for(asyncio.gather(*followers), 120)
-        row = await check_invariants("gateway SIGKILL and restart; WS clients reconnect", api, work)
+        await check_invariants("gateway SIGKILL and restart; WS clients reconnect", api, work)
         await work.stop()
     for rid, seqs in seen.items():
         assert seqs == list(range(1, len(seqs) + 1)), f"{rid}: {seqs}"
-    assert_nothing_lost(row)
 
 
 async def test_nats_restart_services_reconnect() -> None:
@@ -173,9 +161,8 @@ async def test_nats_restart_services_reconnect() -> None:
         await asyncio.to_thread(system.nats.stop)
         await asyncio.sleep(1)  # the outage itself
         await asyncio.to_thread(system.nats.start)
-        row = await check_invariants("nats-server restart (file storage)", apis[0], work)
+        await check_invariants("nats-server restart (file storage)", apis[0], work)
         await work.stop()
-    assert_nothing_lost(row)
 
 
 @pytest.fixture(scope="module")
@@ -205,9 +192,8 @@ async def test_database_outage(controllable_postgres: LocalPostgres) -> None:
         assert "postgres" not in write.text.lower()  # no connection details leak
         await asyncio.sleep(2)  # events keep arriving in JetStream meanwhile
         await asyncio.to_thread(pg.start)
-        row = await check_invariants("PostgreSQL stopped and restarted mid-batch", api, work)
+        await check_invariants("PostgreSQL stopped and restarted mid-batch", api, work)
         await work.stop()
-    assert_nothing_lost(row)
 
 
 async def test_graceful_shutdown() -> None:
@@ -224,9 +210,8 @@ async def test_graceful_shutdown() -> None:
         await some_progress(apis[0], work, seeded())
         await asyncio.to_thread(system.runners[0].stop, signal.SIGTERM)
         assert system.runners[0].proc.returncode == 0
-        row = await check_invariants("SIGTERM: gateway closes WS 1001, runner hands runs back", apis[0], work)
+        await check_invariants("SIGTERM: gateway closes WS 1001, runner hands runs back", apis[0], work)
         await work.stop()
-    assert_nothing_lost(row)
 
 
 async def test_scaled_out_two_gateways_three_runners() -> None:
@@ -249,7 +234,7 @@ async def test_scaled_out_two_gateways_three_runners() -> None:
         await asyncio.gather(*(r.wait() for r in ready))
         await work.start(N)
         await asyncio.wait_for(asyncio.gather(*watchers), 120)
-        row = await check_invariants("scaled out: 2 gateways, 3 runners, 1 metrics", apis[1], work)
+        await check_invariants("scaled out: 2 gateways, 3 runners, 1 metrics", apis[1], work)
         await work.stop()
         full = "\n".join(r.log_path.read_text() for r in system.runners)
     for i, events in enumerate(streams):
@@ -259,7 +244,6 @@ async def test_scaled_out_two_gateways_three_runners() -> None:
     for r in work.runs:
         takes = re.findall(rf"run {r['id']} taken \(delivery (\d+)\)", full)
         assert takes == ["1"], f"run {r['id']} executed by {takes}"
-    assert_nothing_lost(row)
 
 
 async def test_nats_cluster_node_killed() -> None:
@@ -271,6 +255,5 @@ async def test_nats_cluster_node_killed() -> None:
         await some_progress(apis[0], work, rng)
         victim = rng.randrange(3)
         cluster.nodes[victim].stop(kill=True)
-        row = await check_invariants(f"3-node NATS cluster (R3), node {victim} SIGKILL", apis[0], work)
+        await check_invariants(f"3-node NATS cluster (R3), node {victim} SIGKILL", apis[0], work)
         await work.stop()
-    assert_nothing_lost(row)

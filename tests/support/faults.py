@@ -119,7 +119,7 @@ async def check_invariants(
     expect: set[str] | None = None,
     ws_sample: int = 5,
 ) -> dict[str, Any]:
-    """Check every invariant, record a result row, and return it; lost must be 0."""
+    """Check every invariant, record a result row, and fail unless nothing was lost."""
     expect = expect or {"completed"}
     ids = [r["id"] for r in work.runs]
     final = await wait_terminal(api, ids, timeout)
@@ -165,6 +165,7 @@ async def check_invariants(
         "problems": problems[:20],
     }
     record(row)
+    assert row["lost"] == 0, "\n".join(problems)
     return row
 
 

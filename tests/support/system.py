@@ -6,6 +6,7 @@ End-to-end tests drive it over HTTP and WebSocket only, like a user.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,6 +123,7 @@ class System:
         for s in [*(g for g, _ in self.gateways), *self.runners, *self.metrics]:
             s.stop()
         self.nats.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def start_system(

@@ -1,0 +1,116 @@
+"""The hub's per-client subscription: order, duplicates, gaps, overflow, heartbeats, direct writes.
+
+No sockets and no database: a fake hub answers the stored-log lookups, a fake writer stands in for
+a WebSocket's transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from agentbus.gateway.events.hub import Frame, GoingAway, Hub, Subscription, TooSlow
+
+
+class FakeHub:
+    def __init__(
+        self, stored: dict[int, Frame] | None = None, heartbeat_s: float = 10, queue_size: int = 100
+    ):
+        self.heartbeat_s = heartbeat_s
+        self.queue_size = queue_size
+        self.stored = stored or {}
+
+    async def stored_between(self, run_id: str, after: int, before: int) -> list[Frame]:
+        return [self.stored[s] for s in range(after + 1, before) if s in self.stored]
+
+
+class FakeWriter:
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.writable = True
+        self.cut: int | None = None
+
+    def ready(self) -> bool:
+        return self.writable
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def cut_off(self, code: int, reason: str) -> None:
+        self.cut = code
+
+
+def f(seq: int, run: str = "r") -> Frame:
+    return Frame(run, "t", seq, f'{{"seq":{seq}}}', "progress")
+
+
+async def take(frames: Any, n: int) -> list[Frame | None]:
+    return [await asyncio.wait_for(frames.__anext__(), 2) for _ in range(n)]
+
+
+async def test_replay_then_live_without_duplicates_and_gaps_filled_from_the_log() -> None:
+    hub = FakeHub(stored={4: f(4), 5: f(5)})
+    client = Subscription(hub, "r", None)  # type: ignore[arg-type]
+    client.replay = [f(1), f(2), f(3)]
+    frames = client.frames()
+    client.offer(f(3))  # arrived live while the log was read: a duplicate
+    client.offer(f(6))  # 4 and 5 were stored by another gateway but not announced yet
+    got = await take(frames, 6)
+    assert [x.seq for x in got if x] == [1, 2, 3, 4, 5, 6]
+
+
+async def test_a_client_that_falls_behind_is_told_to_go_and_others_are_not() -> None:
+    hub = FakeHub(queue_size=3)
+    slow, fast = Subscription(hub, None, None), Subscription(hub, None, None)  # type: ignore[arg-type]
+    fast_frames = fast.frames()
+    for seq in range(1, 6):
+        slow.offer(f(seq))
+        fast.offer(f(seq))
+        await take(fast_frames, 1)
+    assert slow.overflowed and not fast.dead
+    with pytest.raises(TooSlow):
+        await take(slow.frames(), 1)
+
+
+async def test_heartbeat_when_idle_and_going_away_on_close() -> None:
+    client = Subscription(FakeHub(heartbeat_s=0.05), None, None)  # type: ignore[arg-type]
+    frames = client.frames()
+    assert await take(frames, 1) == [None]
+    client.close()
+    with pytest.raises(GoingAway):
+        await take(frames, 1)
+
+
+async def test_direct_writes_while_idle_batched_and_in_order() -> None:
+    client = Subscription(FakeHub(stored={3: f(3)}), None, None)  # type: ignore[arg-type]
+    writer = client.direct = FakeWriter()  # type: ignore[assignment]
+    frames = client.frames()
+    pump = asyncio.ensure_future(frames.__anext__())
+    await asyncio.sleep(0)  # the pump is idle: frames go straight to the writer
+    client.offer(f(1))
+    client.offer_many([f(2), f(2)])
+    assert writer.out == [f(1).ws(), f(2).ws()] and not pump.done()
+    client.offer(f(4))  # a gap: the pump fills it from the log, in order
+    got = [await asyncio.wait_for(pump, 2), *(await take(frames, 1))]
+    assert [x.seq for x in got if x] == [3, 4]
+    writer.writable = False  # a full buffer: frames queue, and past the limit the client is cut off
+    client.limit = 2
+    pump = asyncio.ensure_future(frames.__anext__())
+    await asyncio.sleep(0)
+    for seq in range(5, 9):
+        client.offer(f(seq))
+    assert writer.cut == 1013
+    pump.cancel()
+
+
+def test_ws_frame_encoding() -> None:
+    assert f(1).ws() == bytes([0x81, 9]) + b'{"seq":1}'
+    big = Frame("r", "t", 1, "x" * 300)
+    assert big.ws()[:4] == bytes([0x81, 126, 1, 44]) and len(big.ws()) == 304
+    assert f(7).sse() == b'id: 7\ndata: {"seq":7}\n\n'
+    assert Hub.heartbeat_frame().startswith('{"event_type":"heartbeat"')
