@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import DataError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
@@ -53,6 +54,21 @@ def normalize_url(url: str) -> str:
     if url.startswith("sqlite:///"):
         url = "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
     return url
+
+
+def is_poison(exc: BaseException) -> bool:
+    """An error no retry can fix: the data itself cannot be stored (e.g. a NUL in a PostgreSQL string).
+
+    asyncpg's data errors reach us as plain DBAPIErrors, so look at the SQLSTATE
+    class too: 22 (data exception) and 23 (integrity violation). Anything else
+    (a refused connection, a server shutting down) is worth retrying.
+    """
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    sqlstate = (
+        getattr(getattr(exc, "orig", None), "sqlstate", None) if isinstance(exc, StatementError) else None
+    )
+    return isinstance(sqlstate, str) and sqlstate[:2] in ("22", "23")
 
 
 def redact(url: str) -> str:

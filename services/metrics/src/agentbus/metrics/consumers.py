@@ -19,9 +19,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import Error as JetStreamError
-from sqlalchemy.exc import DataError, IntegrityError, StatementError
 
 from agentbus.common.bus import guarded
+from agentbus.common.db import is_poison
 from agentbus.contracts import decode_event, subjects
 from agentbus.contracts.codec import decoder
 from agentbus.contracts.messages import ResourceDeleted
@@ -32,20 +32,6 @@ log = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
 NAK_DELAY_S = 2
-
-
-def is_poison(exc: Exception) -> bool:
-    """An error no retry can fix: the event itself cannot be stored (e.g. a NUL in a PostgreSQL string).
-
-    asyncpg's data errors reach us as plain DBAPIErrors, so look at the SQLSTATE
-    class too: 22 (data exception) and 23 (integrity violation).
-    """
-    if isinstance(exc, DataError | IntegrityError):
-        return True
-    sqlstate = (
-        getattr(getattr(exc, "orig", None), "sqlstate", None) if isinstance(exc, StatementError) else None
-    )
-    return isinstance(sqlstate, str) and sqlstate[:2] in ("22", "23")
 
 
 _deleted_decoder = decoder(ResourceDeleted)

@@ -8,6 +8,7 @@ clients: a client never sees an event that GET /api/runs/{id} does not show yet.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,7 +22,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agentbus.common.db import sync_sqlite_engine
+from agentbus.common.db import is_poison, sync_sqlite_engine
 from agentbus.contracts import decode_event, subjects
 from agentbus.contracts import events as ev
 from agentbus.gateway.events.apply import apply_event, task_counters
@@ -116,17 +117,39 @@ class EventIngest:
             msgs = [await self.queue.get()]
             while len(msgs) < self.batch and not self.queue.empty():
                 msgs.append(self.queue.get_nowait())
+            await self._store_batch(msgs)
+
+    async def _store_batch(self, msgs: list[Msg]) -> None:
+        """Store a batch, retrying in place while the database is away.
+
+        Retrying here, rather than nak-ing, keeps the events in order: later events wait behind
+        the batch instead of overtaking it, so a run's stored log never shows a terminal event
+        with an earlier event still missing. JetStream keeps the messages meanwhile (in_progress
+        resets their ack_wait); if this gateway dies, another copy gets them.
+        """
+        delay = 0.2
+        while True:
             try:
                 await self._handle(msgs)
+                return
             except Exception as exc:
-                # The database is away or refused the batch: JetStream keeps the events.
-                log.warning("storing %d events failed (%s); they will be redelivered", len(msgs), exc)
+                if is_poison(exc):
+                    if len(msgs) > 1:
+                        # Store the rest one by one: one unstorable event must not hold the others.
+                        for m in msgs:
+                            await self._store_batch([m])
+                        return
+                    log.error("an event on %s can never be stored (%s); dead-lettered", msgs[0].subject, exc)
+                    with contextlib.suppress(Exception):
+                        await self.bus.nc.publish(subjects.EVENTS_DEAD, msgs[0].data)
+                        await msgs[0].term()
+                    return
+                log.warning("storing %d events failed (%s); retrying in %.1fs", len(msgs), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
                 for m in msgs:
-                    try:
-                        await m.nak(delay=1)
-                    except Exception:
-                        pass
-                await asyncio.sleep(0.5)
+                    with contextlib.suppress(Exception):
+                        await m.in_progress()
 
     async def _handle(self, msgs: list[Msg]) -> None:
         decoded: list[tuple[ev.Event, bytes]] = []
