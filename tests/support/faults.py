@@ -130,7 +130,7 @@ async def check_invariants(
     for rid, run in final.items():
         if run["status"] not in expect:
             problems.append(f"run {rid} ended {run['status']}: {run['error_message']}")
-        logs = await api.logs(rid)
+        logs = await settled_logs(api, rid)
         seqs = [e["seq"] for e in logs]
         if seqs != list(range(1, len(seqs) + 1)):
             problems.append(f"run {rid}: stored seqs {seqs}")
@@ -174,6 +174,17 @@ def record(row: dict[str, Any]) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+async def settled_logs(api: Api, run_id: str, timeout: float = 10) -> list[dict[str, Any]]:
+    """The stored log once it is gapless: with several gateway copies, the copy storing an earlier
+    event may commit a moment after the one that stored the terminal event."""
+    deadline = time.monotonic() + timeout
+    while True:
+        logs = await api.logs(run_id)
+        if [e["seq"] for e in logs] == list(range(1, len(logs) + 1)) or time.monotonic() > deadline:
+            return logs
+        await asyncio.sleep(0.1)
 
 
 async def metrics_count(api: Api, task_id: str, want: int, timeout: float = 15) -> int:
