@@ -159,10 +159,14 @@ class Bench:
         n = f"{a.clients} clients ({a.stalled} stalled) on {label}"
         self.row(f"fan-out frames/s delivered, {n}", db, runs, "frames_per_s", "frames/s", 50_000)
         self.row(f"fan-out latency p99, {n}", db, runs, "p99_ms", "ms", 100.0, higher=False)
+        self.row(f"fan-out latency p50, {n}", db, runs, "p50_ms", "ms", higher=False)
+        self.row(
+            f"fan-out gateway CPU per frame delivered, {n}", db, runs, "cpu_us_per_frame", "us", higher=False
+        )
         self.row(
             f"fan-out: live clients missing events or closed, {n}", db, runs, "starved", "", 0, higher=False
         )
-        self.row(f"fan-out: stalled clients closed with 1013, {n}", db, runs, "stalled_closed_1013", "")
+        self.row(f"fan-out: stalled clients cut off, {n}", db, runs, "stalled_cut_off", "")
 
     def runs(self, system, db: str) -> None:
         a = self.a

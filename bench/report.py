@@ -27,7 +27,7 @@ def brief(result: dict) -> str:
         "ready_s",
         "min_client_frames",
         "published",
-        "stalled_closed_1013",
+        "stalled_cut_off",
         "errors",
         "completed",
         "server_cpu_s",

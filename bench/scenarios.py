@@ -134,7 +134,8 @@ def waiting_run(system: System) -> dict:
 def event_latency(system: System, rate: float, duration: float, sse: bool = False, clients: int = 1) -> dict:
     """One (or more) subscribers of one run; a runner-like publisher at `rate` events/s."""
     run = waiting_run(system)
-    path = f"/api/runs/{run['id']}/events" if sse else f"/ws/runs/{run['id']}"
+    # Both start after the events the run already has, so only the published ones are timed.
+    path = f"/api/runs/{run['id']}/events?since={run['last_seq']}" if sse else f"/ws/runs/{run['id']}"
     args = [system.base_url, path, "--clients", str(clients), "--duration", str(duration + 3)]
     listener = start_tool("wsload", *args, *(["--sse"] if sse else []))
     _wait_line(listener, "ready")
@@ -176,6 +177,7 @@ def fanout(
     _wait_line(listener, "ready", timeout=300)
     pid = system.gateways[0][0].proc.pid  # type: ignore[union-attr]
     rss_open = rss_kb(pid)
+    cpu_before = cpu_seconds(pid)
     pub = tool(
         "publish",
         system.nats.url,
@@ -194,6 +196,8 @@ def fanout(
     result["published"] = pub["published"]
     result["publish_rate"] = pub["rate"]
     result["gateway_rss_kb"] = rss_open
+    # CPU time the gateway spent per frame delivered: steadier than throughput on a shared machine.
+    result["cpu_us_per_frame"] = (cpu_seconds(pid) - cpu_before) / max(1, result["frames"]) * 1e6
     return result
 
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def small_queues() -> Iterator[System]:
-    system = start_system(WS_QUEUE_SIZE="100")
+    system = start_system(WS_QUEUE_SIZE="5")
     try:
         yield system
     finally:
@@ -31,7 +31,8 @@ async def test_stalled_clients_are_cut_off_and_others_get_everything(small_queue
     url = urlsplit(small_queues.base_url)
     host, port = url.hostname or "", url.port or 0
     try:
-        # 1,003 events of about 350 bytes: far more than a stalled client's buffers and queue hold.
+        # 2 x 1,003 events of about 350 bytes: far more than a stalled client's socket buffers, its
+        # connection's write buffer and its queue hold. A reader that keeps up never needs the queue.
         task = await api.task(require_approval=False, agent_config={"steps": 1000, "step_delay_ms": 0})
         stalled = [
             await open_stream(host, port, "/ws/stream", lambda _: None, stalled=True) for _ in range(3)
@@ -42,7 +43,7 @@ async def test_stalled_clients_are_cut_off_and_others_get_everything(small_queue
         def collector(out: list[dict]):  # type: ignore[no-untyped-def]
             def on_event(raw: bytes) -> None:
                 out.append(json.loads(raw))
-                if all(got and got[-1]["event_type"] in TERMINAL for got in seen):
+                if all(sum(e["event_type"] in TERMINAL for e in got) == 2 for got in seen):
                     ended.set()
 
             return on_event
@@ -50,20 +51,21 @@ async def test_stalled_clients_are_cut_off_and_others_get_everything(small_queue
         readers = [await open_stream(host, port, "/ws/stream", collector(out)) for out in seen]
         t0 = time.monotonic()
         await api.run(task["id"])
-        await asyncio.wait_for(ended.wait(), 60)
+        await api.run(task["id"])
+        await asyncio.wait_for(ended.wait(), 90)
         took = time.monotonic() - t0
         for reader, got in zip(readers, seen, strict=True):
-            assert reader.events == len(got) == 1003 and not reader.closed.done()
+            assert reader.events == len(got) == 2006 and not reader.closed.done()
             assert_gapless(got)
-        # The stalled ones were dropped (a 1013 close frame they never read, then the connection): once
-        # they read again they find their connection gone, with far fewer events than the others.
-        await asyncio.sleep(12)  # the gateway gives a cut-off client 10 s to read its close frame
+        # The stalled ones were cut off: once they read again they find, after far fewer events than
+        # the others got, the 1013 close frame (or, after 10 s unread, their connection gone).
         for c in stalled:
             assert c.transport is not None
             c.transport.resume_reading()
         await asyncio.wait_for(asyncio.gather(*(c.closed for c in stalled)), 30)
-        assert all(c.events < 1003 for c in stalled)
-        assert took < 60
+        assert all(c.events < 2006 for c in stalled)
+        assert [c.close_code for c in stalled] == [1013] * len(stalled)
+        assert took < 90
         for reader in readers:
             reader.close()
     finally:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import uuid
 import weakref
 from collections import defaultdict, deque
@@ -44,6 +45,7 @@ CLOSE_GOING_AWAY = 1001
 # crashed gateway copy had taken are redelivered after the ingest consumer's ack_wait (5 s).
 GAP_WAIT_S = 8.0
 ORIGIN_HEADER = "Agentbus-Origin"
+WS_SEND_BUFFER = 128 * 1024  # the kernel doubles it
 # This process's stored events reach its hubs directly; its live announcements carry this id.
 ORIGIN = uuid.uuid4().hex
 _local_hubs: weakref.WeakSet[Hub] = weakref.WeakSet()
@@ -129,6 +131,12 @@ class DirectWriter:
         self.proto = proto
         self.transport = proto.transport
         self.loop = asyncio.get_running_loop()
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            # A fixed kernel send buffer instead of Linux's autotuning (up to 4 MB a socket): a client
+            # that stops reading is noticed after a few hundred KB, not megabytes, and costs no more.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WS_SEND_BUFFER)
 
     @classmethod
     def of(cls, send: Any) -> DirectWriter | None:
