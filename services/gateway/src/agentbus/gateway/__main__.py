@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -12,12 +14,23 @@ from agentbus.gateway.settings import Settings
 
 
 class GatewayServer(uvicorn.Server):
-    """uvicorn, but WebSocket clients get 1001 (going away) at shutdown, before uvicorn's own 1012."""
+    """uvicorn, but stream clients are closed first (WebSocket 1001, going away), then uvicorn stops
+    (which would close what is left with 1012)."""
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         hub = getattr(self.config.app.state, "hub", None)
-        if hub is not None:
-            hub.close_all()
+        if hub is None or self.should_exit or not hub.clients():
+            super().handle_exit(sig, frame)
+            return
+        hub.close_all()
+        loop = asyncio.get_running_loop()  # signal handlers run on the loop's thread
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._exit_when_closed(hub, sig, frame)))
+
+    async def _exit_when_closed(self, hub: Any, sig: int, frame: FrameType | None) -> None:
+        deadline = asyncio.get_running_loop().time() + 2.0
+        # Bounded (2 s) and only at shutdown: the hub has no "last client gone" signal to wait on.
+        while hub.clients() and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
         super().handle_exit(sig, frame)
 
 
