@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentbus.contracts import RunControl, RunStart
 from agentbus.contracts.status import TERMINAL_RUN_STATUSES, RunStatus
-from agentbus.gateway import lifecycle, plans
+from agentbus.gateway import lifecycle, plans, reads
 from agentbus.gateway.artifacts import serve as serve_artifact
 from agentbus.gateway.convert import artifact_out, run_out
 from agentbus.gateway.errors import Conflict, ServiceUnavailable
@@ -46,8 +46,7 @@ def now() -> datetime:
 
 
 async def load_run(engine: AsyncEngine, run_id: str) -> Any:
-    async with engine.connect() as conn:
-        row = (await conn.execute(select(runs).where(runs.c.id == run_id))).first()
+    row = await reads.by_id(engine, runs, run_id)
     if row is None:
         raise NotFoundException(f"run {run_id} not found")
     return row

@@ -14,7 +14,7 @@ from litestar.params import Parameter
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agentbus.gateway import lifecycle
+from agentbus.gateway import lifecycle, reads
 from agentbus.gateway.convert import task_out
 from agentbus.gateway.models import tasks
 from agentbus.gateway.schemas import Task, TaskCreate, TaskPage, TaskStatus, TaskUpdate
@@ -28,8 +28,7 @@ def now() -> datetime:
 
 
 async def load_task(engine: AsyncEngine, task_id: str) -> Any:
-    async with engine.connect() as conn:
-        row = (await conn.execute(select(tasks).where(tasks.c.id == task_id))).first()
+    row = await reads.by_id(engine, tasks, task_id)
     if row is None:
         raise NotFoundException(f"task {task_id} not found")
     return row
