@@ -268,6 +268,19 @@ class Subscription:
             direct.write(b"".join(out))
             self.sent_at = direct.now()
 
+    def take_ready(self) -> list[Frame]:
+        """The queued frames that can go now, in order (duplicates dropped); stops before a gap."""
+        out: list[Frame] = []
+        queue = self.queue
+        while queue and not self.dead:
+            verdict = self._place(queue[0])
+            if verdict == 2:
+                break
+            frame = queue.popleft()
+            if verdict == 1:
+                out.append(frame)
+        return out
+
     def close(self) -> None:
         self.going_away = True
         waiter = self._waiter
@@ -525,8 +538,13 @@ class Hub:
     ) -> None:
         """Serve one accepted WebSocket until it goes away, falls behind (1013) or we shut down (1001)."""
         async with self.subscription(run_id, task_id, since) as client:
-            client.direct = DirectWriter.of(socket.send)
-            pump = asyncio.create_task(self._pump(socket, client.frames()))
+            client.direct = direct = DirectWriter.of(socket.send)
+            frames = client.frames()
+            pump = asyncio.create_task(
+                self._pump(socket, frames)
+                if direct is None
+                else self._pump_direct(socket, client, direct, frames)
+            )
             listen = asyncio.create_task(self._drain_input(socket))
             done, pending = await asyncio.wait({pump, listen}, return_when=asyncio.FIRST_COMPLETED)
             for t in pending:
@@ -545,6 +563,36 @@ class Hub:
             async for frame in frames:
                 text = self.heartbeat_frame() if frame is None else frame.text
                 await send({"type": "websocket.send", "text": text})
+        except TooSlow:
+            await socket.close(code=CLOSE_TOO_SLOW, reason="client too slow; reconnect with since")
+        except GoingAway:
+            await socket.close(code=CLOSE_GOING_AWAY, reason="gateway shutting down")
+        finally:
+            with contextlib.suppress(RuntimeError):
+                await frames.aclose()  # type: ignore[attr-defined]
+
+    async def _pump_direct(
+        self,
+        socket: WebSocket,
+        client: Subscription,
+        direct: DirectWriter,
+        frames: AsyncIterator[Frame | None],
+    ) -> None:
+        """The pump of a connection that takes pre-encoded frames: what has queued up (a replay, or a
+        backlog while the client's buffer was full) goes out in one write per wake-up."""
+        proto = direct.proto
+        try:
+            async for frame in frames:
+                if not direct.ready():
+                    await proto.writable.wait()
+                    if proto.close_sent or proto.disconnected:
+                        return
+                if frame is None:
+                    direct.write(Frame("", "", 0, self.heartbeat_frame()).ws())
+                    continue
+                batch = [frame, *client.take_ready()]
+                direct.write(b"".join(f.ws() for f in batch) if len(batch) > 1 else frame.ws())
+                client.sent_at = direct.now()
         except TooSlow:
             await socket.close(code=CLOSE_TOO_SLOW, reason="client too slow; reconnect with since")
         except GoingAway:
