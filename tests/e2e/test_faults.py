@@ -199,6 +199,8 @@ async def test_database_outage(controllable_postgres: LocalPostgres) -> None:
 async def test_graceful_shutdown() -> None:
     async with running(runners=2, gateways=2, env={"RUNNER_GRACE_S": "0.5"}) as (system, apis):
         async with apis[1].ws("/ws/stream") as ws:
+            # A heartbeat proves the server has registered this client (the handshake alone does not).
+            assert (await next_event(ws, timeout=10, heartbeats=True))["event_type"] == "heartbeat"
             system.gateways[1][0].stop(signal.SIGTERM)
             with pytest.raises(ConnectionClosed) as closed:
                 while True:
