@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
     p.add_argument("--clients", type=int, default=1000)
     p.add_argument("--stalled", type=int, default=10)
-    p.add_argument("--fanout-rate", type=float, default=60.0, help="events/s published in the fan-out case")
+    p.add_argument("--fanout-rate", type=float, default=51.0, help="events/s published in the fan-out case")
     p.add_argument("--run-count", type=int, default=1000)
     p.add_argument("--quick", action="store_true", help="one short run of each: a smoke run, not figures")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"))
