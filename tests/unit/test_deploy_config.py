@@ -28,7 +28,8 @@ SERVICES = ("gateway", "runner", "metrics")
 COMMON_ENV = {"NATS_URL", "NATS_REPLICAS", "LOG_LEVEL"}
 SERVICE_ENV = {
     "gateway": COMMON_ENV | {"DATABASE_URL", "GATEWAY_HOST", "GATEWAY_PORT", "AGENTBUS_API_TOKEN"},
-    "runner": COMMON_ENV | {"RUNNER_MAX_CONCURRENCY", "RUNNER_GRACE_S"},
+    "runner": COMMON_ENV
+    | {"RUNNER_MAX_CONCURRENCY", "RUNNER_GRACE_S", "OPENAI_BASE_URL", "OPENAI_MODEL", "OPENAI_API_KEY"},
     "metrics": COMMON_ENV | {"METRICS_DATABASE_URL"},
 }
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -401,7 +402,12 @@ def test_k8s_env_names_config_and_secrets() -> None:
 
 def test_secret_template_holds_placeholders_only() -> None:
     template = one("Secret", "agentbus-secrets")
-    assert set(template["stringData"]) == {"DATABASE_URL", "METRICS_DATABASE_URL", "AGENTBUS_API_TOKEN"}
+    assert set(template["stringData"]) == {
+        "DATABASE_URL",
+        "METRICS_DATABASE_URL",
+        "AGENTBUS_API_TOKEN",
+        "OPENAI_API_KEY",
+    }
     assert all("REPLACE_ME" in v for v in template["stringData"].values())
     assert "secret.yaml" in (K8S / ".gitignore").read_text().split()
 
