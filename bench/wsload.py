@@ -63,7 +63,9 @@ async def load(
                     on_event,
                     sse=sse,
                     stalled=i in stalled_idx,
-                    sample=i % sample_every == 0,
+                    # Never a stalled one: what it reads once it reads again is its own backlog, not
+                    # the live clients' latency.
+                    sample=i % sample_every == 0 and i not in stalled_idx,
                 )
                 for i in idx
             )
