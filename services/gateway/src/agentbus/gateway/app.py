@@ -15,7 +15,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 
 from agentbus.common.db import make_engine, migrate, redact, wait_for_database
-from agentbus.gateway import __version__
+from agentbus.gateway import __version__, reads
 from agentbus.gateway.agents import AgentController, Discovery
 from agentbus.gateway.auth import token_middleware
 from agentbus.gateway.bus import Bus
@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await hub.stop()
             await ingest.stop()
             await bus.close()
+            await reads.dispose(engine)
             await engine.dispose()
 
     middleware = [token_middleware(settings.api_token)] if settings.api_token else []

@@ -100,3 +100,10 @@ def reader(engine: AsyncEngine) -> RowReader:
 
 async def by_id(engine: AsyncEngine, table: Table, key: str) -> Row[Any] | None:
     return await reader(engine).one(table, key)
+
+
+async def dispose(engine: AsyncEngine) -> None:
+    """Close the engine's reader connections (at shutdown, with the engine)."""
+    found = _readers.pop(engine, None)
+    if found is not None:
+        await found.close()
