@@ -18,9 +18,7 @@ MaxRounds = Annotated[int, Meta(ge=1, le=100)]
 MaxRevisionRounds = Annotated[int, Meta(ge=0, le=10)]
 Description = Annotated[str, Meta(max_length=10000)]
 Labels = dict[Annotated[str, Meta(min_length=1, max_length=100)], Annotated[str, Meta(max_length=500)]]
-TaskStatus = Literal[
-    "pending", "running", "awaiting_approval", "completed", "failed", "rejected", "cancelled", "timeout"
-]
+TaskStatus = RunStatus  # a task shows its latest run's status
 
 
 class TaskCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -187,6 +185,3 @@ class ArtifactInfo(msgspec.Struct):
     size: int
     content_type: str
     created_at: datetime
-
-
-RunStatusFilter = RunStatus
