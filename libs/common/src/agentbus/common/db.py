@@ -120,7 +120,7 @@ def sync_sqlite_engine(url: str | URL) -> Engine | None:
     engine = create_engine(
         parsed.set(drivername="sqlite+pysqlite"), connect_args={"timeout": 30, "check_same_thread": False}
     )
-    _sqlite_events(engine, immediate=True)  # it only serves read-then-write units (event ingest)
+    _sqlite_events(engine, immediate=True)  # it serves the writer thread (agentbus.common.writer)
     return engine
 
 

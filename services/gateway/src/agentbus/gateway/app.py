@@ -15,6 +15,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 
 from agentbus.common.db import make_engine, migrate, redact, wait_for_database
+from agentbus.common.writer import Writer
 from agentbus.gateway import __version__, reads
 from agentbus.gateway.agents import AgentController, Discovery
 from agentbus.gateway.auth import token_middleware
@@ -52,7 +53,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         )
         hub = Hub(engine, settings.ws_heartbeat_s, settings.ws_queue_size)
         await hub.start(bus.nc)
-        ingest = EventIngest(engine, bus, settings.ingest_batch)
+        writer = Writer(engine)  # every hot write of this process (SQLite: one thread, one connection)
+        ingest = EventIngest(engine, bus, settings.ingest_batch, writer)
         await ingest.start()
         reaper = Reaper(engine, bus, settings.reaper_after_s, settings.reaper_interval_s, settings.instance)
         await reaper.start()
@@ -60,6 +62,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.update(
             settings=settings,
             engine=engine,
+            writer=writer,
             bus=bus,
             hub=hub,
             ingest=ingest,
@@ -72,6 +75,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await reaper.stop()
             await hub.stop()
             await ingest.stop()
+            await writer.close()
             await bus.close()
             await reads.dispose(engine)
             await engine.dispose()

@@ -12,7 +12,8 @@ from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException, ValidationException
 from litestar.params import Parameter
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentbus.contracts import RunControl, RunStart
@@ -39,6 +40,27 @@ log = logging.getLogger(__name__)
 
 LogLimit = Annotated[int, Parameter(ge=1, le=1000, description="at most 1000")]
 Since = Annotated[int, Parameter(ge=0, description="return events with seq > since")]
+
+
+# Built once; the stored rows come back from the statements themselves (RETURNING).
+_NEXT_RUN_NUMBER = (
+    tasks.update()
+    .where(tasks.c.id == bindparam("b_id"))
+    .values(
+        next_run_number=tasks.c.next_run_number + 1,
+        latest_run_id=bindparam("b_run"),
+        status="pending",
+        last_run_at=bindparam("b_ts"),
+        updated_at=bindparam("b_ts"),
+    )
+    .returning(tasks.c.next_run_number)
+)
+_INSERT_RUN = runs.insert().returning(*runs.c)
+_UNQUEUED = (
+    runs.update()
+    .where(runs.c.id == bindparam("b_id"))
+    .values(status="failed", error_message="could not be queued: broker unavailable")
+)
 
 
 def now() -> datetime:
@@ -68,39 +90,30 @@ class RunController(Controller):
         run_id = uuid.uuid4().hex
         require_approval = task.require_approval if data.require_approval is None else data.require_approval
         agent_config = task.agent_config if data.agent_config is None else data.agent_config
-        async with state.engine.begin() as conn:
+        values = {
+            "id": run_id,
+            "task_id": task.id,
+            "status": "pending",
+            "agent": task.agent,
+            "require_approval": require_approval,
+            "max_revision_rounds": task.max_revision_rounds,
+            "agent_config": agent_config,
+            "progress": 0.0,
+            "labels": data.labels,
+            "last_seq": 0,
+            "created_at": ts,
+            "updated_at": ts,
+        }
+
+        def store(conn: Connection) -> Any:
             # The counter update locks the task row: concurrent creates get distinct numbers.
-            await conn.execute(
-                tasks.update()
-                .where(tasks.c.id == task.id)
-                .values(
-                    next_run_number=tasks.c.next_run_number + 1,
-                    latest_run_id=run_id,
-                    status="pending",
-                    last_run_at=ts,
-                    updated_at=ts,
-                )
-            )
-            number = (
-                await conn.execute(select(tasks.c.next_run_number).where(tasks.c.id == task.id))
-            ).scalar_one()
-            await conn.execute(
-                runs.insert().values(
-                    id=run_id,
-                    task_id=task.id,
-                    run_number=number,
-                    status="pending",
-                    agent=task.agent,
-                    require_approval=require_approval,
-                    max_revision_rounds=task.max_revision_rounds,
-                    agent_config=agent_config,
-                    progress=0.0,
-                    labels=data.labels,
-                    last_seq=0,
-                    created_at=ts,
-                    updated_at=ts,
-                )
-            )
+            number = conn.execute(_NEXT_RUN_NUMBER, {"b_id": task.id, "b_run": run_id, "b_ts": ts}).scalar()
+            if number is None:
+                raise NotFoundException(f"task {task.id} not found")  # deleted a moment ago
+            return conn.execute(_INSERT_RUN, {**values, "run_number": number}).one()
+
+        row = await state.writer(store)
+        number = row.run_number
         # Stored first, queued second: a runner's first event always finds the run.
         cmd = RunStart(
             run_id=run_id,
@@ -122,14 +135,9 @@ class RunController(Controller):
             await state.bus.start_run(cmd)
         except Exception as exc:
             log.warning("could not queue run %s: %s", run_id, type(exc).__name__)
-            async with state.engine.begin() as conn:
-                await conn.execute(
-                    runs.update()
-                    .where(runs.c.id == run_id)
-                    .values(status="failed", error_message="could not be queued: broker unavailable")
-                )
+            await state.writer(lambda conn: conn.execute(_UNQUEUED, {"b_id": run_id}))
             raise ServiceUnavailable("message broker unavailable; the run was not queued") from exc
-        return await get_run(state.engine, run_id)
+        return run_out(row)
 
     @get("/", summary="List runs, newest first")
     async def list_page(
@@ -164,13 +172,16 @@ class RunController(Controller):
 
     @patch("/{run_id:str}", summary="Change a run's labels (never its status)")
     async def update(self, run_id: str, data: RunUpdate, state: State) -> Run:
-        async with state.engine.begin() as conn:
-            result = await conn.execute(
-                runs.update().where(runs.c.id == run_id).values(labels=data.labels, updated_at=now())
-            )
-            if result.rowcount == 0:
-                raise NotFoundException(f"run {run_id} not found")
-        return await get_run(state.engine, run_id)
+        stmt = (
+            runs.update()
+            .where(runs.c.id == run_id)
+            .values(labels=data.labels, updated_at=now())
+            .returning(*runs.c)
+        )
+        row = await state.writer(lambda conn: conn.execute(stmt).first())
+        if row is None:
+            raise NotFoundException(f"run {run_id} not found")
+        return run_out(row)
 
     @delete("/{run_id:str}", status_code=204, summary="Delete a run; a live run is cancelled first")
     async def remove(self, run_id: str, state: State) -> None:

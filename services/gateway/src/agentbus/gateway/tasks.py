@@ -23,6 +23,10 @@ Skip = Annotated[int, Parameter(ge=0, description="items to skip")]
 Limit = Annotated[int, Parameter(ge=1, le=100, description="page size, at most 100")]
 
 
+# The stored row comes back from the INSERT itself (RETURNING): no second round trip to read it.
+_INSERT = tasks.insert().returning(*tasks.c)
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -53,9 +57,8 @@ class TaskController(Controller):
             created_at=ts,
             updated_at=ts,
         )
-        async with state.engine.begin() as conn:
-            await conn.execute(tasks.insert().values(**values))
-        return await self.get_one_row(state.engine, values["id"])
+        row = await state.writer(lambda conn: conn.execute(_INSERT, values).one())
+        return task_out(row)
 
     @staticmethod
     async def get_one_row(engine: AsyncEngine, task_id: str) -> Task:
@@ -90,13 +93,12 @@ class TaskController(Controller):
             changes.pop("config", None)
         if changes.get("agent_config") is None:
             changes.pop("agent_config", None)
-        async with state.engine.begin() as conn:
-            result = await conn.execute(
-                tasks.update().where(tasks.c.id == task_id).values(**changes, updated_at=now())
-            )
-            if result.rowcount == 0:
-                raise NotFoundException(f"task {task_id} not found")
-        return await self.get_one_row(state.engine, task_id)
+        changes["updated_at"] = now()
+        stmt = tasks.update().where(tasks.c.id == task_id).values(**changes).returning(*tasks.c)
+        row = await state.writer(lambda conn: conn.execute(stmt).first())
+        if row is None:
+            raise NotFoundException(f"task {task_id} not found")
+        return task_out(row)
 
     @delete(
         "/{task_id:str}", status_code=204, summary="Delete a task with its runs, events, artifacts, metrics"

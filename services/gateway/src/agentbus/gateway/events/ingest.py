@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgspec
@@ -22,7 +21,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agentbus.common.db import is_poison, sync_sqlite_engine
+from agentbus.common.db import is_poison
+from agentbus.common.writer import Writer
 from agentbus.contracts import decode_event, subjects
 from agentbus.contracts import events as ev
 from agentbus.gateway.events.apply import apply_event, task_counters
@@ -48,7 +48,7 @@ RUN_COLUMNS = (
 
 
 class EventIngest:
-    def __init__(self, engine: AsyncEngine, bus: Any, batch: int = 500) -> None:
+    def __init__(self, engine: AsyncEngine, bus: Any, batch: int = 500, writer: Writer | None = None) -> None:
         self.engine = engine
         self.bus = bus
         self.batch = batch
@@ -68,11 +68,12 @@ class EventIngest:
             index_elements=["run_id", "name"],
             set_={c: upsert.excluded[c] for c in ("size", "content_type", "created_at")},
         )
-        # SQLite: the whole batch runs in one thread of its own on a plain sqlite3 connection, one
-        # hand-off per batch. Through aiosqlite every statement, cursor and commit is a round trip
-        # to its thread, and those round trips were most of the event latency in the profile.
-        self._sync_engine = sync_sqlite_engine(engine.url)
-        self._executor = ThreadPoolExecutor(1, "event-ingest-db") if self._sync_engine is not None else None
+        # SQLite: the whole batch is one unit of the process's writer thread (one hand-off per
+        # batch, on the one connection that holds the write lock). Through aiosqlite every
+        # statement, cursor and commit was a round trip to its thread, and those round trips
+        # were most of the event latency in the profile.
+        self.writer = writer or Writer(engine, "event-ingest-db")
+        self._own_writer = writer is None
 
     async def start(self) -> None:
         self.sub = await self.bus.js.subscribe(
@@ -104,10 +105,8 @@ class EventIngest:
                 await self.task
             except asyncio.CancelledError:
                 pass
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-        if self._sync_engine is not None:
-            self._sync_engine.dispose()
+        if self._own_writer:
+            await self.writer.close()
 
     async def _on_msg(self, msg: Msg) -> None:
         self.queue.put_nowait(msg)
@@ -173,16 +172,7 @@ class EventIngest:
 
     async def store(self, batch: list[tuple[ev.Event, bytes]]) -> list[tuple[ev.Event, bytes]]:
         """Store new events and their effects in one transaction; returns the ones not seen before."""
-        if self._sync_engine is not None:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, self._store_in_thread, batch)
-        async with self.engine.begin() as conn:
-            return await conn.run_sync(self._store, batch)
-
-    def _store_in_thread(self, batch: list[tuple[ev.Event, bytes]]) -> list[tuple[ev.Event, bytes]]:
-        assert self._sync_engine is not None
-        with self._sync_engine.begin() as conn:
-            return self._store(conn, batch)
+        return await self.writer(lambda conn: self._store(conn, batch))
 
     def _store(self, conn: Connection, batch: list[tuple[ev.Event, bytes]]) -> list[tuple[ev.Event, bytes]]:
         """The transaction's statements: a handful per batch whatever its size (executemany, and one
