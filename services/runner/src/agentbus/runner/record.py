@@ -65,6 +65,7 @@ class RunRecord:
         self.handing_back = False  # the runner is stopping and gives this run to another runner
         self.waiting_for_human = False
         self._decision: asyncio.Future[RunControl] | None = None
+        self._saving: asyncio.Future[None] | None = None  # the checkpoint being written
 
     @property
     def run_id(self) -> str:
@@ -223,6 +224,18 @@ class RunRecord:
             raise asyncio.CancelledError
 
     async def _publish_and_save(self, event: Event, cp: Checkpoint) -> None:
+        """Publish the event, then checkpoint it: in that order, so a checkpoint never names an event
+        that was not published (a crash in between republishes it under the same message id).
+
+        Pipelined: a non-terminal event's checkpoint is written in the background while the agent goes
+        on, and the next event's publish overlaps it; the next checkpoint waits for it (they are
+        compare-and-set on its revision), and so does everything that must see it stored: the
+        terminal event and a wait for a human (`durable()`). A checkpoint already written that
+        failed (the run was taken over or deleted) stops the run before the next publish.
+        """
+        saving = self._saving
+        if saving is not None and saving.done():
+            saving.result()  # raises RunLostError / BusError of the last checkpoint
         event_type = type(event).__struct_config__.tag
         subject = subjects.run_event(self.start.task_id, self.run_id, str(event_type))
         payload = encode(event)
@@ -230,5 +243,25 @@ class RunRecord:
         await retrying(
             lambda: self.js.publish(subject, payload, headers=headers), f"publish {event_type} #{event.seq}"
         )
-        await self.store.save(cp)
+        await self.durable()
+        if cp.phase == "finished":
+            await self.store.save(cp)  # finished only once its checkpoint is stored
+            self.cp = cp
+            return
         self.cp = cp
+        self._saving = asyncio.ensure_future(self.store.save(cp))
+        self._saving.add_done_callback(_retrieved)
+
+    async def durable(self) -> None:
+        """Wait for the checkpoint in flight, if any (raises what it raised)."""
+        saving = self._saving
+        if saving is not None:
+            await asyncio.shield(saving)  # a cancelled caller must not cancel the write
+            if self._saving is saving:
+                self._saving = None
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    # Its error is raised by the next event or wait; a run handed back never looks again.
+    if not future.cancelled():
+        future.exception()

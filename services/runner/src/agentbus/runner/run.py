@@ -84,7 +84,8 @@ class RunExecution(RunRecord):
         Raises CancelledError when the runner hands the run back (shutdown), RunLostError when another
         runner took it over, BusError when NATS stayed unreachable: in all three the run is not finished.
         """
-        loaded = await self.store.load()
+        # One round trip for both reads.
+        loaded, stored = await asyncio.gather(self.store.load(), self.store.stored_cancel())
         if loaded is not None:
             self.cp = loaded
             if self.finished:
@@ -93,7 +94,6 @@ class RunExecution(RunRecord):
         try:
             # The gateway stores a cancel before announcing it: one made while no runner held the
             # run (or before this delivery) is found here.
-            stored = await self.store.stored_cancel()
             if stored is not None:
                 self.request_cancel(stored.reason)
             if self.cancel_reason is not None:
@@ -263,13 +263,15 @@ class RunExecution(RunRecord):
 
     async def _wait_for_decision(self) -> RunControl | None:
         """The decision (or a stored cancel), or None when approval_timeout_s ran out."""
+        await self.durable()  # the waiting state is stored before waiting on anyone
         self._decision = asyncio.get_running_loop().create_future()
         self.waiting_for_human = True
         try:
             while True:
                 # Read the stored keys right after registering the future: a decision made while no
                 # runner held the run (or before we got here) is applied, and none can slip between.
-                for stored in (await self.store.stored_cancel(), await self.store.stored_decision()):
+                stored_keys = await asyncio.gather(self.store.stored_cancel(), self.store.stored_decision())
+                for stored in stored_keys:
                     if stored is not None:
                         self.offer_decision(stored)
                 self._check_interrupted()
