@@ -163,6 +163,7 @@ class Bench:
         self.row(
             f"fan-out gateway CPU per frame delivered, {n}", db, runs, "cpu_us_per_frame", "us", higher=False
         )
+        self.row(f"fan-out load client's CPU (cores busy), {n}", db, runs, "client_cores", "", higher=False)
         self.row(
             f"fan-out: live clients missing events or closed, {n}", db, runs, "starved", "", 0, higher=False
         )

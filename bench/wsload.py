@@ -74,7 +74,9 @@ async def load(
             (stalled_conns if i in stalled_idx else conns).append(client)
     print("ready", flush=True)
     t0 = time.time()
+    cpu0 = time.process_time()
     await asyncio.sleep(duration)
+    cpu = time.process_time() - cpu0
     live_counts = [c.events for c in conns]
     closes: dict[str, int] = {}
     for c in [*conns, *stalled_conns]:
@@ -107,6 +109,9 @@ async def load(
         "stalled_cut_off": stalled_cut_off,
         "closes": closes,
         "undecodable": bad,
+        # This process's own CPU while listening: on 2 cores the client competes with the server.
+        "client_cpu_s": cpu,
+        "client_cores": cpu / duration,
         **summary(latencies),
     }
 

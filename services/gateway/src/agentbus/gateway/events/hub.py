@@ -371,6 +371,7 @@ class Hub:
         self.by_task: dict[str, set[Subscription]] = defaultdict(set)
         self.everything: set[Subscription] = set()
         self.sub: Any = None
+        self._timelines: dict[str, asyncio.Future[tuple[datetime, int, list[tuple[int, datetime]]]]] = {}
 
     async def start(self, nc: Any) -> None:
         self.sub = await nc.subscribe(subjects.EVENTS_LIVE_ALL, cb=self._on_live, pending_msgs_limit=-1)
@@ -437,7 +438,40 @@ class Hub:
                 client.offer_many(share)
 
     async def last_seq_before(self, run_id: str, moment: datetime) -> int:
-        """The highest stored seq of a run among its events that happened before `moment` (0: none)."""
+        """The highest stored seq of a run among its events that happened before `moment` (0: none).
+
+        Asked by every client the first time it sees a run's event. A thousand clients on
+        `/ws/stream` all see a run's first event at once, and a query each (through the async
+        engine) kept the last of them waiting seconds, so concurrent askers share one look at the
+        run's timeline since the oldest of this hub's connections.
+        """
+        flight = self._timelines.get(run_id)
+        if flight is None:
+            oldest = min((c.connected_at for c in self.clients()), default=moment)
+            flight = self._timelines[run_id] = asyncio.ensure_future(
+                self._timeline(run_id, min(oldest, moment))
+            )
+            flight.add_done_callback(lambda _: self._timelines.pop(run_id, None))
+        since, base, later = await asyncio.shield(flight)
+        if moment < since:  # cannot happen for a subscribed client; answered directly all the same
+            return await self._last_seq_before(run_id, moment)
+        return max([base, *(seq for seq, ts in later if ts < moment)])
+
+    async def _timeline(
+        self, run_id: str, since: datetime
+    ) -> tuple[datetime, int, list[tuple[int, datetime]]]:
+        """The last seq before `since`, and (seq, timestamp) of every event of the run from `since` on."""
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(run_events.c.seq, run_events.c.timestamp).where(
+                        run_events.c.run_id == run_id, run_events.c.timestamp >= since
+                    )
+                )
+            ).all()
+        return since, await self._last_seq_before(run_id, since), [(r.seq, r.timestamp) for r in rows]
+
+    async def _last_seq_before(self, run_id: str, moment: datetime) -> int:
         async with self.engine.connect() as conn:
             found = (
                 await conn.execute(
