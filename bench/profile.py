@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
     p.add_argument("--clients", type=int, default=1000)
     p.add_argument("--rate", type=float, default=0)
+    p.add_argument("--idle", action="store_true", help="sample waiting threads too (for latency, not CPU)")
     a = p.parse_args(argv)
     out = ROOT / "var" / f"profile-{a.scenario}-{a.service}-{a.db}.txt"
     out.parent.mkdir(exist_ok=True)
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
                 "-f",
                 "raw",
                 "--nonblocking",
+                *(["--idle"] if a.idle else []),
             ],
             capture_output=True,
             check=True,

@@ -346,6 +346,34 @@ async def test_undecodable_event_does_not_stop_ingest(client: AsyncTestClient, j
     await eventually(lambda: _log_count(client, run["id"], 1))
 
 
+async def test_unstorable_event_is_dead_lettered_and_others_are_stored(
+    client: AsyncTestClient, js, database_url: str
+) -> None:  # type: ignore[no-untyped-def]
+    # PostgreSQL's jsonb refuses the NUL character: that completion can never be stored there.
+    dead: list[bytes] = []
+
+    async def on_dead(msg) -> None:  # type: ignore[no-untyped-def]
+        dead.append(msg.data)
+
+    sub = await js._nc.subscribe(subjects.EVENTS_DEAD, cb=on_dead)
+    task = await new_task(client)
+    bad, good = await new_run(client, task["id"]), await new_run(client, task["id"])
+    bad_events, good_events = Emitter(js, task["id"], bad["id"]), Emitter(js, task["id"], good["id"])
+    await bad_events.emit(ev.AnalysisStart)
+    await bad_events.emit(ev.Completion, data=ev.CompletionData(results={"text": "a\x00b"}, duration=1.0))
+    await good_events.emit(ev.AnalysisStart)
+    await good_events.emit(ev.Completion, data=ev.CompletionData(results={"ok": True}, duration=1.0))
+    await eventually(lambda: _log_count(client, good["id"], 2))
+    assert (await client.get(f"/api/runs/{good['id']}")).json()["status"] == "completed"
+    if database_url.startswith("postgresql"):
+        await eventually(lambda: asyncio.sleep(0, result=len(dead) == 1))
+        assert msgspec.json.decode(dead[0])["run_id"] == bad["id"]
+        assert (await client.get(f"/api/runs/{bad['id']}/logs")).json()["total"] == 1
+    else:
+        await eventually(lambda: _log_count(client, bad["id"], 2))
+    await sub.unsubscribe()
+
+
 async def test_metrics_endpoints_say_503_without_the_metrics_service(client: AsyncTestClient) -> None:
     r = await client.get("/api/metrics")
     assert r.status_code == 503 and "run.metrics.query" in r.json()["detail"]

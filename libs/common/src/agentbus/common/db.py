@@ -65,8 +65,9 @@ def is_poison(exc: BaseException) -> bool:
     """
     if isinstance(exc, DataError | IntegrityError):
         return True
-    sqlstate = (
-        getattr(getattr(exc, "orig", None), "sqlstate", None) if isinstance(exc, StatementError) else None
+    # Through SQLAlchemy the driver's error is `exc.orig`; a raw asyncpg error carries its own.
+    sqlstate = getattr(
+        getattr(exc, "orig", None) if isinstance(exc, StatementError) else exc, "sqlstate", None
     )
     return isinstance(sqlstate, str) and sqlstate[:2] in ("22", "23")
 

@@ -74,6 +74,12 @@ class EventIngest:
         # were most of the event latency in the profile.
         self.writer = writer or Writer(engine, "event-ingest-db")
         self._own_writer = writer is None
+        # PostgreSQL: plain asyncpg on a connection of its own (see pg_store).
+        self._pg: Any = None
+        if engine.dialect.name == "postgresql":
+            from agentbus.gateway.events.pg_store import PgEventStore
+
+            self._pg = PgEventStore(engine.url)
 
     async def start(self) -> None:
         self.sub = await self.bus.js.subscribe(
@@ -107,6 +113,8 @@ class EventIngest:
                 pass
         if self._own_writer:
             await self.writer.close()
+        if self._pg is not None:
+            await self._pg.close()
 
     async def _on_msg(self, msg: Msg) -> None:
         self.queue.put_nowait(msg)
@@ -172,54 +180,92 @@ class EventIngest:
 
     async def store(self, batch: list[tuple[ev.Event, bytes]]) -> list[tuple[ev.Event, bytes]]:
         """Store new events and their effects in one transaction; returns the ones not seen before."""
+        if self._pg is not None:
+            return await self._pg.store(batch)
         return await self.writer(lambda conn: self._store(conn, batch))
 
     def _store(self, conn: Connection, batch: list[tuple[ev.Event, bytes]]) -> list[tuple[ev.Event, bytes]]:
         """The transaction's statements: a handful per batch whatever its size (executemany, and one
         multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING that tells new events from
         redeliveries). One statement per event made storage the bottleneck of the event path."""
-        stored: list[tuple[ev.Event, bytes]] = []
         ids = {e.run_id for e, _ in batch}
         # Locked for this transaction: two gateway copies storing events of one run must not
         # overwrite each other's run state (SQLite: the transaction began IMMEDIATE).
         query = _RUNS_FOR_UPDATE if conn.dialect.name == "postgresql" else _RUNS
         rows = {r.id: r._asdict() for r in conn.execute(query, {"ids": list(ids)})}
-        fresh: dict[tuple[str, int], tuple[ev.Event, bytes]] = {}
-        for event, raw in batch:
-            if event.run_id not in rows:
-                log.info("event %s of unknown run %s dropped (deleted?)", event.seq, event.run_id)
-                continue
-            fresh.setdefault((event.run_id, event.seq), (event, raw))  # a redelivery in the same batch
+        fresh = new_candidates(rows, batch)
         if not fresh:
-            return stored
-        result = conn.execute(
-            self._insert_events,
-            [
-                {
-                    "run_id": e.run_id,
-                    "task_id": e.task_id,
-                    "seq": e.seq,
-                    "event_type": e.__struct_config__.tag,
-                    "timestamp": e.timestamp,
-                    "payload": raw.decode(),
-                }
-                for e, raw in fresh.values()
-            ],
-        )
+            return []
+        result = conn.execute(self._insert_events, [event_row(e, raw) for e, raw in fresh.values()])
         inserted = {(r.run_id, r.seq) for r in result}  # the others were stored and applied already
-        dirty: dict[str, dict[str, Any]] = {}
-        ended: list[dict[str, Any]] = []
-        new_artifacts: list[dict[str, Any]] = []
+        effects = Effects.of(rows, fresh, inserted)
+        if effects.artifacts:
+            conn.execute(self._insert_artifacts, effects.artifacts)
+        if effects.dirty:
+            conn.execute(
+                _UPDATE_RUN,
+                [{"b_id": r["id"], **{f"b_{c}": r[c] for c in RUN_COLUMNS}} for r in effects.dirty.values()],
+            )
+            conn.execute(_UPDATE_TASK_STATUS, effects.task_statuses())
+        if effects.ended:
+            conn.execute(_UPDATE_TASK_COUNTERS, effects.task_counters())
+        return effects.stored
+
+
+Batch = list[tuple[ev.Event, bytes]]
+
+
+def new_candidates(
+    rows: dict[str, dict[str, Any]], batch: Batch
+) -> dict[tuple[str, int], tuple[ev.Event, bytes]]:
+    """The batch's events of known runs, once each (a redelivery may sit in the same batch)."""
+    fresh: dict[tuple[str, int], tuple[ev.Event, bytes]] = {}
+    for event, raw in batch:
+        if event.run_id not in rows:
+            log.info("event %s of unknown run %s dropped (deleted?)", event.seq, event.run_id)
+            continue
+        fresh.setdefault((event.run_id, event.seq), (event, raw))
+    return fresh
+
+
+def event_row(e: ev.Event, raw: bytes) -> dict[str, Any]:
+    return {
+        "run_id": e.run_id,
+        "task_id": e.task_id,
+        "seq": e.seq,
+        "event_type": e.__struct_config__.tag,
+        "timestamp": e.timestamp,
+        "payload": raw.decode(),
+    }
+
+
+class Effects:
+    """What the newly stored events change: their runs (as dicts), the runs that ended, artifacts."""
+
+    def __init__(self) -> None:
+        self.stored: Batch = []
+        self.dirty: dict[str, dict[str, Any]] = {}
+        self.ended: list[dict[str, Any]] = []
+        self.artifacts: list[dict[str, Any]] = []
+
+    @classmethod
+    def of(
+        cls,
+        rows: dict[str, dict[str, Any]],
+        fresh: dict[tuple[str, int], tuple[ev.Event, bytes]],
+        inserted: set[tuple[str, int]],
+    ) -> Effects:
+        out = cls()
         for key, (event, raw) in fresh.items():
             if key not in inserted:
                 continue
-            stored.append((event, raw))
+            out.stored.append((event, raw))
             run = rows[event.run_id]
             if apply_event(run, event):
-                ended.append(run)
-            dirty[run["id"]] = run
+                out.ended.append(run)
+            out.dirty[run["id"]] = run
             if isinstance(event, ev.ArtifactCreated):
-                new_artifacts.append(
+                out.artifacts.append(
                     {
                         "run_id": event.run_id,
                         "task_id": event.task_id,
@@ -229,41 +275,29 @@ class EventIngest:
                         "created_at": event.timestamp,
                     }
                 )
-        if new_artifacts:
-            conn.execute(self._insert_artifacts, new_artifacts)
-        if dirty:
-            conn.execute(
-                _UPDATE_RUN,
-                [{"b_id": r["id"], **{f"b_{c}": r[c] for c in RUN_COLUMNS}} for r in dirty.values()],
+        return out
+
+    def task_statuses(self) -> list[dict[str, Any]]:
+        return [
+            {"b_task": r["task_id"], "b_run": r["id"], "b_status": r["status"], "b_updated": r["updated_at"]}
+            for r in self.dirty.values()
+        ]
+
+    def task_counters(self) -> list[dict[str, Any]]:
+        out = []
+        for run in self.ended:
+            c = task_counters(run)
+            out.append(
+                {
+                    "b_task": run["task_id"],
+                    "b_succeeded": c["succeeded"],
+                    "b_failed": c["failed"],
+                    "b_duration": c["last_run_duration"],
+                    "b_error": c["last_error"],
+                    "b_updated": run["updated_at"],
+                }
             )
-            conn.execute(
-                _UPDATE_TASK_STATUS,
-                [
-                    {
-                        "b_task": r["task_id"],
-                        "b_run": r["id"],
-                        "b_status": r["status"],
-                        "b_updated": r["updated_at"],
-                    }
-                    for r in dirty.values()
-                ],
-            )
-        if ended:
-            counters = []
-            for run in ended:
-                c = task_counters(run)
-                counters.append(
-                    {
-                        "b_task": run["task_id"],
-                        "b_succeeded": c["succeeded"],
-                        "b_failed": c["failed"],
-                        "b_duration": c["last_run_duration"],
-                        "b_error": c["last_error"],
-                        "b_updated": run["updated_at"],
-                    }
-                )
-            conn.execute(_UPDATE_TASK_COUNTERS, counters)
-        return stored
+        return out
 
 
 # Built once: statement construction and cache-key generation per event showed in the profile.
