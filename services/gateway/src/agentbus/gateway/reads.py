@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Table, bindparam, create_engine, event, select
 from sqlalchemy.engine import Engine, Row
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
@@ -34,6 +34,21 @@ def _inline_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=20")  # never block the loop for long: fall back instead
     cur.execute("PRAGMA query_only=ON")
     cur.close()
+
+
+class RecordRow:
+    """An asyncpg record read like a SQLAlchemy row (`row.column`)."""
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: Any) -> None:
+        self._record = record
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._record[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 class RowReader:
@@ -56,6 +71,7 @@ class RowReader:
                 url, pool_size=8, max_overflow=0, pool_pre_ping=False, isolation_level="AUTOCOMMIT"
             )
         self._by_id: dict[str, Any] = {}
+        self._pg_sql: dict[str, str] = {}
 
     def _stmt(self, table: Table) -> Any:
         stmt = self._by_id.get(table.name)
@@ -63,7 +79,14 @@ class RowReader:
             stmt = self._by_id[table.name] = select(table).where(table.c.id == bindparam("key"))
         return stmt
 
-    async def one(self, table: Table, key: str) -> Row[Any] | None:
+    def _sql(self, table: Table) -> str:
+        sql = self._pg_sql.get(table.name)
+        if sql is None:
+            columns = ", ".join(f'"{c.name}"' for c in table.c)
+            sql = self._pg_sql[table.name] = f'SELECT {columns} FROM "{table.name}" WHERE id = $1'
+        return sql
+
+    async def one(self, table: Table, key: str) -> Row[Any] | RecordRow | None:
         stmt = self._stmt(table)
         if self.inline is not None:
             try:
@@ -74,9 +97,17 @@ class RowReader:
         elif self.pg is not None:
             try:
                 async with self.pg.connect() as conn:
-                    return (await conn.execute(stmt, {"key": key})).first()
-            except DBAPIError as exc:  # a connection the server dropped (restart): retry below
-                log.debug("read pool connection failed, retrying through the main engine: %s", exc)
+                    # Straight to asyncpg (a prepared statement it caches): SQLAlchemy's statement
+                    # execution was a third of the request's CPU in the profile.
+                    raw = (await conn.get_raw_connection()).driver_connection
+                    try:
+                        found = await raw.fetchrow(self._sql(table), key)
+                    except Exception:
+                        await conn.invalidate()
+                        raise
+                    return None if found is None else RecordRow(found)
+            except Exception as exc:  # a connection the server dropped (restart): retry below
+                log.debug("read pool connection failed, retrying through the main engine: %r", exc)
         async with self.engine.connect() as conn:
             return (await conn.execute(stmt, {"key": key})).first()
 
