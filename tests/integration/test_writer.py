@@ -4,6 +4,7 @@ or rolls back on its own, even when many are committed in one transaction."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, update
@@ -85,3 +86,22 @@ async def test_close_finishes_queued_units(engine) -> None:
     await asyncio.gather(asyncio.ensure_future(writer.close()), *pending)
     async with engine.connect() as conn:
         assert (await conn.execute(select(func.count()).select_from(items))).scalar_one() == 50
+
+
+async def test_sqlite_wal_is_checkpointed_off_the_commit_path(tmp_path) -> None:
+    """The writer's commits never checkpoint (that stalled them); its checkpointer thread does, and
+    a last time at close: the rows are then in the database file itself, not only in its WAL."""
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/wal.db")
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    async with engine.connect() as held:  # an open connection: closing the writer's is not the last close
+        await held.exec_driver_sql("SELECT 1")
+        writer = Writer(engine)
+        for i in range(1, 101):
+            await writer(lambda conn, i=i: conn.execute(insert(items), {"id": i, "name": "x" * 1000}))
+        await writer.close()
+        copy = tmp_path / "copy.db"
+        copy.write_bytes((tmp_path / "wal.db").read_bytes())  # the main file alone, without its -wal
+        with sqlite3.connect(copy) as db:
+            assert db.execute("SELECT count(*) FROM items").fetchone()[0] == 100
+    await engine.dispose()
