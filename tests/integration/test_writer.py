@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import uuid
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, update
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from agentbus.common.db import make_engine
 from agentbus.common.writer import Writer
+from tests.support.servers import create_database
 
 metadata = MetaData()
 items = Table(
@@ -105,3 +107,30 @@ async def test_sqlite_wal_is_checkpointed_off_the_commit_path(tmp_path) -> None:
         with sqlite3.connect(copy) as db:
             assert db.execute("SELECT count(*) FROM items").fetchone()[0] == 100
     await engine.dispose()
+
+
+async def test_postgresql_write_survives_its_connection_being_dropped(pg_admin_url: str) -> None:
+    """No ping per write: a pooled connection the server dropped (a restart) fails at its first
+    use, before anything was committed, and the write is retried once on a fresh connection."""
+    url = await asyncio.to_thread(create_database, pg_admin_url, f"w_{uuid.uuid4().hex[:12]}")
+    engine = make_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    writer = Writer(engine)
+    try:
+        await writer(lambda conn: conn.execute(insert(items), {"id": 1, "name": "before"}))
+        async with engine.connect() as conn:  # drop every other session of this database
+            killed = await conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+            assert any(row[0] for row in killed)  # the writer's pooled connection was among them
+        await writer(lambda conn: conn.execute(insert(items), {"id": 2, "name": "after"}))
+        async with engine.connect() as conn:
+            ids = (await conn.execute(select(items.c.id).order_by(items.c.id))).scalars().all()
+        assert ids == [1, 2]
+    finally:
+        await writer.close()
+        await engine.dispose()
