@@ -96,6 +96,9 @@ def main() -> int:
                     p.kill()
 
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C stops everything even when this was started with SIGINT ignored (a shell's
+    # background job, some supervisors): the services run in their own sessions and would outlive it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     nats_log = open(VAR / "nats-server.log", "ab")  # kept open as long as the server runs
     try:
         procs.append(

@@ -77,6 +77,9 @@ def test_make_run_starts_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        # As a shell's background job starts it: SIGINT ignored. Ctrl-C must still stop everything
+        # (the services run in sessions of their own and would be left running).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     seen = []
     try:
