@@ -51,10 +51,6 @@ class Writer:
         self._stopped = threading.Event()
         self._pg: AsyncEngine | None = None
 
-    @property
-    def threaded(self) -> bool:
-        return self._sync is not None
-
     async def __call__(self, unit: Unit[T]) -> T:
         """Run `unit(conn)` in a transaction of its own (committed, or rolled back if it raises)."""
         if self._sync is None:
