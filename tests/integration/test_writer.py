@@ -134,3 +134,34 @@ async def test_postgresql_write_survives_its_connection_being_dropped(pg_admin_u
     finally:
         await writer.close()
         await engine.dispose()
+
+
+async def test_postgresql_bursts_of_writes_reuse_the_same_connections(pg_admin_url: str) -> None:
+    """Bursts wider than the pool wait their turn rather than open connections of their own that are
+    closed again once the burst is over (a PostgreSQL server process started per write)."""
+    url = await asyncio.to_thread(create_database, pg_admin_url, f"w_{uuid.uuid4().hex[:12]}")
+    engine = make_engine(url, pool_size=4)
+    writer = Writer(engine)
+
+    async def engine_pid() -> int:
+        async with engine.connect() as conn:
+            return (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+
+    try:
+        writer_pids: set[int] = set()
+        engine_pids: set[int] = set()
+        for _ in range(3):  # each burst ends before the next: a connection beyond the pool would be closed
+            writer_pids |= set(
+                await asyncio.gather(
+                    *(
+                        writer(lambda conn: conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+                        for _ in range(60)
+                    )
+                )
+            )
+            engine_pids |= set(await asyncio.gather(*(engine_pid() for _ in range(60))))
+        assert 1 <= len(writer_pids) <= 8  # the writer's pool
+        assert 1 <= len(engine_pids) <= 4
+    finally:
+        await writer.close()
+        await engine.dispose()

@@ -134,8 +134,11 @@ def make_engine(url: str, pool_size: int = 10) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 30})
         _sqlite_events(engine.sync_engine)
         return engine
+    # No overflow: an overflow connection is closed when it is returned to a full pool, so under a
+    # burst every request past the pool opened and closed a PostgreSQL connection of its own (a new
+    # server process, ms of CPU on both sides). A fixed pool makes a burst wait its turn instead.
     return create_async_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800
+        url, pool_size=pool_size, max_overflow=0, pool_pre_ping=True, pool_recycle=1800
     )
 
 

@@ -63,7 +63,7 @@ class Writer:
 
     async def _on_async_engine(self, unit: Unit[T]) -> T:
         """PostgreSQL: a pool of its own without a ping per checkout (a third of a write's CPU and
-        one more round trip). A connection found broken before the commit was sent (the server
+        one more round trip), and without overflow (see `make_engine`). A connection found broken before the commit was sent (the server
         restarted) is retried once: nothing of that transaction was kept, and SQLAlchemy has
         meanwhile marked every connection of the pool from before the failure as stale."""
         engine = self._pool_engine()
@@ -88,7 +88,7 @@ class Writer:
             return self.engine  # an in-memory SQLite: one connection, shared with the engine
         if self._pg is None:
             self._pg = create_async_engine(
-                self.engine.url, pool_size=5, max_overflow=5, pool_pre_ping=False, pool_recycle=1800
+                self.engine.url, pool_size=8, max_overflow=0, pool_pre_ping=False, pool_recycle=1800
             )
         return self._pg
 

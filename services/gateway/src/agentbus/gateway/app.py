@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         # Hot writes have their own pool (the writer's) and so do primary-key reads and the event
         # ingest on PostgreSQL: this one serves lists, logs and the rarer writes.
-        engine = make_engine(settings.database_url, pool_size=5)
+        engine = make_engine(settings.database_url, pool_size=6)
         log.info("database %s", redact(str(engine.url)))
         await wait_for_database(engine)
         await migrate(engine, MIGRATIONS, "alembic_version_gateway")
