@@ -63,9 +63,10 @@ class Writer:
 
     async def _on_async_engine(self, unit: Unit[T]) -> T:
         """PostgreSQL: a pool of its own without a ping per checkout (a third of a write's CPU and
-        one more round trip), and without overflow (see `make_engine`). A connection found broken before the commit was sent (the server
-        restarted) is retried once: nothing of that transaction was kept, and SQLAlchemy has
-        meanwhile marked every connection of the pool from before the failure as stale."""
+        one more round trip), and without overflow (see `make_engine`). A connection found broken
+        before the commit was sent (the server restarted) is retried once: nothing of that
+        transaction was kept, and SQLAlchemy has meanwhile marked every connection of the pool from
+        before the failure as stale."""
         engine = self._pool_engine()
         for attempt in (1, 2):
             committing = False
