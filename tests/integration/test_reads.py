@@ -1,0 +1,103 @@
+"""`agentbus.gateway.reads`, the primary-key read every handler starts with, on a real SQLite file
+and a real PostgreSQL: the same values as a SQLAlchemy query, the latest committed state, and a
+connection the server dropped costs one fallback, not an error."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import insert, select, text, update
+
+from agentbus.common.db import make_engine, migrate
+from agentbus.gateway import reads
+from agentbus.gateway.app import MIGRATIONS
+from agentbus.gateway.models import runs, tasks
+from tests.support.servers import create_database
+
+T0 = datetime(2026, 1, 1, 12, 30, 15, 123456, tzinfo=UTC)
+
+
+async def _engine_with_a_run(url: str):
+    engine = make_engine(url)
+    await migrate(engine, MIGRATIONS, "alembic_version_gateway")
+    common = {"created_at": T0, "updated_at": T0}
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(tasks),
+            {
+                "id": "t",
+                "name": "t",
+                "config": {"nested": [1, "two", None]},
+                "agent": "scripted",
+                "agent_config": {},
+                "require_approval": True,
+                "approval_timeout_s": 60,
+                "timeout_s": 60,
+                "max_rounds": 1,
+                "status": "running",
+                **common,
+            },
+        )
+        await conn.execute(
+            insert(runs),
+            {
+                "id": "r",
+                "task_id": "t",
+                "run_number": 1,
+                "status": "running",
+                "agent": "scripted",
+                "require_approval": True,
+                "plan": {"steps": [{"title": "a"}]},
+                "started_at": T0,
+                **common,
+            },
+        )
+    return engine
+
+
+async def test_reads_match_a_sqlalchemy_query_and_see_later_commits(database_url: str) -> None:
+    engine = await _engine_with_a_run(database_url)
+    try:
+        for table, key in ((tasks, "t"), (runs, "r")):
+            async with engine.connect() as conn:
+                expected = (await conn.execute(select(table).where(table.c.id == key))).one()._asdict()
+            row = await reads.by_id(engine, table, key)
+            got = {c.name: getattr(row, c.name) for c in table.c}
+            assert got == expected
+        row = await reads.by_id(engine, tasks, "t")
+        assert row.created_at == T0 and row.created_at.tzinfo is not None
+        assert row.config == {"nested": [1, "two", None]}
+        assert await reads.by_id(engine, tasks, "missing") is None
+
+        async with engine.begin() as conn:  # committed elsewhere after the reader's first read
+            await conn.execute(update(tasks).where(tasks.c.id == "t").values(name="renamed"))
+        assert (await reads.by_id(engine, tasks, "t")).name == "renamed"
+    finally:
+        await reads.dispose(engine)
+        await engine.dispose()
+
+
+async def test_postgresql_read_survives_its_connections_being_dropped(pg_admin_url: str, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="agentbus.gateway.reads")
+    url = await asyncio.to_thread(create_database, pg_admin_url, f"r_{uuid.uuid4().hex[:12]}")
+    engine = await _engine_with_a_run(url)
+    try:
+        assert (await reads.by_id(engine, tasks, "t")).name == "t"  # the reader now holds a connection
+        async with engine.connect() as conn:  # drop every other session of this database
+            killed = await conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+            assert any(row[0] for row in killed)
+        for _ in range(3):  # the broken one is dropped and the read answered; then a fresh one
+            assert (await reads.by_id(engine, runs, "r")).plan == {"steps": [{"title": "a"}]}
+        fallbacks = [r for r in caplog.records if "retrying through the main engine" in r.getMessage()]
+        assert len(fallbacks) == 1  # the held connection did fail, once; its replacement did not
+    finally:
+        await reads.dispose(engine)
+        await engine.dispose()
