@@ -1,7 +1,8 @@
 """`make bench` / `python -m bench`: every benchmark, on SQLite and PostgreSQL, medians of several runs.
 
-Prints the table and writes it into docs/benchmarks.md between its `bench:begin`/`bench:end`
-markers (the hand-written analysis around them is kept).
+Prints the table and, after a full run (every benchmark, both databases, not --quick), writes it
+into docs/benchmarks.md between its `bench:begin`/`bench:end` markers (the hand-written analysis
+around them is kept); --out FILE writes any run's table into FILE instead.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import report, scenarios
-from bench.services import agentbus, bare_http, gateway_pid, nats_responder, postgres, rss_kb
+from bench.services import ROOT, agentbus, bare_http, gateway_pid, nats_responder, postgres, rss_kb
 from bench.stats import Row, fmt, median_of, plain_table
 from tests.support.servers import nats_server
 
+DOC = ROOT / "docs" / "benchmarks.md"
 ALL = ("ceilings", "get", "post", "events", "sse", "fanout", "runs", "memory", "startup")
 
 
@@ -262,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fanout-rate", type=float, default=51.0, help="events/s published in the fan-out case")
     p.add_argument("--run-count", type=int, default=1000)
     p.add_argument("--quick", action="store_true", help="one short run of each: a smoke run, not figures")
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"))
+    p.add_argument(
+        "--out",
+        help="the page to write the table into (default: docs/benchmarks.md, and only after a full run)",
+    )
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args(argv)
     if a.quick:
@@ -288,9 +293,16 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + plain_table(b.rows), flush=True)
     if b.failures:
         print("\nfailed: " + "; ".join(b.failures), flush=True)
-    if not a.no_write:
-        report.write(Path(a.out), b.rows, command.strip(), time.time() - started)
-        print(f"\nwritten to {a.out}", flush=True)
+    # The published page holds full runs only: a smoke run or a subset would replace its figures.
+    full = not a.quick and set(a.only) == set(ALL) and set(dbs) == {"sqlite", "postgresql"}
+    out = Path(a.out) if a.out else DOC if full else None
+    if a.no_write:
+        pass
+    elif out is None:
+        print(f"\nnot written to {DOC.relative_to(ROOT)}: not a full run (--out FILE writes it elsewhere)")
+    else:
+        report.write(out, b.rows, command.strip(), time.time() - started)
+        print(f"\nwritten to {out}", flush=True)
     return 0
 
 
