@@ -146,6 +146,7 @@ class RowReader:
                 self._pg_slots.put_nowait(None)
         slots = self._pg_slots
         held = await slots.get()
+        conn = held[0] if held is not None else None
         try:
             if held is None:
                 conn = await self.pg.connect()
@@ -153,9 +154,9 @@ class RowReader:
             read = self._read(table, self.pg.dialect, "$1")
             found = await held[1].fetchrow(read.sql, key)
         except BaseException:
-            if held is not None:
-                await _drop(held[0])
-            slots.put_nowait(None)
+            slots.put_nowait(None)  # first: the slot is never lost, even if the drop is cancelled
+            if conn is not None:
+                await _drop(conn)
             raise
         slots.put_nowait(held)
         return _row(read, found)
