@@ -393,3 +393,17 @@ async def test_health_ready_and_docs(client: AsyncTestClient) -> None:
     assert "/api/tasks" in spec["paths"] and "/api/runs/{run_id}/approve" in spec["paths"]
     assert (await client.get("/docs")).status_code == 200
     assert (await client.get("/redoc")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "ok", "max_rounds": 101}, "max_rounds"),
+        ({"name": "ok", "require_approval": "yes"}, "require_approval"),
+        ({"name": 5}, "name"),
+    ],
+)
+async def test_bad_task_input_names_the_field(client: AsyncTestClient, body: dict, field: str) -> None:
+    r = await client.post("/api/tasks", json=body)
+    assert r.status_code == 400, r.text
+    assert [e["key"] for e in r.json()["extra"]] == [field]

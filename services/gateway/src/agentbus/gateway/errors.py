@@ -49,6 +49,11 @@ def integrity_conflict(_: Request, exc: Exception) -> Response:
 
 def unexpected(request: Request, exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
+        if exc.extra:  # what was wrong, field by field (Litestar's validation: message, key, source)
+            return Response(
+                {"status_code": exc.status_code, "detail": str(exc.detail), "extra": exc.extra},
+                status_code=exc.status_code,
+            )
         return _json(exc.status_code, str(exc.detail))
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return _json(500, "internal error")
