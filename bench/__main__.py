@@ -296,13 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     # The published page holds full runs only: a smoke run or a subset would replace its figures.
     full = not a.quick and set(a.only) == set(ALL) and set(dbs) == {"sqlite", "postgresql"}
     out = Path(a.out) if a.out else DOC if full else None
-    if a.no_write:
-        pass
-    elif out is None:
-        print(f"\nnot written to {DOC.relative_to(ROOT)}: not a full run (--out FILE writes it elsewhere)")
-    else:
+    if out is not None and not a.no_write:
         report.write(out, b.rows, command.strip(), time.time() - started)
         print(f"\nwritten to {out}", flush=True)
+    elif out is None and not a.no_write:
+        print(f"\nnot written to {DOC.relative_to(ROOT)}: not a full run (--out FILE writes it elsewhere)")
     return 0
 
 

@@ -12,46 +12,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import event, insert
 
-from agentbus.common.db import make_engine, migrate
-from agentbus.gateway.app import MIGRATIONS
 from agentbus.gateway.events.hub import Hub
-from agentbus.gateway.models import run_events, runs, tasks
+from agentbus.gateway.models import run_events
+from tests.support.gateway_db import engine_with_a_run
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
 async def engine(database_url: str):
-    engine = make_engine(database_url)
-    await migrate(engine, MIGRATIONS, "alembic_version_gateway")
+    engine = await engine_with_a_run(database_url, T0)
     async with engine.begin() as conn:
-        common = {"created_at": T0, "updated_at": T0}
-        await conn.execute(
-            insert(tasks),
-            {
-                "id": "t",
-                "name": "t",
-                "agent": "scripted",
-                "require_approval": False,
-                "approval_timeout_s": 60,
-                "timeout_s": 60,
-                "max_rounds": 1,
-                "status": "running",
-                **common,
-            },
-        )
-        await conn.execute(
-            insert(runs),
-            {
-                "id": "r",
-                "task_id": "t",
-                "run_number": 1,
-                "status": "running",
-                "agent": "scripted",
-                "require_approval": False,
-                **common,
-            },
-        )
         # seq n happened at T0 + n seconds; seq 5 carries an earlier clock than seq 4 (clocks of two runners).
         moments = {n: T0 + timedelta(seconds=n) for n in range(1, 9)}
         moments[5] = T0 + timedelta(seconds=3.5)

@@ -9,53 +9,23 @@ import logging
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import select, text, update
 
-from agentbus.common.db import make_engine, migrate
 from agentbus.gateway import reads
-from agentbus.gateway.app import MIGRATIONS
 from agentbus.gateway.models import runs, tasks
+from tests.support.gateway_db import engine_with_a_run
 from tests.support.servers import create_database
 
 T0 = datetime(2026, 1, 1, 12, 30, 15, 123456, tzinfo=UTC)
 
 
 async def _engine_with_a_run(url: str):
-    engine = make_engine(url)
-    await migrate(engine, MIGRATIONS, "alembic_version_gateway")
-    common = {"created_at": T0, "updated_at": T0}
-    async with engine.begin() as conn:
-        await conn.execute(
-            insert(tasks),
-            {
-                "id": "t",
-                "name": "t",
-                "config": {"nested": [1, "two", None]},
-                "agent": "scripted",
-                "agent_config": {},
-                "require_approval": True,
-                "approval_timeout_s": 60,
-                "timeout_s": 60,
-                "max_rounds": 1,
-                "status": "running",
-                **common,
-            },
-        )
-        await conn.execute(
-            insert(runs),
-            {
-                "id": "r",
-                "task_id": "t",
-                "run_number": 1,
-                "status": "running",
-                "agent": "scripted",
-                "require_approval": True,
-                "plan": {"steps": [{"title": "a"}]},
-                "started_at": T0,
-                **common,
-            },
-        )
-    return engine
+    return await engine_with_a_run(
+        url,
+        T0,
+        task={"config": {"nested": [1, "two", None]}, "agent_config": {}, "require_approval": True},
+        run={"require_approval": True, "plan": {"steps": [{"title": "a"}]}, "started_at": T0},
+    )
 
 
 async def test_reads_match_a_sqlalchemy_query_and_see_later_commits(database_url: str) -> None:

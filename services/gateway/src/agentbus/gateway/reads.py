@@ -55,12 +55,11 @@ class _Read(NamedTuple):
 def _read(table: Table, dialect: Any, placeholder: str) -> _Read:
     columns = list(table.c)
     processors = []
-    for i, column in enumerate(columns):
-        if dialect.name != "sqlite":
-            break
-        process = column.type.dialect_impl(dialect).result_processor(dialect, None)
-        if process is not None:
-            processors.append((i, process))
+    if dialect.name == "sqlite":
+        for i, column in enumerate(columns):
+            process = column.type.dialect_impl(dialect).result_processor(dialect, None)
+            if process is not None:
+                processors.append((i, process))
     names = ", ".join(f'"{c.name}"' for c in columns)
     return _Read(
         sql=f'SELECT {names} FROM "{table.name}" WHERE id = {placeholder}',
