@@ -1,4 +1,4 @@
-"""`agentbus.common.writer.Writer` on a real SQLite file and a real PostgreSQL: every unit commits
+"""`agentbus.gateway.store.writer.Writer` on a real SQLite file and a real PostgreSQL: every unit commits
 or rolls back on its own, even when many are committed in one transaction."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, s
 from sqlalchemy.exc import IntegrityError
 
 from agentbus.common.db import make_engine
-from agentbus.common.writer import Writer
+from agentbus.gateway.store.writer import Writer
 from tests.support.servers import create_database
 
 metadata = MetaData()

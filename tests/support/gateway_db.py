@@ -10,8 +10,8 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentbus.common.db import make_engine, migrate
-from agentbus.gateway.app import MIGRATIONS
-from agentbus.gateway.models import runs, tasks
+from agentbus.gateway.store import MIGRATIONS
+from agentbus.gateway.store.tables import runs, tasks
 
 
 async def engine_with_a_run(

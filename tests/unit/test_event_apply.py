@@ -3,7 +3,7 @@
 from datetime import UTC, datetime, timedelta
 
 from agentbus.contracts import events as ev
-from agentbus.gateway.events.apply import apply_event, task_counters
+from agentbus.gateway.store.effects import apply_event, task_counters
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

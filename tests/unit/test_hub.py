@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from agentbus.gateway.events.hub import Frame, GoingAway, Hub, Subscription, TooSlow
+from agentbus.gateway.streams.hub import Hub
+from agentbus.gateway.streams.subscription import Frame, GoingAway, Subscription, TooSlow
 
 
 class FakeHub:
@@ -28,15 +29,15 @@ class FakeHub:
 
 class FakeWriter:
     def __init__(self) -> None:
-        self.out: list[bytes] = []
+        self.out: list[list[str]] = []
         self.writable = True
         self.cut: int | None = None
 
     def ready(self) -> bool:
         return self.writable
 
-    def write(self, data: bytes) -> None:
-        self.out.append(data)
+    def write(self, texts: list[str]) -> None:
+        self.out.append(texts)
 
     def now(self) -> float:
         return asyncio.get_running_loop().time()
@@ -94,7 +95,7 @@ async def test_direct_writes_while_idle_batched_and_in_order() -> None:
     await asyncio.sleep(0)  # the pump is idle: frames go straight to the writer
     client.offer(f(1))
     client.offer_many([f(2), f(2)])
-    assert writer.out == [f(1).ws(), f(2).ws()] and not pump.done()
+    assert writer.out == [[f(1).text], [f(2).text]] and not pump.done()
     client.offer(f(4))  # a gap: the pump fills it from the log, in order
     got = [await asyncio.wait_for(pump, 2), *(await take(frames, 1))]
     assert [x.seq for x in got if x] == [3, 4]
@@ -108,9 +109,6 @@ async def test_direct_writes_while_idle_batched_and_in_order() -> None:
     pump.cancel()
 
 
-def test_ws_frame_encoding() -> None:
-    assert f(1).ws() == bytes([0x81, 9]) + b'{"seq":1}'
-    big = Frame("r", "t", 1, "x" * 300)
-    assert big.ws()[:4] == bytes([0x81, 126, 1, 44]) and len(big.ws()) == 304
+def test_sse_and_heartbeat_encoding() -> None:
     assert f(7).sse() == b'id: 7\ndata: {"seq":7}\n\n'
     assert Hub.heartbeat_frame().startswith('{"event_type":"heartbeat"')

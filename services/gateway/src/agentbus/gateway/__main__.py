@@ -3,35 +3,53 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from types import FrameType
-from typing import Any
 
 import uvicorn
 
 from agentbus.common.logs import setup_logging
-from agentbus.gateway.app import create_app
+from agentbus.gateway.app import Gateway
 from agentbus.gateway.settings import Settings
+from agentbus.gateway.streams.hub import Hub
 
 
 class GatewayServer(uvicorn.Server):
     """uvicorn, but stream clients are closed first (WebSocket 1001, going away), then uvicorn stops
     (which would close what is left with 1012)."""
 
+    def __init__(self, config: uvicorn.Config, hub: Hub) -> None:
+        super().__init__(config)
+        self.hub = hub
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        hub = getattr(self.config.app.state, "hub", None)
-        if hub is None or self.should_exit or not hub.clients():
+        hub = self.hub
+        if self.should_exit or not hub.clients():
             super().handle_exit(sig, frame)
             return
         hub.close_all()
         loop = asyncio.get_running_loop()  # signal handlers run on the loop's thread
         loop.call_soon_threadsafe(lambda: loop.create_task(self._exit_when_closed(hub, sig, frame)))
 
-    async def _exit_when_closed(self, hub: Any, sig: int, frame: FrameType | None) -> None:
-        deadline = asyncio.get_running_loop().time() + 2.0
-        # Bounded (2 s) and only at shutdown: the hub has no "last client gone" signal to wait on.
-        while hub.clients() and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+    async def _exit_when_closed(self, hub: Hub, sig: int, frame: FrameType | None) -> None:
+        await hub.wait_clients_gone(timeout=2.0)
         super().handle_exit(sig, frame)
+
+
+# The kernel send buffer of every connection, instead of Linux's autotuning (up to 4 MB a socket): a
+# stream client that stops reading is noticed after a few hundred KB, not megabytes, and costs no
+# more than that. Set on the listening socket, which accepted connections inherit it from.
+SEND_BUFFER = 128 * 1024  # the kernel doubles it
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+    sock.bind(address)
+    sock.set_inheritable(True)
+    return sock
 
 
 def main() -> None:
@@ -44,8 +62,9 @@ def main() -> None:
         loop = "uvloop"
     except ImportError:
         loop = "asyncio"
+    gateway = Gateway(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        gateway.app,
         host=settings.host,
         port=settings.port,
         loop=loop,
@@ -55,7 +74,7 @@ def main() -> None:
         access_log=False,
         timeout_graceful_shutdown=5,
     )
-    GatewayServer(config).run()
+    GatewayServer(config, gateway.hub).run(sockets=[listening_socket(settings.host, settings.port)])
 
 
 if __name__ == "__main__":

@@ -15,15 +15,13 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, get
-from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
-from sqlalchemy import case, func, select
 
 from agentbus.contracts import Ping, RunnerInfo, encode, subjects
-from agentbus.contracts.status import TERMINAL_RUN_STATUSES
+from agentbus.gateway.bus import Bus
 from agentbus.gateway.errors import Conflict, ServiceUnavailable
-from agentbus.gateway.models import runs
 from agentbus.gateway.schemas import AgentKindOut, AgentPage, AgentRunner
+from agentbus.gateway.store import GatewayStore
 
 log = logging.getLogger(__name__)
 _info = msgspec.json.Decoder(RunnerInfo)
@@ -32,8 +30,10 @@ _info = msgspec.json.Decoder(RunnerInfo)
 class Discovery:
     """The runners that answered lately, by instance; refreshed by scatter-gather rounds."""
 
-    def __init__(self, nc: Any, window_s: float = 0.25, ttl_s: float = 5.0, miss_wait_s: float = 1.0) -> None:
-        self.nc = nc
+    def __init__(
+        self, bus: Bus, window_s: float = 0.25, ttl_s: float = 5.0, miss_wait_s: float = 1.0
+    ) -> None:
+        self.bus = bus
         self.window_s = window_s  # how long a full round collects answers
         self.ttl_s = ttl_s  # how long an answer vouches for its runner on the hot path
         self.miss_wait_s = miss_wait_s  # how long a miss waits for a runner serving the kind
@@ -47,7 +47,7 @@ class Discovery:
 
     async def round(self, want: str | None = None, wait: float | None = None) -> list[RunnerInfo]:
         """Ask every runner; return the answers of this round. With `want`, stop at its first server."""
-        if not self.nc.is_connected:
+        if not self.bus.nc.is_connected:
             raise ServiceUnavailable("message broker unavailable; retry later")
         answers: list[RunnerInfo] = []
         found = asyncio.Event()
@@ -63,10 +63,10 @@ class Discovery:
             if want is not None and any(a.kind == want for a in info.agents):
                 found.set()
 
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox, cb=on_reply)
+        inbox = self.bus.nc.new_inbox()
+        sub = await self.bus.nc.subscribe(inbox, cb=on_reply)
         try:
-            await self.nc.publish(subjects.RUN_INFO, encode(Ping()), reply=inbox)
+            await self.bus.nc.publish(subjects.RUN_INFO, encode(Ping()), reply=inbox)
             try:
                 await asyncio.wait_for(found.wait(), self.window_s if wait is None else wait)
             except TimeoutError:
@@ -95,17 +95,6 @@ class Discovery:
         raise Conflict(
             f"no runner serves agent kind {kind!r}; kinds served now: {', '.join(served) or 'none'}"
         )
-
-
-async def _run_counts(state: State) -> dict[str, tuple[int, int, int]]:
-    """agent kind -> (runs, finished runs, completed runs)."""
-    finished = case((runs.c.status.in_(sorted(TERMINAL_RUN_STATUSES)), 1), else_=0)
-    completed = case((runs.c.status == "completed", 1), else_=0)
-    async with state.engine.connect() as conn:
-        rows = await conn.execute(
-            select(runs.c.agent, func.count(), func.sum(finished), func.sum(completed)).group_by(runs.c.agent)
-        )
-        return {r[0]: (int(r[1]), int(r[2] or 0), int(r[3] or 0)) for r in rows}
 
 
 def _kinds(answers: list[RunnerInfo], counts: dict[str, tuple[int, int, int]]) -> list[AgentKindOut]:
@@ -163,14 +152,14 @@ class AgentController(Controller):
     tags = ["agents"]
 
     @get("/", summary="Agent kinds: the runners serving each right now, config schema, runs, success rate")
-    async def list_kinds(self, state: State) -> AgentPage:
-        answers, counts = await asyncio.gather(state.discovery.round(), _run_counts(state))
+    async def list_kinds(self, discovery: Discovery, store: GatewayStore) -> AgentPage:
+        answers, counts = await asyncio.gather(discovery.round(), store.runs_by_agent())
         items = _kinds(answers, counts)
         return AgentPage(items=items, total=len(items))
 
     @get("/{kind:str}", summary="One agent kind")
-    async def retrieve(self, kind: str, state: State) -> AgentKindOut:
-        answers, counts = await asyncio.gather(state.discovery.round(), _run_counts(state))
+    async def retrieve(self, kind: str, discovery: Discovery, store: GatewayStore) -> AgentKindOut:
+        answers, counts = await asyncio.gather(discovery.round(), store.runs_by_agent())
         for item in _kinds(answers, counts):
             if item.kind == kind:
                 return item

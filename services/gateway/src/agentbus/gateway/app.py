@@ -1,113 +1,129 @@
-"""`create_app()`: routes, error handlers and the lifespan (database, NATS, event ingest, fan-out)."""
+"""`create_app()`: the gateway's pieces, built once and wired together, and the Litestar app.
+
+`Gateway` builds every piece from the settings (nothing connects yet), hands them to each other
+by explicit callbacks, and to route handlers by dependency injection; the app's lifespan starts
+them in order and stops them in reverse.
+"""
 
 from __future__ import annotations
 
-import logging
+import uuid
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
+from typing import Any
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
+from litestar.di import Provide
 from litestar.exceptions import LitestarDeprecationWarning
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 
-from agentbus.common.db import make_engine, migrate, redact, wait_for_database
-from agentbus.common.writer import Writer
-from agentbus.gateway import __version__, reads
+from agentbus.contracts import subjects
+from agentbus.gateway import __version__
 from agentbus.gateway.agents import AgentController, Discovery
 from agentbus.gateway.auth import token_middleware
 from agentbus.gateway.bus import Bus
 from agentbus.gateway.errors import EXCEPTION_HANDLERS, unexpected
-from agentbus.gateway.events.hub import Hub
-from agentbus.gateway.events.ingest import EventIngest
-from agentbus.gateway.health import MetricsController, all_stream, health, ready, run_stream, task_stream
+from agentbus.gateway.health import health, ready
+from agentbus.gateway.ingest import EventIngest
+from agentbus.gateway.lifecycle import Lifecycle
+from agentbus.gateway.metrics import MetricsController
 from agentbus.gateway.reaper import Reaper
-from agentbus.gateway.runs import RunController
+from agentbus.gateway.runs import RunController, RunService
 from agentbus.gateway.settings import Settings
-from agentbus.gateway.sse import run_event_stream
-from agentbus.gateway.tasks import TaskController
+from agentbus.gateway.store import MIGRATIONS, GatewayStore
+from agentbus.gateway.streams.hub import Hub
+from agentbus.gateway.streams.routes import all_stream, run_stream, task_stream
+from agentbus.gateway.streams.sse import run_event_stream
+from agentbus.gateway.tasks import TaskController, TaskService
 
-log = logging.getLogger(__name__)
-MIGRATIONS = str(Path(__file__).parent / "migrations")
+__all__ = ["MIGRATIONS", "Gateway", "create_app"]
+
+
+def _provide(value: Any) -> Provide:
+    return Provide(lambda: value, use_cache=True, sync_to_thread=False)
+
+
+class Gateway:
+    """Every piece of one gateway process, and the app that serves them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = s = settings
+        origin = uuid.uuid4().hex  # marks this process's live announcements (its hub skips them)
+        self.store = GatewayStore(s.database_url)
+        self.bus = Bus(s.nats_url, f"gateway-{s.instance}", s.nats_replicas, s.request_timeout_s)
+        self.hub = Hub(self.store, s.ws_heartbeat_s, s.ws_queue_size, origin)
+        self.ingest = EventIngest(
+            self.store, self.bus, on_stored=self.hub.deliver, origin=origin, batch=s.ingest_batch
+        )
+        self.reaper = Reaper(self.store, self.bus, s.reaper_after_s, s.reaper_interval_s, s.instance)
+        self.discovery = Discovery(self.bus)
+        self.lifecycle = Lifecycle(self.store, self.bus, self.hub.wait_ended, s.delete_wait_s)
+        self.tasks = TaskService(self.store, self.lifecycle, s.default_agent)
+        self.runs = RunService(self.store, self.bus, self.discovery, self.lifecycle, self.tasks)
+        self.app = self._app()
+
+    @asynccontextmanager
+    async def lifespan(self, _: Litestar) -> AsyncIterator[None]:
+        await self.store.open()
+        try:
+            await self.bus.open()
+            await self.hub.start(self.bus.nc, subjects.EVENTS_LIVE_ALL)
+            await self.ingest.start()
+            await self.reaper.start()
+            yield
+        finally:
+            await self.reaper.stop()
+            await self.hub.stop()
+            await self.ingest.stop()
+            await self.bus.close()
+            await self.store.close()
+
+    def _app(self) -> Litestar:
+        s = self.settings
+        # Litestar 2.2x warns about parameter styles that remain supported throughout 2.x.
+        warnings.filterwarnings("ignore", category=LitestarDeprecationWarning)
+        return Litestar(
+            route_handlers=[
+                TaskController,
+                RunController,
+                AgentController,
+                MetricsController,
+                health,
+                ready,
+                run_stream,
+                task_stream,
+                all_stream,
+                run_event_stream,
+            ],
+            dependencies={
+                "settings": _provide(s),
+                "store": _provide(self.store),
+                "bus": _provide(self.bus),
+                "hub": _provide(self.hub),
+                "discovery": _provide(self.discovery),
+                "lifecycle": _provide(self.lifecycle),
+                "task_service": _provide(self.tasks),
+                "run_service": _provide(self.runs),
+            },
+            lifespan=[self.lifespan],
+            exception_handlers={**EXCEPTION_HANDLERS, Exception: unexpected},
+            middleware=[token_middleware(s.api_token)] if s.api_token else [],
+            request_max_body_size=s.max_body_bytes,
+            cors_config=CORSConfig(allow_origins=["*"]) if not s.api_token else None,
+            openapi_config=OpenAPIConfig(
+                title="agentbus",
+                version=__version__,
+                description="Background AI-agent runs with a human approval step.",
+                path="/",
+                render_plugins=[SwaggerRenderPlugin(path="/docs"), RedocRenderPlugin(path="/redoc")],
+            ),
+            debug=False,
+            logging_config=None,  # the service's own logging (agentbus.common.logs) applies
+        )
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
-    settings = settings or Settings.from_env()
-    # Litestar 2.2x warns about parameter styles that remain supported throughout 2.x.
-    warnings.filterwarnings("ignore", category=LitestarDeprecationWarning)
-
-    @asynccontextmanager
-    async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        # Hot writes have their own pool (the writer's) and so do primary-key reads and the event
-        # ingest on PostgreSQL: this one serves lists, logs and the rarer writes.
-        engine = make_engine(settings.database_url, pool_size=6)
-        log.info("database %s", redact(str(engine.url)))
-        await wait_for_database(engine)
-        await migrate(engine, MIGRATIONS, "alembic_version_gateway")
-        bus = await Bus.open(
-            settings.nats_url,
-            f"gateway-{settings.instance}",
-            settings.nats_replicas,
-            settings.request_timeout_s,
-        )
-        hub = Hub(engine, settings.ws_heartbeat_s, settings.ws_queue_size)
-        await hub.start(bus.nc)
-        writer = Writer(engine)  # every hot write of this process (SQLite: one thread, one connection)
-        ingest = EventIngest(engine, bus, settings.ingest_batch, writer)
-        await ingest.start()
-        reaper = Reaper(engine, bus, settings.reaper_after_s, settings.reaper_interval_s, settings.instance)
-        await reaper.start()
-        discovery = Discovery(bus.nc)
-        app.state.update(
-            settings=settings,
-            engine=engine,
-            writer=writer,
-            bus=bus,
-            hub=hub,
-            ingest=ingest,
-            reaper=reaper,
-            discovery=discovery,
-        )
-        try:
-            yield
-        finally:
-            await reaper.stop()
-            await hub.stop()
-            await ingest.stop()
-            await writer.close()
-            await bus.close()
-            await reads.dispose(engine)
-            await engine.dispose()
-
-    middleware = [token_middleware(settings.api_token)] if settings.api_token else []
-    return Litestar(
-        route_handlers=[
-            TaskController,
-            RunController,
-            AgentController,
-            MetricsController,
-            health,
-            ready,
-            run_stream,
-            task_stream,
-            all_stream,
-            run_event_stream,
-        ],
-        lifespan=[lifespan],
-        exception_handlers={**EXCEPTION_HANDLERS, Exception: unexpected},
-        middleware=middleware,
-        request_max_body_size=settings.max_body_bytes,
-        cors_config=CORSConfig(allow_origins=["*"]) if not settings.api_token else None,
-        openapi_config=OpenAPIConfig(
-            title="agentbus",
-            version=__version__,
-            description="Background AI-agent runs with a human approval step.",
-            path="/",
-            render_plugins=[SwaggerRenderPlugin(path="/docs"), RedocRenderPlugin(path="/redoc")],
-        ),
-        debug=False,
-        logging_config=None,  # the service's own logging (agentbus.common.logs) applies
-    )
+    return Gateway(settings or Settings.from_env()).app

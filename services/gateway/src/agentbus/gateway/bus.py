@@ -24,24 +24,32 @@ _service_error = msgspec.json.Decoder(ServiceError)
 
 
 class Bus:
-    def __init__(self, nc: Client, js: JetStreamContext, kv: Any, objects: Any, timeout: float) -> None:
-        self.nc = nc
-        self.js = js
-        self.kv = kv
-        self.objects = objects
+    """Built by the app factory, connected in the lifespan (`open`)."""
+
+    nc: Client
+    js: JetStreamContext
+    kv: Any  # the run-state KV bucket (checkpoints, stored decisions)
+    objects: Any  # the artifacts object store
+
+    def __init__(self, url: str, name: str, replicas: int, timeout: float) -> None:
+        self.url = url
+        self.name = name
+        self.replicas = replicas
         self.timeout = timeout
 
-    @classmethod
-    async def open(cls, url: str, name: str, replicas: int, timeout: float) -> Bus:
-        nc = await common_bus.connect_with_retry(url, name)
-        js = nc.jetstream()
-        await common_bus.ensure_streams(js, replicas=replicas)
-        kv = await common_bus.run_state_kv(js, replicas=replicas)
-        objects = await common_bus.artifacts_store(js, replicas=replicas)
-        return cls(nc, js, kv, objects, timeout)
+    async def open(self) -> None:
+        self.nc = await common_bus.connect_with_retry(self.url, self.name)
+        self.js = self.nc.jetstream()
+        await common_bus.ensure_streams(self.js, replicas=self.replicas)
+        self.kv = await common_bus.run_state_kv(self.js, replicas=self.replicas)
+        self.objects = await common_bus.artifacts_store(self.js, replicas=self.replicas)
+
+    @property
+    def connected(self) -> bool:
+        return hasattr(self, "nc") and self.nc.is_connected
 
     async def close(self) -> None:
-        if not self.nc.is_closed:
+        if hasattr(self, "nc") and not self.nc.is_closed:
             await self.nc.drain()
 
     async def start_run(self, cmd: RunStart) -> None:

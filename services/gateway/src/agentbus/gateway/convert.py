@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+from agentbus.contracts import RunControl
 from agentbus.gateway.schemas import Approval, ArtifactInfo, Run, Task
 
 
@@ -37,8 +39,6 @@ def task_out(row: Any) -> Task:
 def approval_out(value: dict[str, Any] | None) -> Approval | None:
     if not value:
         return None
-    from datetime import datetime
-
     return Approval(
         approved=bool(value.get("approved")),
         feedback=value.get("feedback"),
@@ -75,4 +75,16 @@ def run_out(row: Any) -> Run:
 def artifact_out(row: Any) -> ArtifactInfo:
     return ArtifactInfo(
         name=row.name, size=row.size, content_type=row.content_type, created_at=row.created_at
+    )
+
+
+def decision_of(run_id: str, approval: dict[str, Any]) -> RunControl:
+    """The bus message for a decision stored on a run (its `approval` column)."""
+    return RunControl(
+        run_id=run_id,
+        kind="approve" if approval.get("approved") else "reject",
+        feedback=approval.get("feedback"),
+        decided_at=datetime.fromisoformat(approval["decided_at"].replace("Z", "+00:00")),
+        revise=bool(approval.get("revise", False)),
+        plan_version=approval.get("plan_version"),
     )

@@ -8,44 +8,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from agentbus.contracts import decode_event
 from agentbus.contracts import events as ev
-from agentbus.gateway.models import run_events
 from agentbus.gateway.schemas import Approval, PlanVersion
+from agentbus.gateway.store import GatewayStore
 
 _PLAN_EVENTS = ("plan_ready", "revision_requested", "approved", "rejected")
 
 
-async def waiting_version(engine: AsyncEngine, run_id: str) -> int | None:
+async def waiting_version(store: GatewayStore, run_id: str) -> int | None:
     """The version of the plan the run waits for a decision on (None: unknown, e.g. no event yet)."""
-    async with engine.connect() as conn:
-        payload = (
-            await conn.execute(
-                select(run_events.c.payload)
-                .where(run_events.c.run_id == run_id, run_events.c.event_type == "approval_required")
-                .order_by(run_events.c.seq.desc())
-                .limit(1)
-            )
-        ).scalar()
+    payload = await store.last_event_payload(run_id, "approval_required")
     if payload is None:
         return None
     event = decode_event(payload.encode())
     return event.data.version if isinstance(event, ev.ApprovalRequired) else None
 
 
-async def versions(engine: AsyncEngine, run_id: str) -> list[PlanVersion]:
-    async with engine.connect() as conn:
-        payloads = (
-            await conn.execute(
-                select(run_events.c.payload)
-                .where(run_events.c.run_id == run_id, run_events.c.event_type.in_(_PLAN_EVENTS))
-                .order_by(run_events.c.seq)
-            )
-        ).scalars()
-        events = [decode_event(p.encode()) for p in payloads]
+async def versions(store: GatewayStore, run_id: str) -> list[PlanVersion]:
+    events = [decode_event(p.encode()) for p in await store.event_payloads(run_id, _PLAN_EVENTS)]
     out: list[PlanVersion] = []
     for event in events:
         current: Any = out[-1] if out else None

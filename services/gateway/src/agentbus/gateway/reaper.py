@@ -10,6 +10,10 @@ long) is ended as `failed` with a clear `error_message`:
    instead of continuing it; of several gateway copies only one wins;
 2. a `failure` event with the next seq is published like any runner event (with
    its message id), and stored through the normal ingest path.
+
+It also hands over again the decisions stored on waiting runs that no runner has acted on (the
+bus was away when the decision was made): a decision is stored on its run first, then handed to
+the bus, and a runner takes the same decision twice as once.
 """
 
 from __future__ import annotations
@@ -24,12 +28,12 @@ from typing import Any
 
 import msgspec
 from nats.js.errors import NotFoundError
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentbus.contracts import RunCheckpointHead, RunnerHeartbeat, encode, subjects
 from agentbus.contracts.events import Failure, FailureData, RunStats
-from agentbus.gateway.models import runs
+from agentbus.gateway.bus import Bus
+from agentbus.gateway.convert import decision_of
+from agentbus.gateway.store import GatewayStore
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +42,13 @@ _head = msgspec.json.Decoder(RunCheckpointHead)
 
 
 class Reaper:
+    # A stored decision still unanswered after this long is handed to the bus again.
+    REDELIVER_AFTER_S = 5.0
+
     def __init__(
-        self, engine: AsyncEngine, bus: Any, after_s: float, interval_s: float, instance: str
+        self, store: GatewayStore, bus: Bus, after_s: float, interval_s: float, instance: str
     ) -> None:
-        self.engine = engine
+        self.store = store
         self.bus = bus
         self.after_s = after_s
         self.interval_s = interval_s
@@ -78,9 +85,18 @@ class Reaper:
         while True:
             await asyncio.sleep(self.interval_s)
             try:
+                await self.redeliver()
                 await self.sweep()
             except Exception as exc:  # database or broker away: try again next round
                 log.warning("reaper sweep failed: %r", exc)
+
+    async def redeliver(self) -> list[str]:
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.REDELIVER_AFTER_S)
+        rows = await self.store.pending_decisions(cutoff)
+        for row in rows:
+            await self.bus.decide(decision_of(row.id, row.approval))
+            log.info("run %s: stored decision handed to the runners again", row.id)
+        return [r.id for r in rows]
 
     async def sweep(self) -> list[str]:
         now = time.monotonic()
@@ -89,16 +105,8 @@ class Reaper:
         if now - self.started < self.after_s:
             return []  # not listened long enough to know who holds what
         cutoff = datetime.now(UTC) - timedelta(seconds=self.after_s)
-        async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(
-                        runs.c.id, runs.c.task_id, runs.c.last_seq, runs.c.started_at, runs.c.status
-                    ).where(runs.c.status.in_(("running", "awaiting_approval")), runs.c.updated_at < cutoff)
-                )
-            ).all()
         reaped = []
-        for row in rows:
+        for row in await self.store.stale_runs(cutoff):
             if now - self.seen.get(row.id, float("-inf")) < self.after_s:
                 continue
             if await self.reap(row):

@@ -1,28 +1,26 @@
-"""Runs: REST controller and the logic behind it."""
+"""Runs: the REST controller (HTTP only) and `RunService` (the rules)."""
 
 from __future__ import annotations
 
 import logging
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
-from litestar.datastructures import State
 from litestar.exceptions import NotFoundException, ValidationException
-from litestar.params import Parameter
-from sqlalchemy import bindparam, func, select
-from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agentbus.contracts import RunControl, RunStart
+from agentbus.contracts import RunStart
 from agentbus.contracts.status import TERMINAL_RUN_STATUSES, RunStatus
-from agentbus.gateway import lifecycle, plans, reads
+from agentbus.gateway import plans
+from agentbus.gateway.agents import Discovery
 from agentbus.gateway.artifacts import serve as serve_artifact
-from agentbus.gateway.convert import artifact_out, run_out
+from agentbus.gateway.bus import Bus
+from agentbus.gateway.convert import artifact_out, decision_of, run_out
 from agentbus.gateway.errors import Conflict, ServiceUnavailable
-from agentbus.gateway.models import artifacts, run_events, runs, tasks
+from agentbus.gateway.lifecycle import Lifecycle
+from agentbus.gateway.params import Limit, LogLimit, LogSince, Skip
 from agentbus.gateway.schemas import (
     ApproveBody,
     ArtifactInfo,
@@ -34,91 +32,67 @@ from agentbus.gateway.schemas import (
     RunPage,
     RunUpdate,
 )
-from agentbus.gateway.tasks import Limit, Skip, load_task
+from agentbus.gateway.store import GatewayStore, TaskGone
+from agentbus.gateway.tasks import TaskService
 
 log = logging.getLogger(__name__)
-
-LogLimit = Annotated[int, Parameter(ge=1, le=1000, description="at most 1000")]
-Since = Annotated[int, Parameter(ge=0, description="return events with seq > since")]
-
-
-# Built once; the stored rows come back from the statements themselves (RETURNING).
-_NEXT_RUN_NUMBER = (
-    tasks.update()
-    .where(tasks.c.id == bindparam("b_id"))
-    .values(
-        next_run_number=tasks.c.next_run_number + 1,
-        latest_run_id=bindparam("b_run"),
-        status="pending",
-        last_run_at=bindparam("b_ts"),
-        updated_at=bindparam("b_ts"),
-    )
-    .returning(tasks.c.next_run_number)
-)
-_INSERT_RUN = runs.insert().returning(*runs.c)
-_UNQUEUED = (
-    runs.update()
-    .where(runs.c.id == bindparam("b_id"))
-    .values(status="failed", error_message="could not be queued: broker unavailable")
-)
 
 
 def now() -> datetime:
     return datetime.now(UTC)
 
 
-async def load_run(engine: AsyncEngine, run_id: str) -> Any:
-    row = await reads.by_id(engine, runs, run_id)
-    if row is None:
-        raise NotFoundException(f"run {run_id} not found")
-    return row
+def _iso(ts: datetime) -> str:
+    return ts.isoformat().replace("+00:00", "Z")
 
 
-async def get_run(engine: AsyncEngine, run_id: str) -> Run:
-    return run_out(await load_run(engine, run_id))
+class RunService:
+    def __init__(
+        self, store: GatewayStore, bus: Bus, discovery: Discovery, lifecycle: Lifecycle, tasks: TaskService
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.discovery = discovery
+        self.lifecycle = lifecycle
+        self.tasks = tasks
 
+    async def load(self, run_id: str) -> Any:
+        row = await self.store.run(run_id)
+        if row is None:
+            raise NotFoundException(f"run {run_id} not found")
+        return row
 
-class RunController(Controller):
-    path = "/api/runs"
-    tags = ["runs"]
-
-    @post("/", summary="Create a run; it is queued for execution at once")
-    async def create(self, data: RunCreate, state: State) -> Run:
-        task = await load_task(state.engine, data.task_id)
-        await state.discovery.require(task.agent)  # 409 when no runner serves the kind
+    async def create(self, data: RunCreate) -> Run:
+        task = await self.tasks.load(data.task_id)
+        await self.discovery.require(task.agent)  # 409 when no runner serves the kind
         ts = now()
         run_id = uuid.uuid4().hex
         require_approval = task.require_approval if data.require_approval is None else data.require_approval
         agent_config = task.agent_config if data.agent_config is None else data.agent_config
-        values = {
-            "id": run_id,
-            "task_id": task.id,
-            "status": "pending",
-            "agent": task.agent,
-            "require_approval": require_approval,
-            "max_revision_rounds": task.max_revision_rounds,
-            "agent_config": agent_config,
-            "progress": 0.0,
-            "labels": data.labels,
-            "last_seq": 0,
-            "created_at": ts,
-            "updated_at": ts,
-        }
-
-        def store(conn: Connection) -> Any:
-            # The counter update locks the task row: concurrent creates get distinct numbers.
-            number = conn.execute(_NEXT_RUN_NUMBER, {"b_id": task.id, "b_run": run_id, "b_ts": ts}).scalar()
-            if number is None:
-                raise NotFoundException(f"task {task.id} not found")  # deleted a moment ago
-            return conn.execute(_INSERT_RUN, {**values, "run_number": number}).one()
-
-        row = await state.writer(store)
-        number = row.run_number
+        try:
+            row = await self.store.create_run(
+                {
+                    "id": run_id,
+                    "task_id": task.id,
+                    "status": "pending",
+                    "agent": task.agent,
+                    "require_approval": require_approval,
+                    "max_revision_rounds": task.max_revision_rounds,
+                    "agent_config": agent_config,
+                    "progress": 0.0,
+                    "labels": data.labels,
+                    "last_seq": 0,
+                    "created_at": ts,
+                    "updated_at": ts,
+                }
+            )
+        except TaskGone:
+            raise NotFoundException(f"task {task.id} not found") from None  # deleted a moment ago
         # Stored first, queued second: a runner's first event always finds the run.
         cmd = RunStart(
             run_id=run_id,
             task_id=task.id,
-            run_number=number,
+            run_number=row.run_number,
             task_name=task.name,
             task_description=task.description,
             task_config=task.config or {},
@@ -132,70 +106,31 @@ class RunController(Controller):
             created_at=ts,
         )
         try:
-            await state.bus.start_run(cmd)
+            await self.bus.start_run(cmd)
         except Exception as exc:
             log.warning("could not queue run %s: %s", run_id, type(exc).__name__)
-            await state.writer(lambda conn: conn.execute(_UNQUEUED, {"b_id": run_id}))
+            await self.store.mark_unqueued(run_id)
             raise ServiceUnavailable("message broker unavailable; the run was not queued") from exc
         return run_out(row)
 
-    @get("/", summary="List runs, newest first")
-    async def list_page(
-        self,
-        state: State,
-        task_id: str | None = None,
-        status: RunStatus | None = None,
-        skip: Skip = 0,
-        limit: Limit = 10,
-    ) -> RunPage:
-        where = []
-        if task_id:
-            where.append(runs.c.task_id == task_id)
-        if status:
-            where.append(runs.c.status == status)
-        async with state.engine.connect() as conn:
-            total = (await conn.execute(select(func.count()).select_from(runs).where(*where))).scalar_one()
-            rows = (
-                await conn.execute(
-                    select(runs)
-                    .where(*where)
-                    .order_by(runs.c.created_at.desc(), runs.c.id.desc())
-                    .offset(skip)
-                    .limit(limit)
-                )
-            ).all()
+    async def page(self, task_id: str | None, status: str | None, skip: int, limit: int) -> RunPage:
+        rows, total = await self.store.list_runs(task_id, status, skip, limit)
         return RunPage(items=[run_out(r) for r in rows], total=total, skip=skip, limit=limit)
 
-    @get("/{run_id:str}", summary="Get a run")
-    async def retrieve(self, run_id: str, state: State) -> Run:
-        return await get_run(state.engine, run_id)
-
-    @patch("/{run_id:str}", summary="Change a run's labels (never its status)")
-    async def update(self, run_id: str, data: RunUpdate, state: State) -> Run:
-        stmt = (
-            runs.update()
-            .where(runs.c.id == run_id)
-            .values(labels=data.labels, updated_at=now())
-            .returning(*runs.c)
-        )
-        row = await state.writer(lambda conn: conn.execute(stmt).first())
+    async def update(self, run_id: str, data: RunUpdate) -> Run:
+        row = await self.store.update_run_labels(run_id, data.labels, now())
         if row is None:
             raise NotFoundException(f"run {run_id} not found")
         return run_out(row)
 
-    @delete("/{run_id:str}", status_code=204, summary="Delete a run; a live run is cancelled first")
-    async def remove(self, run_id: str, state: State) -> None:
-        await lifecycle.delete_run(state, await load_run(state.engine, run_id))
-
-    @post("/{run_id:str}/approve", status_code=200, summary="Approve or reject the plan of a waiting run")
-    async def approve(self, run_id: str, data: ApproveBody, state: State) -> Run:
-        run = await load_run(state.engine, run_id)
+    async def decide(self, run_id: str, data: ApproveBody) -> Run:
+        run = await self.load(run_id)
         if run.status != "awaiting_approval" or run.approval:
             what = "already decided" if run.approval else f"is {run.status}"
             raise Conflict(f"run {run_id} is not awaiting approval ({what})")
         if data.revise and data.approved:
             raise ValidationException("`revise: true` sends a plan back: it goes with `approved: false`")
-        version = await plans.waiting_version(state.engine, run_id)
+        version = await plans.waiting_version(self.store, run_id)
         if data.revise and version is not None and version > run.max_revision_rounds:
             raise Conflict(
                 f"run {run_id}: no revision rounds left (plan version {version}, "
@@ -205,83 +140,108 @@ class RunController(Controller):
         approval = {
             "approved": data.approved,
             "feedback": data.feedback,
-            "decided_at": decided_at.isoformat().replace("+00:00", "Z"),
+            "decided_at": _iso(decided_at),
             "revise": data.revise,
             "plan_version": version,
         }
-        async with state.engine.begin() as conn:
-            # Conditional: of two concurrent decisions exactly one wins.
-            result = await conn.execute(
-                runs.update()
-                .where(runs.c.id == run_id, runs.c.status == "awaiting_approval", runs.c.approval.is_(None))
-                .values(approval=approval, updated_at=decided_at)
+        # The row is the outbox: committed first (a short write, no lock held across the bus), then
+        # handed to the bus. If the bus is away the reaper hands it over again (`redeliver`).
+        if not await self.store.record_decision(run_id, approval, decided_at):
+            raise Conflict(f"run {run_id} is not awaiting approval (already decided)")
+        try:
+            await self.bus.decide(decision_of(run_id, approval))
+        except Exception as exc:
+            log.warning(
+                "decision on run %s stored; handing it to runners failed (%s), retried later",
+                run_id,
+                type(exc).__name__,
             )
-            if result.rowcount == 0:
-                raise Conflict(f"run {run_id} is not awaiting approval (already decided)")
-            # Stored in the bus before the commit: if the broker is down the decision is not recorded.
-            await state.bus.decide(
-                RunControl(
-                    run_id=run_id,
-                    kind="approve" if data.approved else "reject",
-                    feedback=data.feedback,
-                    decided_at=decided_at,
-                    revise=data.revise,
-                    plan_version=version,
-                )
-            )
-        return await get_run(state.engine, run_id)
+        return run_out(await self.load(run_id))
 
-    @post("/{run_id:str}/cancel", status_code=202, summary="Cancel a run; the runner stops it")
-    async def cancel(self, run_id: str, state: State, data: CancelBody | None = None) -> Run:
-        run = await load_run(state.engine, run_id)
+    async def cancel(self, run_id: str, reason: str | None) -> Run:
+        run = await self.load(run_id)
         if run.status in TERMINAL_RUN_STATUSES:
             raise Conflict(f"run {run_id} has already ended ({run.status})")
-        await lifecycle.cancel(state, run_id, (data.reason if data else None) or "cancelled by user")
+        await self.lifecycle.cancel(run_id, reason or "cancelled by user")
         return run_out(run)
 
+    async def logs(self, run_id: str, since: int, limit: int) -> EventPage:
+        await self.load(run_id)
+        payloads, total = await self.store.logs(run_id, since, limit)
+        return EventPage(items=[msgspec.Raw(p.encode()) for p in payloads], total=total)
+
+    async def artifacts(self, run_id: str) -> list[ArtifactInfo]:
+        await self.load(run_id)
+        return [artifact_out(r) for r in await self.store.artifacts(run_id)]
+
+    async def artifact(self, run_id: str, name: str, range_header: str | None) -> Response[Any]:
+        row = await self.store.artifact(run_id, name)
+        if row is None:
+            raise NotFoundException(f"artifact {name} of run {run_id} not found")
+        return await serve_artifact(self.bus, run_id, name, row.content_type, range_header)
+
+
+class RunController(Controller):
+    path = "/api/runs"
+    tags = ["runs"]
+
+    @post("/", summary="Create a run; it is queued for execution at once")
+    async def create(self, data: RunCreate, run_service: RunService) -> Run:
+        return await run_service.create(data)
+
+    @get("/", summary="List runs, newest first")
+    async def list_page(
+        self,
+        run_service: RunService,
+        task_id: str | None = None,
+        status: RunStatus | None = None,
+        skip: Skip = 0,
+        limit: Limit = 10,
+    ) -> RunPage:
+        return await run_service.page(task_id, status, skip, limit)
+
+    @get("/{run_id:str}", summary="Get a run")
+    async def retrieve(self, run_id: str, run_service: RunService) -> Run:
+        return run_out(await run_service.load(run_id))
+
+    @patch("/{run_id:str}", summary="Change a run's labels (never its status)")
+    async def update(self, run_id: str, data: RunUpdate, run_service: RunService) -> Run:
+        return await run_service.update(run_id, data)
+
+    @delete("/{run_id:str}", status_code=204, summary="Delete a run; a live run is cancelled first")
+    async def remove(self, run_id: str, run_service: RunService, lifecycle: Lifecycle) -> None:
+        await lifecycle.delete_run(await run_service.load(run_id))
+
+    @post("/{run_id:str}/approve", status_code=200, summary="Approve or reject the plan of a waiting run")
+    async def approve(self, run_id: str, data: ApproveBody, run_service: RunService) -> Run:
+        return await run_service.decide(run_id, data)
+
+    @post("/{run_id:str}/cancel", status_code=202, summary="Cancel a run; the runner stops it")
+    async def cancel(self, run_id: str, run_service: RunService, data: CancelBody | None = None) -> Run:
+        return await run_service.cancel(run_id, data.reason if data else None)
+
     @get("/{run_id:str}/logs", summary="A run's stored events with seq > since, in seq order")
-    async def logs(self, run_id: str, state: State, since: Since = 0, limit: LogLimit = 100) -> EventPage:
-        await load_run(state.engine, run_id)
-        async with state.engine.connect() as conn:
-            where = (run_events.c.run_id == run_id, run_events.c.seq > since)
-            total = (
-                await conn.execute(select(func.count()).select_from(run_events).where(*where))
-            ).scalar_one()
-            payloads = (
-                await conn.execute(
-                    select(run_events.c.payload).where(*where).order_by(run_events.c.seq).limit(limit)
-                )
-            ).scalars()
-            items = [msgspec.Raw(p.encode()) for p in payloads]
-        return EventPage(items=items, total=total)
+    async def logs(
+        self, run_id: str, run_service: RunService, since: LogSince = 0, limit: LogLimit = 100
+    ) -> EventPage:
+        return await run_service.logs(run_id, since, limit)
 
     @get("/{run_id:str}/artifacts", summary="List a run's artifacts")
-    async def list_artifacts(self, run_id: str, state: State) -> list[ArtifactInfo]:
-        await load_run(state.engine, run_id)
-        async with state.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(artifacts).where(artifacts.c.run_id == run_id).order_by(artifacts.c.id)
-                )
-            ).all()
-        return [artifact_out(r) for r in rows]
+    async def list_artifacts(self, run_id: str, run_service: RunService) -> list[ArtifactInfo]:
+        return await run_service.artifacts(run_id)
 
     @get(
         "/{run_id:str}/artifacts/{name:str}",
         summary="Download an artifact (streamed; `Range: bytes=a-b` gets a 206)",
     )
-    async def get_artifact(self, run_id: str, name: str, state: State, request: Request) -> Response[Any]:
-        async with state.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(artifacts).where(artifacts.c.run_id == run_id, artifacts.c.name == name)
-                )
-            ).first()
-        if row is None:
-            raise NotFoundException(f"artifact {name} of run {run_id} not found")
-        return await serve_artifact(state.bus, run_id, name, row.content_type, request.headers.get("range"))
+    async def get_artifact(
+        self, run_id: str, name: str, request: Request, run_service: RunService
+    ) -> Response[Any]:
+        return await run_service.artifact(run_id, name, request.headers.get("range"))
 
     @get("/{run_id:str}/plans", summary="Every version of the run's plan, oldest first, with its decision")
-    async def list_plans(self, run_id: str, state: State) -> list[PlanVersion]:
-        await load_run(state.engine, run_id)
-        return await plans.versions(state.engine, run_id)
+    async def list_plans(
+        self, run_id: str, run_service: RunService, store: GatewayStore
+    ) -> list[PlanVersion]:
+        await run_service.load(run_id)
+        return await plans.versions(store, run_id)

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from agentbus.gateway.models import metadata
+from agentbus.gateway.store.tables import metadata
 
 config = context.config
 connection = config.attributes["connection"]

@@ -13,7 +13,7 @@ handler that loads its resource first), without the costs the profile showed aro
   query, rollback). A connection found broken is dropped and the read retried once through the
   main engine, which pings.
 
-Reads here see the latest committed state, like the async engine's.
+Reads here see the latest committed state, like the async engine's. The store owns the reader.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import collections
 import contextlib
 import logging
 import sqlite3
-import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -79,12 +78,10 @@ def _row(read: _Read, found: Any) -> Any:
     return read.row(*values)
 
 
-PG_READ_CONNECTIONS = 8
-
-
 class RowReader:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, pg_connections: int = 8) -> None:
         self.engine = engine
+        self.pg_connections = pg_connections
         self.inline: Engine | None = None
         self.pg: AsyncEngine | None = None
         url = engine.url
@@ -99,7 +96,7 @@ class RowReader:
             # Connections made by SQLAlchemy (its connect arguments, its JSON codecs), then held.
             self.pg = create_async_engine(
                 url,
-                pool_size=PG_READ_CONNECTIONS,
+                pool_size=pg_connections,
                 max_overflow=0,
                 pool_pre_ping=False,
                 isolation_level="AUTOCOMMIT",
@@ -141,7 +138,7 @@ class RowReader:
         assert self.pg is not None
         if self._pg_slots is None:
             self._pg_slots = asyncio.LifoQueue()
-            for _ in range(PG_READ_CONNECTIONS):
+            for _ in range(self.pg_connections):
                 self._pg_slots.put_nowait(None)
         slots = self._pg_slots
         held = await slots.get()
@@ -196,25 +193,3 @@ async def _drop(conn: AsyncConnection) -> None:
         await conn.invalidate()
     with contextlib.suppress(Exception):
         await conn.close()
-
-
-_readers: weakref.WeakKeyDictionary[AsyncEngine, RowReader] = weakref.WeakKeyDictionary()
-
-
-def reader(engine: AsyncEngine) -> RowReader:
-    """The reader for an engine, made on first use (it lives as long as the engine)."""
-    found = _readers.get(engine)
-    if found is None:
-        found = _readers[engine] = RowReader(engine)
-    return found
-
-
-async def by_id(engine: AsyncEngine, table: Table, key: str) -> Any:
-    return await reader(engine).one(table, key)
-
-
-async def dispose(engine: AsyncEngine) -> None:
-    """Close the engine's reader connections (at shutdown, with the engine)."""
-    found = _readers.pop(engine, None)
-    if found is not None:
-        await found.close()

@@ -13,21 +13,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Annotated
 
 from litestar import Request, Response, get
 from litestar.exceptions import NotFoundException
-from litestar.params import Parameter
 from litestar.response import Stream
-from sqlalchemy import select
 
 from agentbus.contracts import TERMINAL_EVENT_TYPES
 from agentbus.contracts.status import TERMINAL_RUN_STATUSES
-from agentbus.gateway.events.hub import GoingAway, Hub, TooSlow
-from agentbus.gateway.models import runs
+from agentbus.gateway.params import SseSince
+from agentbus.gateway.store import GatewayStore
+from agentbus.gateway.streams.hub import Hub
+from agentbus.gateway.streams.subscription import GoingAway, TooSlow
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-Since = Annotated[int | None, Parameter(ge=0, description="start after this seq (Last-Event-ID wins)")]
 
 
 def resume_point(last_event_id: str | None, since: int | None) -> int:
@@ -60,13 +58,13 @@ async def _events(hub: Hub, run_id: str, after: int) -> AsyncIterator[bytes]:
     summary="A run's events as Server-Sent Events (replay, then live; resumable with Last-Event-ID)",
     media_type="text/event-stream",
 )
-async def run_event_stream(request: Request, run_id: str, since: Since = None) -> Stream | Response[None]:
-    state = request.app.state
-    async with state.engine.connect() as conn:
-        row = (await conn.execute(select(runs.c.status, runs.c.last_seq).where(runs.c.id == run_id))).first()
+async def run_event_stream(
+    request: Request, run_id: str, store: GatewayStore, hub: Hub, since: SseSince = None
+) -> Stream | Response[None]:
+    row = await store.run(run_id)
     if row is None:
         raise NotFoundException(f"run {run_id} not found")
     after = resume_point(request.headers.get("last-event-id"), since)
     if row.status in TERMINAL_RUN_STATUSES and (row.last_seq or 0) <= after:
         return Response(None, status_code=204)
-    return Stream(_events(state.hub, run_id, after), media_type="text/event-stream", headers=SSE_HEADERS)
+    return Stream(_events(hub, run_id, after), media_type="text/event-stream", headers=SSE_HEADERS)

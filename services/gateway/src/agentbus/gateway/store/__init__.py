@@ -1,0 +1,348 @@
+"""`GatewayStore`: the gateway's database. Every engine and every SQL statement of the service.
+
+Controllers, the hub, the ingest and the reaper ask it; none of them builds a query. Three paths
+sit behind its one interface, each where the profile put it:
+- primary-key reads (`task`, `run`): `RowReader`, straight over sqlite3 or held asyncpg
+  connections (`reads.py`);
+- writes (`create_task`, `create_run`, `record_decision`, ... and event batches): the `Writer`
+  (SQLite: one thread, group commit; PostgreSQL: a pool of its own, `writer.py`); event batches
+  on PostgreSQL go straight over asyncpg (`events.py`);
+- everything else (lists, logs, replays, deletes) through the async engine.
+Pool sizes come from the settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import bindparam, case, delete, func, select, text
+from sqlalchemy.engine import Connection
+
+from agentbus.common.db import make_engine, migrate, read_then_write, redact, wait_for_database
+from agentbus.contracts.status import TERMINAL_RUN_STATUSES
+from agentbus.gateway.store.effects import Batch
+from agentbus.gateway.store.events import PgEventBatch, SqliteEventBatch
+from agentbus.gateway.store.reads import RowReader
+from agentbus.gateway.store.tables import artifacts, run_events, runs, tasks
+from agentbus.gateway.store.writer import Writer
+
+log = logging.getLogger(__name__)
+MIGRATIONS = str(Path(__file__).parent.parent / "migrations")
+
+# Built once; stored rows come back from the statements themselves (RETURNING).
+_INSERT_TASK = tasks.insert().returning(*tasks.c)
+_NEXT_RUN_NUMBER = (
+    tasks.update()
+    .where(tasks.c.id == bindparam("b_id"))
+    .values(
+        next_run_number=tasks.c.next_run_number + 1,
+        latest_run_id=bindparam("b_run"),
+        status="pending",
+        last_run_at=bindparam("b_ts"),
+        updated_at=bindparam("b_ts"),
+    )
+    .returning(tasks.c.next_run_number)
+)
+_INSERT_RUN = runs.insert().returning(*runs.c)
+_UNQUEUED = (
+    runs.update()
+    .where(runs.c.id == bindparam("b_id"))
+    .values(status="failed", error_message="could not be queued: broker unavailable")
+)
+_EVENT_FRAME = (run_events.c.run_id, run_events.c.task_id, run_events.c.seq, run_events.c.event_type)
+
+
+class TaskGone(Exception):
+    """The task was deleted between reading it and writing to it."""
+
+
+class GatewayStore:
+    def __init__(self, database_url: str, pool_size: int = 6, read_connections: int = 8) -> None:
+        # The general pool serves lists, logs and the rarer writes; hot writes, primary-key reads
+        # and (on PostgreSQL) event batches have their own connections.
+        self.engine = make_engine(database_url, pool_size=pool_size)
+        self.dialect = self.engine.dialect.name
+        self.writer = Writer(self.engine)
+        self.reader = RowReader(self.engine, pg_connections=read_connections)
+        self.events: SqliteEventBatch | PgEventBatch = (
+            PgEventBatch(self.engine.url) if self.dialect == "postgresql" else SqliteEventBatch(self.writer)
+        )
+
+    async def open(self) -> None:
+        log.info("database %s", redact(str(self.engine.url)))
+        await wait_for_database(self.engine)
+        await migrate(self.engine, MIGRATIONS, "alembic_version_gateway")
+
+    async def close(self) -> None:
+        await self.events.close()
+        await self.writer.close()
+        await self.reader.close()
+        await self.engine.dispose()
+
+    async def ping(self, timeout: float = 2.0) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await asyncio.wait_for(conn.execute(text("SELECT 1")), timeout)
+            return True
+        except Exception:
+            return False
+
+    # --- tasks ---------------------------------------------------------------------------------
+
+    async def task(self, task_id: str) -> Any:
+        """The task's row (attributes named after the columns), or None."""
+        return await self.reader.one(tasks, task_id)
+
+    async def create_task(self, values: dict[str, Any]) -> Any:
+        return await self.writer(lambda conn: conn.execute(_INSERT_TASK, values).one())
+
+    async def update_task(self, task_id: str, changes: dict[str, Any]) -> Any:
+        stmt = tasks.update().where(tasks.c.id == task_id).values(**changes).returning(*tasks.c)
+        return await self.writer(lambda conn: conn.execute(stmt).first())
+
+    async def list_tasks(self, status: str | None, skip: int, limit: int) -> tuple[list[Any], int]:
+        where = [tasks.c.status == status] if status else []
+        order = (tasks.c.created_at.desc(), tasks.c.id.desc())
+        return await self._page(tasks, where, order, skip, limit)
+
+    async def task_runs(self, task_id: str) -> list[Any]:
+        """(id, status) of each of the task's runs."""
+        async with self.engine.connect() as conn:
+            return list(await conn.execute(select(runs.c.id, runs.c.status).where(runs.c.task_id == task_id)))
+
+    async def delete_task(self, task_id: str) -> list[tuple[str, str]]:
+        """Delete the task with its runs, events and artifacts index; returns (run_id, name) of its
+        artifacts."""
+        async with read_then_write(self.engine).begin() as conn:
+            arts = await conn.execute(
+                select(artifacts.c.run_id, artifacts.c.name).where(artifacts.c.task_id == task_id)
+            )
+            found = [(a.run_id, a.name) for a in arts]
+            await conn.execute(delete(tasks).where(tasks.c.id == task_id))
+        return found
+
+    # --- runs ----------------------------------------------------------------------------------
+
+    async def run(self, run_id: str) -> Any:
+        """The run's row, or None."""
+        return await self.reader.one(runs, run_id)
+
+    async def create_run(self, values: dict[str, Any]) -> Any:
+        """Store a run with the task's next run number; raises TaskGone if the task was just deleted."""
+
+        def store(conn: Connection) -> Any:
+            # The counter update locks the task row: concurrent creates get distinct numbers.
+            number = conn.execute(
+                _NEXT_RUN_NUMBER,
+                {"b_id": values["task_id"], "b_run": values["id"], "b_ts": values["created_at"]},
+            ).scalar()
+            if number is None:
+                raise TaskGone(values["task_id"])
+            return conn.execute(_INSERT_RUN, {**values, "run_number": number}).one()
+
+        return await self.writer(store)
+
+    async def mark_unqueued(self, run_id: str) -> None:
+        await self.writer(lambda conn: conn.execute(_UNQUEUED, {"b_id": run_id}))
+
+    async def update_run_labels(self, run_id: str, labels: dict[str, str], at: datetime) -> Any:
+        stmt = (
+            runs.update().where(runs.c.id == run_id).values(labels=labels, updated_at=at).returning(*runs.c)
+        )
+        return await self.writer(lambda conn: conn.execute(stmt).first())
+
+    async def record_decision(self, run_id: str, approval: dict[str, Any], at: datetime) -> bool:
+        """Store a decision on a waiting run; False when it is not waiting (or already decided).
+        Conditional, so of two concurrent decisions exactly one wins."""
+        stmt = (
+            runs.update()
+            .where(runs.c.id == run_id, runs.c.status == "awaiting_approval", runs.c.approval.is_(None))
+            .values(approval=approval, updated_at=at)
+        )
+        return bool(await self.writer(lambda conn: conn.execute(stmt).rowcount))
+
+    async def list_runs(
+        self, task_id: str | None, status: str | None, skip: int, limit: int
+    ) -> tuple[list[Any], int]:
+        where = []
+        if task_id:
+            where.append(runs.c.task_id == task_id)
+        if status:
+            where.append(runs.c.status == status)
+        return await self._page(runs, where, (runs.c.created_at.desc(), runs.c.id.desc()), skip, limit)
+
+    async def unfinished(self, run_ids: Sequence[str]) -> list[str]:
+        """The runs among these that have not reached a terminal status."""
+        if not run_ids:
+            return []
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(runs.c.id, runs.c.status).where(runs.c.id.in_(list(run_ids))))
+            return [r.id for r in rows if r.status not in TERMINAL_RUN_STATUSES]
+
+    async def delete_run(self, run_id: str) -> list[str]:
+        """Delete the run with its events and artifacts index; returns its artifacts' names."""
+        async with read_then_write(self.engine).begin() as conn:
+            names = list(
+                (await conn.execute(select(artifacts.c.name).where(artifacts.c.run_id == run_id))).scalars()
+            )
+            await conn.execute(delete(runs).where(runs.c.id == run_id))
+        return names
+
+    async def pending_decisions(self, decided_before: datetime) -> list[Any]:
+        """(id, approval) of waiting runs whose stored decision no runner has acted on yet."""
+        async with self.engine.connect() as conn:
+            return list(
+                await conn.execute(
+                    select(runs.c.id, runs.c.approval).where(
+                        runs.c.status == "awaiting_approval",
+                        runs.c.approval.is_not(None),
+                        runs.c.updated_at < decided_before,
+                    )
+                )
+            )
+
+    async def stale_runs(self, changed_before: datetime) -> list[Any]:
+        """Runs held by a runner (running or waiting) that have not changed since `changed_before`."""
+        async with self.engine.connect() as conn:
+            return list(
+                await conn.execute(
+                    select(
+                        runs.c.id, runs.c.task_id, runs.c.last_seq, runs.c.started_at, runs.c.status
+                    ).where(
+                        runs.c.status.in_(("running", "awaiting_approval")),
+                        runs.c.updated_at < changed_before,
+                    )
+                )
+            )
+
+    async def runs_by_agent(self) -> dict[str, tuple[int, int, int]]:
+        """agent kind -> (runs, finished runs, completed runs)."""
+        finished = case((runs.c.status.in_(sorted(TERMINAL_RUN_STATUSES)), 1), else_=0)
+        completed = case((runs.c.status == "completed", 1), else_=0)
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(runs.c.agent, func.count(), func.sum(finished), func.sum(completed)).group_by(
+                    runs.c.agent
+                )
+            )
+            return {r[0]: (int(r[1]), int(r[2] or 0), int(r[3] or 0)) for r in rows}
+
+    # --- artifacts -----------------------------------------------------------------------------
+
+    async def artifacts(self, run_id: str) -> list[Any]:
+        async with self.engine.connect() as conn:
+            return list(
+                await conn.execute(
+                    select(artifacts).where(artifacts.c.run_id == run_id).order_by(artifacts.c.id)
+                )
+            )
+
+    async def artifact(self, run_id: str, name: str) -> Any:
+        async with self.engine.connect() as conn:
+            return (
+                await conn.execute(
+                    select(artifacts).where(artifacts.c.run_id == run_id, artifacts.c.name == name)
+                )
+            ).first()
+
+    # --- events --------------------------------------------------------------------------------
+
+    async def store_events(self, batch: Batch) -> Batch:
+        """Store new events and their effects in one transaction; returns the ones not seen before."""
+        return await self.events.store(batch)
+
+    async def logs(self, run_id: str, since: int, limit: int) -> tuple[list[str], int]:
+        """The run's stored events with seq > since, in seq order (at most `limit`), and their total."""
+        where = (run_events.c.run_id == run_id, run_events.c.seq > since)
+        async with self.engine.connect() as conn:
+            total = (
+                await conn.execute(select(func.count()).select_from(run_events).where(*where))
+            ).scalar_one()
+            payloads = await conn.execute(
+                select(run_events.c.payload).where(*where).order_by(run_events.c.seq).limit(limit)
+            )
+            return list(payloads.scalars()), total
+
+    async def event_payloads(self, run_id: str, types: Sequence[str]) -> list[str]:
+        """The run's stored events of these types, in seq order."""
+        async with self.engine.connect() as conn:
+            payloads = await conn.execute(
+                select(run_events.c.payload)
+                .where(run_events.c.run_id == run_id, run_events.c.event_type.in_(list(types)))
+                .order_by(run_events.c.seq)
+            )
+            return list(payloads.scalars())
+
+    async def last_event_payload(self, run_id: str, event_type: str) -> str | None:
+        async with self.engine.connect() as conn:
+            return (
+                await conn.execute(
+                    select(run_events.c.payload)
+                    .where(run_events.c.run_id == run_id, run_events.c.event_type == event_type)
+                    .order_by(run_events.c.seq.desc())
+                    .limit(1)
+                )
+            ).scalar()
+
+    async def replay(self, run_id: str | None, task_id: str | None, since: int) -> list[Any]:
+        """(run_id, task_id, seq, event_type, payload) of a run's (or a task's runs') events with
+        seq > since, in the order they were stored."""
+        where = [run_events.c.seq > since]
+        where.append(run_events.c.run_id == run_id if run_id else run_events.c.task_id == task_id)
+        async with self.engine.connect() as conn:
+            return list(
+                await conn.execute(
+                    select(*_EVENT_FRAME, run_events.c.payload).where(*where).order_by(run_events.c.id)
+                )
+            )
+
+    async def events_between(self, run_id: str, after: int, before: int) -> list[Any]:
+        """(run_id, task_id, seq, event_type, payload) of a run's events with after < seq < before."""
+        async with self.engine.connect() as conn:
+            return list(
+                await conn.execute(
+                    select(*_EVENT_FRAME, run_events.c.payload)
+                    .where(run_events.c.run_id == run_id, run_events.c.seq > after, run_events.c.seq < before)
+                    .order_by(run_events.c.seq)
+                )
+            )
+
+    async def last_seq_before(self, run_id: str, moment: datetime) -> int:
+        """The highest seq among the run's events that happened before `moment` (0: none)."""
+        async with self.engine.connect() as conn:
+            found = (
+                await conn.execute(
+                    select(func.max(run_events.c.seq)).where(
+                        run_events.c.run_id == run_id, run_events.c.timestamp < moment
+                    )
+                )
+            ).scalar()
+        return found or 0
+
+    async def timeline(self, run_id: str, since: datetime) -> list[tuple[int, datetime]]:
+        """(seq, timestamp) of the run's events that happened at or after `since`."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(run_events.c.seq, run_events.c.timestamp).where(
+                    run_events.c.run_id == run_id, run_events.c.timestamp >= since
+                )
+            )
+            return [(r.seq, r.timestamp) for r in rows]
+
+    # --- shared --------------------------------------------------------------------------------
+
+    async def _page(
+        self, table: Any, where: list[Any], order: tuple[Any, ...], skip: int, limit: int
+    ) -> tuple[list[Any], int]:
+        async with self.engine.connect() as conn:
+            total = (await conn.execute(select(func.count()).select_from(table).where(*where))).scalar_one()
+            rows = await conn.execute(select(table).where(*where).order_by(*order).offset(skip).limit(limit))
+            return list(rows), total
+
+
+__all__ = ["MIGRATIONS", "GatewayStore", "TaskGone"]

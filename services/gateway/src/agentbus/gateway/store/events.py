@@ -1,0 +1,207 @@
+"""The event path's one hot transaction: store a batch of run events and their effects.
+
+Both forms run the same steps and write the same `Effects` (computed once, in `effects.py`):
+lock the batch's runs, insert the events with ON CONFLICT DO NOTHING RETURNING (which tells new
+events from redeliveries), then update the runs, their tasks' statuses and, for runs that ended,
+the tasks' counters, and upsert the artifacts index.
+
+- SQLite (`SqliteEventBatch`): SQLAlchemy Core statements, built once, run as one unit of the
+  process's writer thread (one hand-off per batch, on the connection that holds the write lock;
+  the transaction began IMMEDIATE, which is the lock). Through aiosqlite every statement, cursor
+  and commit was a round trip to its thread, and those were most of the event latency.
+- PostgreSQL (`PgEventBatch`): the same statements as prepared SQL straight over asyncpg on a
+  small pool of its own (no pre-ping, no reset on return; each batch is one explicit
+  transaction): BEGIN, the runs locked FOR UPDATE, one INSERT ... SELECT FROM unnest(...),
+  pipelined executemany updates, COMMIT. Through SQLAlchemy's execution layer the batch cost
+  several times the database's own work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from sqlalchemy import bindparam, select
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+
+from agentbus.gateway.store.effects import RUN_COLUMNS, Batch, Effects, event_row, new_candidates
+from agentbus.gateway.store.tables import artifacts, run_events, runs, tasks
+from agentbus.gateway.store.writer import Writer
+
+
+def _sqlite_upsert_artifacts() -> Any:
+    # An agent may write an artifact again (a step re-run after its runner was lost): the index
+    # follows the bytes it replaced.
+    upsert = sqlite_insert(artifacts)
+    return upsert.on_conflict_do_update(
+        index_elements=["run_id", "name"],
+        set_={c: upsert.excluded[c] for c in ("size", "content_type", "created_at")},
+    )
+
+
+class SqliteEventBatch:
+    # Only the columns events change are read (decoding a run's JSON config and labels per batch
+    # showed in the profile); statements are built once (their construction did too).
+    _RUNS = (
+        select(runs.c.id, runs.c.task_id, *(runs.c[c] for c in RUN_COLUMNS))
+        .where(runs.c.id.in_(bindparam("ids", expanding=True)))
+        .order_by(runs.c.id)
+    )
+    _INSERT_EVENTS = (
+        sqlite_insert(run_events)
+        .on_conflict_do_nothing(index_elements=["run_id", "seq"])
+        .returning(run_events.c.run_id, run_events.c.seq)
+    )
+    _UPSERT_ARTIFACTS = _sqlite_upsert_artifacts()
+    # Bound as b_<field> of the typed values: SQLAlchemy reserves column names for SET values.
+    _UPDATE_RUN = (
+        runs.update()
+        .where(runs.c.id == bindparam("b_id"))
+        .values({c: bindparam(f"b_{c}") for c in RUN_COLUMNS})
+    )
+    _UPDATE_TASK_STATUS = (
+        tasks.update()
+        .where(tasks.c.id == bindparam("b_task_id"), tasks.c.latest_run_id == bindparam("b_run_id"))
+        .values(status=bindparam("b_status"), updated_at=bindparam("b_updated_at"))
+    )
+    _UPDATE_TASK_COUNTERS = (
+        tasks.update()
+        .where(tasks.c.id == bindparam("b_task_id"))
+        .values(
+            total_runs=tasks.c.total_runs + 1,
+            successful_runs=tasks.c.successful_runs + bindparam("b_succeeded"),
+            failed_runs=tasks.c.failed_runs + bindparam("b_failed"),
+            last_run_duration=bindparam("b_last_run_duration"),
+            last_error=bindparam("b_last_error"),
+            updated_at=bindparam("b_updated_at"),
+        )
+    )
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+
+    async def store(self, batch: Batch) -> Batch:
+        return await self.writer(lambda conn: self._store(conn, batch))
+
+    def _store(self, conn: Connection, batch: Batch) -> Batch:
+        ids = sorted({e.run_id for e, _ in batch})
+        rows = {r.id: r._asdict() for r in conn.execute(self._RUNS, {"ids": ids})}
+        fresh = new_candidates(rows, batch)
+        if not fresh:
+            return []
+        result = conn.execute(self._INSERT_EVENTS, [event_row(e, raw)._asdict() for e, raw in fresh.values()])
+        effects = Effects.of(rows, fresh, {(r.run_id, r.seq) for r in result})
+        if effects.artifacts:
+            conn.execute(self._UPSERT_ARTIFACTS, [a._asdict() for a in effects.artifacts])
+        if effects.runs:
+            conn.execute(self._UPDATE_RUN, _binds(effects.runs))
+            conn.execute(self._UPDATE_TASK_STATUS, _binds(effects.task_statuses))
+        if effects.task_counters:
+            conn.execute(self._UPDATE_TASK_COUNTERS, _binds(effects.task_counters))
+        return effects.stored
+
+    async def close(self) -> None:
+        pass  # the writer belongs to the store
+
+
+def _binds(values: list[Any]) -> list[dict[str, Any]]:
+    return [{f"b_{k}": v for k, v in zip(t._fields, t, strict=True)} for t in values]
+
+
+_JSON_COLUMNS = frozenset({"plan", "results", "approval"})
+_JSON_AT = tuple(i for i, c in enumerate(("id", *RUN_COLUMNS)) if c in _JSON_COLUMNS)
+
+
+def _json(value: Any) -> str | None:
+    # The connection's jsonb codec (SQLAlchemy's, see its asyncpg dialect) takes JSON text.
+    return None if value is None else msgspec.json.encode(value).decode()
+
+
+class PgEventBatch:
+    SELECT_RUNS = (
+        f"SELECT id, task_id, {', '.join(RUN_COLUMNS)} FROM runs "
+        "WHERE id = ANY($1::varchar[]) ORDER BY id FOR UPDATE"
+    )
+    INSERT_EVENTS = (
+        'INSERT INTO run_events (run_id, task_id, seq, event_type, "timestamp", payload) '
+        "SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::int[], $4::varchar[], "
+        "$5::timestamptz[], $6::text[]) "
+        "ON CONFLICT (run_id, seq) DO NOTHING RETURNING run_id, seq"
+    )
+    UPDATE_RUN = (
+        "UPDATE runs SET "
+        + ", ".join(f"{c} = ${i + 2}" for i, c in enumerate(RUN_COLUMNS))
+        + " WHERE id = $1"
+    )
+    UPDATE_TASK_STATUS = "UPDATE tasks SET status = $3, updated_at = $4 WHERE id = $1 AND latest_run_id = $2"
+    UPDATE_TASK_COUNTERS = (
+        "UPDATE tasks SET total_runs = total_runs + 1, successful_runs = successful_runs + $2, "
+        "failed_runs = failed_runs + $3, last_run_duration = $4, last_error = $5, updated_at = $6 "
+        "WHERE id = $1"
+    )
+    UPSERT_ARTIFACTS = (
+        "INSERT INTO artifacts (run_id, task_id, name, size, content_type, created_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (run_id, name) DO UPDATE SET "
+        "size = EXCLUDED.size, content_type = EXCLUDED.content_type, created_at = EXCLUDED.created_at"
+    )
+
+    def __init__(self, url: URL, pool_size: int = 1) -> None:
+        # A connection that broke is dropped; the ingest retries the batch.
+        self.engine = create_async_engine(
+            url, pool_size=pool_size, max_overflow=2, pool_pre_ping=False, pool_reset_on_return=None
+        )
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def store(self, batch: Batch) -> Batch:
+        async with self.engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            try:
+                async with raw.transaction():
+                    return await self._store(raw, batch)
+            except Exception as exc:
+                if not _is_server_error(exc):  # the connection itself failed: never reuse it
+                    await _invalidate(conn)
+                raise
+
+    async def _store(self, db: Any, batch: Batch) -> Batch:
+        ids = sorted({e.run_id for e, _ in batch})
+        rows = {r["id"]: dict(r) for r in await db.fetch(self.SELECT_RUNS, ids)}
+        fresh = new_candidates(rows, batch)
+        if not fresh:
+            return []
+        columns = [list(c) for c in zip(*(event_row(e, raw) for e, raw in fresh.values()), strict=True)]
+        inserted = {(r["run_id"], r["seq"]) for r in await db.fetch(self.INSERT_EVENTS, *columns)}
+        effects = Effects.of(rows, fresh, inserted)
+        if effects.artifacts:
+            await db.executemany(self.UPSERT_ARTIFACTS, effects.artifacts)
+        if effects.runs:
+            await db.executemany(self.UPDATE_RUN, [_pg_run(r) for r in effects.runs])
+            await db.executemany(self.UPDATE_TASK_STATUS, effects.task_statuses)
+        if effects.task_counters:
+            await db.executemany(self.UPDATE_TASK_COUNTERS, effects.task_counters)
+        return effects.stored
+
+
+def _pg_run(change: tuple[Any, ...]) -> list[Any]:
+    values = list(change)
+    for i in _JSON_AT:
+        values[i] = _json(values[i])
+    return values
+
+
+def _is_server_error(exc: BaseException) -> bool:
+    """An error the server answered with (a constraint, bad data): the connection is still good."""
+    import asyncpg
+
+    return isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, asyncpg.PostgresConnectionError)
+
+
+async def _invalidate(conn: AsyncConnection) -> None:
+    try:
+        await conn.invalidate()
+    except Exception:
+        pass

@@ -1,0 +1,248 @@
+"""One stream client's view of the stored events: a bounded queue, per-run order, gaps filled.
+
+Per run, a subscription remembers the last `seq` it was sent: duplicates (the seam between replay
+and live) are dropped, and a gap (another gateway copy stored an earlier event but has not
+announced it yet) is filled from the stored log. A client whose queue overflows is cut off
+(WebSocket close 1013, SSE end of stream) and reconnects with `since` / `Last-Event-ID`, so it
+never slows anyone else. WebSocket and SSE clients share this; only their pumps differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import deque
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Protocol
+
+CLOSE_TOO_SLOW = 1013
+CLOSE_GOING_AWAY = 1001
+
+
+class Frame:
+    """One stored event, shared by every client it goes to: its JSON text as stored."""
+
+    __slots__ = ("_sse", "event_type", "run_id", "seq", "task_id", "text")
+
+    def __init__(self, run_id: str, task_id: str, seq: int, text: str, event_type: str = "") -> None:
+        self.run_id = run_id
+        self.task_id = task_id
+        self.seq = seq
+        self.text = text
+        self.event_type = event_type
+        self._sse: bytes | None = None
+
+    def sse(self) -> bytes:
+        """The Server-Sent Events form: the event's seq is its id (`Last-Event-ID` resumes after it)."""
+        if self._sse is None:
+            self._sse = f"id: {self.seq}\ndata: {self.text}\n\n".encode()
+        return self._sse
+
+
+class TooSlow(Exception):
+    """The client's queue overflowed: it must reconnect and resume from the stored log."""
+
+
+class GoingAway(Exception):
+    """The gateway is shutting down."""
+
+
+class State(enum.Enum):
+    OPEN = "open"
+    OVERFLOWED = "overflowed"  # fell behind: told to go (1013)
+    GOING_AWAY = "going_away"  # the gateway is shutting down (1001)
+
+
+class StoredLog(Protocol):
+    """What a subscription asks its hub: its limits and the stored log."""
+
+    heartbeat_s: float
+    queue_size: int
+
+    async def stored_between(self, run_id: str, after: int, before: int) -> list[Frame]: ...
+
+    async def last_seq_before(self, run_id: str, moment: datetime) -> int: ...
+
+
+class Sender(Protocol):
+    """Where a WebSocket subscription's frames go (see transport.py)."""
+
+    def ready(self) -> bool: ...
+
+    def write(self, texts: list[str]) -> None: ...
+
+    def now(self) -> float: ...
+
+    def cut_off(self, code: int, reason: str) -> None: ...
+
+
+class Subscription:
+    """One client's view of the stored events: what it asked for, its bounded queue, its seqs."""
+
+    def __init__(self, hub: StoredLog, run_id: str | None, task_id: str | None) -> None:
+        self.hub = hub
+        self.run_id = run_id
+        self.task_id = task_id
+        self.queue: deque[Frame] = deque()
+        self.limit = hub.queue_size
+        self.last: dict[str, int] = {}
+        self.connected_at = datetime.now(UTC)
+        self.state = State.OPEN
+        self._waiter: asyncio.Future[None] | None = None
+        # Set by a WebSocket (see transport.py): while the pump is idle and the connection takes
+        # frames without waiting, frames are sent straight from the fan-out, no task switch each.
+        self.direct: Sender | None = None
+        self.sent_at = 0.0
+        self.replay: list[Frame] = []
+
+    @property
+    def dead(self) -> bool:
+        return self.state is not State.OPEN
+
+    @property
+    def overflowed(self) -> bool:
+        return self.state is State.OVERFLOWED
+
+    def offer(self, frame: Frame) -> None:
+        if self.state is not State.OPEN:
+            return
+        direct = self.direct
+        if direct is not None and self._waiter is not None and not self.queue and direct.ready():
+            verdict = self._place(frame)
+            if verdict == 1:
+                direct.write([frame.text])
+                self.sent_at = direct.now()
+                return
+            if verdict == 0:
+                return
+            # A gap: the pump fills it from the stored log, in order.
+        if len(self.queue) >= self.limit:
+            self.state = State.OVERFLOWED
+            self.queue.clear()
+            if direct is not None:
+                direct.cut_off(CLOSE_TOO_SLOW, "client too slow; reconnect with since")
+        else:
+            self.queue.append(frame)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def offer_many(self, frames: list[Frame]) -> None:
+        """Several frames at once: on the direct path, one write for all of them."""
+        direct = self.direct
+        if direct is None or self._waiter is None or self.queue or self.dead or not direct.ready():
+            for frame in frames:
+                self.offer(frame)
+            return
+        out = []
+        for i, frame in enumerate(frames):
+            verdict = self._place(frame)
+            if verdict == 1:
+                out.append(frame.text)
+            elif verdict == 2:  # a gap: the rest goes through the pump, which fills it in order
+                for rest in frames[i:]:
+                    self.queue.append(rest)
+                waiter = self._waiter
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+                break
+        if out:
+            direct.write(out)
+            self.sent_at = direct.now()
+
+    def take_ready(self) -> list[Frame]:
+        """The queued frames that can go now, in order (duplicates dropped); stops before a gap."""
+        out: list[Frame] = []
+        queue = self.queue
+        while queue and not self.dead:
+            verdict = self._place(queue[0])
+            if verdict == 2:
+                break
+            frame = queue.popleft()
+            if verdict == 1:
+                out.append(frame)
+        return out
+
+    def close(self) -> None:
+        if self.state is State.OPEN:
+            self.state = State.GOING_AWAY
+            if self.direct is not None:
+                self.direct.cut_off(CLOSE_GOING_AWAY, "gateway shutting down")
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout, lambda: waiter.done() or waiter.set_result(None))
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _place(self, frame: Frame) -> int:
+        """0: a duplicate, drop it; 1: next in its run's order (or its first), send it; 2: a gap first."""
+        last = self.last.get(frame.run_id)
+        if frame.seq == (1 if last is None else last + 1):
+            self.last[frame.run_id] = frame.seq
+            return 1
+        return 0 if last is not None and frame.seq <= last else 2
+
+    async def _gap(self, frame: Frame) -> list[Frame]:
+        """The stored events missing before `frame`, then `frame` itself.
+
+        The first event a client sees of a run need not be its seq 1: the client joined mid-run, or
+        another gateway copy stored (and will announce) an earlier event after this one. What the
+        client missed since it connected is sent first; what happened before it connected is not.
+        """
+        after = self.last.get(frame.run_id)
+        if after is None:
+            after = await self.hub.last_seq_before(frame.run_id, self.connected_at)
+        missing = (
+            await self.hub.stored_between(frame.run_id, after, frame.seq) if frame.seq > after + 1 else []
+        )
+        self.last[frame.run_id] = frame.seq
+        return [*missing, frame]
+
+    async def frames(self) -> AsyncIterator[Frame | None]:
+        """The replayed frames, then live ones as they come, in per-run seq order without duplicates;
+        None when a heartbeat is due. Raises TooSlow or GoingAway when the client must go."""
+        replay, self.replay = self.replay, []
+        for frame in replay:
+            verdict = self._place(frame)
+            if verdict == 1:
+                yield frame
+            elif verdict == 2:
+                for out in await self._gap(frame):
+                    yield out
+        heartbeat = self.hub.heartbeat_s
+        queue = self.queue
+        while True:
+            if self.state is State.GOING_AWAY:
+                raise GoingAway
+            if self.state is State.OVERFLOWED:
+                raise TooSlow
+            if not queue:
+                await self._wait(heartbeat)
+                if not queue and not self.dead:
+                    loop = asyncio.get_running_loop()
+                    idle = loop.time() - self.sent_at
+                    if idle >= heartbeat * 0.99:  # nothing went out directly meanwhile
+                        self.sent_at = loop.time()
+                        yield None
+                    else:
+                        await self._wait(heartbeat - idle)
+                        if not queue and not self.dead and loop.time() - self.sent_at >= heartbeat * 0.99:
+                            self.sent_at = loop.time()
+                            yield None
+                continue
+            frame = queue.popleft()
+            verdict = self._place(frame)
+            if verdict == 1:
+                yield frame
+            elif verdict == 2:
+                for out in await self._gap(frame):
+                    yield out
