@@ -27,6 +27,7 @@ from bench import report, scenarios
 from bench.services import (
     ROOT,
     Code,
+    RefError,
     agentbus,
     bare_http,
     current_code,
@@ -472,7 +473,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     dbs = [d.strip() for d in a.db.split(",") if d.strip()]
     if a.compare:
-        return compare(a, dbs)
+        try:
+            return compare(a, dbs)
+        except RefError as exc:
+            print(f"compare: {exc}", file=sys.stderr, flush=True)
+            return 1
     b = Bench(a, [current_code()])
     measure(b, dbs)
     print("\n" + plain_table(b.rows), flush=True)

@@ -141,10 +141,14 @@ def agentbus(db: str, pg_admin: str | None = None, code: Code | None = None, **e
         shutil.rmtree(system.root, ignore_errors=True)
 
 
+class RefError(RuntimeError):
+    """REF cannot be compared: not a commit, its environment does not install, or it has no services."""
+
+
 def _git(*args: str, cwd: Path = ROOT) -> str:
     out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
     if out.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed: {out.stderr.strip()}")
+        raise RefError(f"git {' '.join(args)} failed: {out.stderr.strip()}")
     return out.stdout.strip()
 
 
@@ -160,7 +164,7 @@ def ref_checkout(ref: str) -> Iterator[Code]:
     sha = _git("rev-parse", "--verify", f"{ref}^{{commit}}")
     short = _git("rev-parse", "--short", sha)
     if not UV.exists():
-        raise RuntimeError(f"{UV} is missing: run `make install` first")
+        raise RefError(f"{UV} is missing: run `make install` first")
     tmp = Path(tempfile.mkdtemp(prefix="agentbus-bench-ref-"))
     tree = tmp / "tree"
     added = False
@@ -180,7 +184,7 @@ def ref_checkout(ref: str) -> Iterator[Code]:
             text=True,
         )
         if out.returncode != 0:
-            raise RuntimeError(f"uv sync --frozen in {ref}'s tree failed:\n{out.stderr[-3000:]}")
+            raise RefError(f"uv sync --frozen in {ref}'s tree failed:\n{out.stderr[-3000:]}")
         # `make run` there (the start-up benchmark) finds the same uv and an installed environment.
         (tree / ".tools").symlink_to(ROOT / ".tools")
         (venv / ".synced").touch()
@@ -199,7 +203,7 @@ def ref_checkout(ref: str) -> Iterator[Code]:
         )
         files = where.stdout.split()
         if where.returncode != 0 or len(files) != 3 or not all(Path(f).is_relative_to(tree) for f in files):
-            raise RuntimeError(f"{ref}'s services do not import from its tree:\n{where.stdout}{where.stderr}")
+            raise RefError(f"{ref}'s services do not import from its tree:\n{where.stdout}{where.stderr}")
         nats = venv / "bin" / "nats-server"
         print(f"compare: {ref} installed in {time.perf_counter() - t0:.1f}s; its services run from {tree}")
         yield Code(
