@@ -39,7 +39,8 @@ test-only: install
 test: lint test-only
 
 # Every benchmark against the real services (SQLite and PostgreSQL); writes docs/benchmarks.md.
-# Not part of `make test`. BENCH_ARGS="--quick" for a smoke run, "--help" for the options.
+# Not part of `make test`. BENCH_ARGS="--quick" for a smoke run, "--compare REF" to measure a git
+# ref beside this checkout (prints both, writes nothing), "--help" for the options.
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)
 

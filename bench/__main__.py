@@ -3,55 +3,154 @@
 Prints the table and, after a full run (every benchmark, both databases, not --quick), writes it
 into docs/benchmarks.md between its `bench:begin`/`bench:end` markers (the hand-written analysis
 around them is kept); --out FILE writes any run's table into FILE instead.
+
+--compare REF measures this checkout and the git ref REF in the same run: REF is checked out into
+a temporary worktree with its own environment, its services are started from there and driven by
+this checkout's harness, the two measured in turn (current, REF, current, REF...), and the table
+has both medians and current/REF. A comparison writes no page.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench import report, scenarios
-from bench.services import ROOT, agentbus, bare_http, gateway_pid, nats_responder, postgres, rss_kb
-from bench.stats import Row, fmt, median_of, plain_table
+from bench.services import (
+    ROOT,
+    Code,
+    RefError,
+    agentbus,
+    bare_http,
+    current_code,
+    gateway_pid,
+    nats_responder,
+    postgres,
+    ref_checkout,
+    rss_kb,
+)
+from bench.stats import Row, compare_table, fmt, median_of, plain_table
 from tests.support.servers import nats_server
+from tests.support.system import System
 
 DOC = ROOT / "docs" / "benchmarks.md"
-ALL = ("ceilings", "get", "post", "events", "sse", "fanout", "runs", "memory", "startup")
+ALL = (
+    "ceilings",
+    "get",
+    "post",
+    "events",
+    "sse",
+    "fanout",
+    "runs",
+    "runner-events",
+    "memory",
+    "startup",
+)
+
+
+SERVICES = ("nats-server", "gateway", "runner", "metrics")
+
+
+@dataclass
+class Runs:
+    """One measurement's results, per side: [current] or, with --compare, [current, REF]."""
+
+    sides: list[list[dict]]
+    errors: list[str]  # per side: why it has no result ("" if none failed)
+
+    def each(self) -> Iterator[dict]:
+        for side in self.sides:
+            yield from side
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, codes: list[Code]) -> None:
         self.a = args
+        self.codes = codes  # [this checkout] or, with --compare, [this checkout, REF]
+        self.comparing = len(codes) > 1
         self.rows: list[Row] = []
+        self.ref_rows: list[Row | str] = []  # with --compare: REF's row beside each of self.rows
         self.ceiling_rps = math.nan
         self.failures: list[str] = []
+        self.systems: list[System | None] = []
 
     def wants(self, name: str) -> bool:
         return name in self.a.only
 
-    def repeat(self, what: str, fn: Callable[[], dict]) -> list[dict]:
-        out = []
-        for i in range(self.a.repeats):
-            t0 = time.perf_counter()
-            try:
-                result = fn()
-            except Exception as exc:  # one broken case must not lose the others' figures
-                print(f"  {what} #{i + 1} FAILED: {type(exc).__name__}: {str(exc)[-2000:]}", flush=True)
-                self.failures.append(f"{what}: {type(exc).__name__}")
-                continue
-            out.append(result)
-            print(f"  {what} #{i + 1} ({time.perf_counter() - t0:.1f}s): {report.brief(result)}", flush=True)
-        return out
+    def repeat(
+        self, what: str, fn: Callable[[Any], dict], over: list[Any] | None = None, repeats: int | None = None
+    ) -> Runs:
+        """`fn(system)` `repeats` times on each side's system (or each of `over`), interleaved: current,
+        REF, current, REF... so that what the machine does meanwhile falls on both alike."""
+        targets = self.systems if over is None else over
+        sides: list[list[dict]] = [[] for _ in targets]
+        errors = ["" for _ in targets]
+        for i in range(repeats or self.a.repeats):
+            for k, target in enumerate(targets):
+                tag = ""
+                if self.comparing:
+                    tag = " [harness]" if len(targets) == 1 else f" [{'current' if k == 0 else 'REF'}]"
+                if target is None:
+                    errors[k] = errors[k] or "its services did not start"
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    result = fn(target)
+                except Exception as exc:  # one broken case must not lose the others' figures
+                    print(
+                        f"  {what}{tag} #{i + 1} FAILED: {type(exc).__name__}: {str(exc)[-2000:]}", flush=True
+                    )
+                    self.failures.append(f"{what}{tag}: {type(exc).__name__}")
+                    errors[k] = type(exc).__name__
+                    continue
+                sides[k].append(result)
+                elapsed = time.perf_counter() - t0
+                print(f"  {what}{tag} #{i + 1} ({elapsed:.1f}s): {report.brief(result)}", flush=True)
+        return Runs(sides, errors)
+
+    def once(self, what: str, fn: Callable[[Any], dict]) -> Runs:
+        return self.repeat(what, fn, repeats=1)
+
+    @staticmethod
+    def _side_row(
+        bench: str,
+        db: str,
+        runs: list[dict],
+        key: str,
+        unit: str,
+        target: float | None,
+        higher: bool,
+        scale: float,
+        extra: str,
+    ) -> Row:
+        value = median_of(runs, key) * scale
+        met = None
+        if target is not None and not math.isnan(value):
+            met = value >= target if higher else value <= target
+        sign = ">=" if higher else "<="
+        return Row(
+            bench,
+            db,
+            fmt(value, unit) + extra,
+            f"{sign} {fmt(target, unit)}" if target is not None else "",
+            met,
+            [fmt(r.get(key, math.nan) * scale) for r in runs],
+            value,
+        )
 
     def row(
         self,
         bench: str,
         db: str,
-        runs: list[dict],
+        runs: Runs,
         key: str,
         unit: str,
         target: float | None = None,
@@ -59,77 +158,81 @@ class Bench:
         scale: float = 1.0,
         extra: str = "",
     ) -> float:
-        value = median_of(runs, key) * scale
-        met = None
-        if target is not None and not math.isnan(value):
-            met = value >= target if higher else value <= target
-        sign = ">=" if higher else "<="
-        self.rows.append(
-            Row(
-                bench,
-                db,
-                fmt(value, unit) + extra,
-                f"{sign} {fmt(target, unit)}" if target is not None else "",
-                met,
-                [fmt(r.get(key, math.nan) * scale) for r in runs],
-            )
-        )
-        return value
+        """A row of the table from the median of the runs; with --compare REF's beside it."""
+        args = (key, unit, target, higher, scale, extra)
+        current = self._side_row(bench, db, runs.sides[0], *args)
+        self.rows.append(current)
+        if self.comparing:
+            if len(runs.sides) == 1:
+                self.ref_rows.append("- (the harness's own)")
+            elif not runs.sides[1] and runs.errors[1]:
+                self.ref_rows.append(f"failed on REF ({runs.errors[1]})")
+            else:
+                self.ref_rows.append(self._side_row(bench, db, runs.sides[1], *args))
+        return current.value
 
     # --- the benchmarks ------------------------------------------------------------------------------
 
     def ceilings(self) -> None:
+        """The harness's own baselines: the same code on both sides of a --compare, so measured once."""
         d = self.a.duration
+        harness = ["harness"]
         print("ceilings: bare Litestar handler, bare nats-py request/reply", flush=True)
         with bare_http() as base:
             url = f"{base}/api/tasks/0123456789abcdef0123456789abcdef"
-            runs = self.repeat("bare handler max", lambda: scenarios.http_max(url, duration=d))
+            runs = self.repeat("bare handler max", lambda _: scenarios.http_max(url, duration=d), harness)
             self.ceiling_rps = self.row("bare Litestar handler (ceiling)", "-", runs, "rps", "req/s")
         with nats_server() as server, nats_responder(server.url):
-            runs = self.repeat("nats req/reply", lambda: scenarios.nats_round_trip(server.url, d, 1))
+            runs = self.repeat(
+                "nats req/reply", lambda _: scenarios.nats_round_trip(server.url, d, 1), harness
+            )
             self.row("bare nats-py request/reply p50 (ceiling)", "-", runs, "p50_ms", "ms", higher=False)
             self.row("bare nats-py request/reply p99 (ceiling)", "-", runs, "p99_ms", "ms", higher=False)
-            runs = self.repeat("nats req/reply x32", lambda: scenarios.nats_round_trip(server.url, d, 32))
+            runs = self.repeat(
+                "nats req/reply x32", lambda _: scenarios.nats_round_trip(server.url, d, 32), harness
+            )
             self.row("bare nats-py request/reply, 32 in flight", "-", runs, "rps", "msg/s")
 
     def http(
         self,
-        system,
         db: str,
         name: str,
         method: str,
-        path: str,
+        path: Callable[[System], str],
         body: str,
         target_rps: float,
         target_p99: float,
     ) -> None:
-        url = f"{system.base_url}{path}"
-        pid = gateway_pid(system)
         d = self.a.duration
-        runs = self.repeat(
-            f"{name} max", lambda: scenarios.with_cpu(pid, lambda: scenarios.http_max(url, method, body, d))
-        )
-        for r in runs:
+
+        def peak(system: System) -> dict:
+            url = f"{system.base_url}{path(system)}"
+            return scenarios.with_cpu(gateway_pid(system), lambda: scenarios.http_max(url, method, body, d))
+
+        runs = self.repeat(f"{name} max", peak)
+        for r in runs.each():
             served = r["rps"] * r["wall_s"]
             r["cpu_us"] = r["server_cpu_s"] / served * 1e6 if served else math.nan
             r["ratio"] = r["rps"] / self.ceiling_rps if self.ceiling_rps == self.ceiling_rps else math.nan
-        peak = self.row(f"{name} throughput", db, runs, "rps", "req/s", target_rps)
+        top = self.row(f"{name} throughput", db, runs, "rps", "req/s", target_rps)
         self.row(f"{name} gateway CPU per request", db, runs, "cpu_us", "us", higher=False)
         if name.startswith("GET") and not math.isnan(self.ceiling_rps):
             self.row(f"{name} share of bare-handler ceiling", db, runs, "ratio", "%", 30.0, scale=100)
-        rate = max(50.0, (peak if not math.isnan(peak) else target_rps) / 2)
+        # Half of this checkout's peak, for REF too: both are measured at the same rate.
+        rate = max(50.0, (top if not math.isnan(top) else target_rps) / 2)
         runs = self.repeat(
-            f"{name} at {rate:.0f}/s", lambda: scenarios.http_at_rate(url, rate, method, body, d)
+            f"{name} at {rate:.0f}/s",
+            lambda s: scenarios.http_at_rate(f"{s.base_url}{path(s)}", rate, method, body, d),
         )
         self.row(
             f"{name} p99 at half load ({rate:,.0f} req/s)", db, runs, "p99_ms", "ms", target_p99, higher=False
         )
         self.row(f"{name} p50 at half load", db, runs, "p50_ms", "ms", higher=False)
 
-    def events(self, system, db: str, sse: bool) -> None:
+    def events(self, db: str, sse: bool) -> None:
         kind = "SSE" if sse else "WebSocket"
         runs = self.repeat(
-            f"{kind} event latency", lambda: scenarios.event_latency(system, 500, self.a.duration, sse=sse)
+            f"{kind} event latency", lambda s: scenarios.event_latency(s, 500, self.a.duration, sse=sse)
         )
         self.row(
             f"event latency p50, publish -> stored -> {kind} (500 ev/s)",
@@ -150,13 +253,31 @@ class Bench:
             higher=False,
         )
 
-    def fanout(self, system, db: str, path: str = "/ws/stream", label: str = "/ws/stream") -> None:
+    def runner_events(self, db: str) -> None:
+        a = self.a
+        runs = self.repeat(
+            "real-runner event latency",
+            lambda s: scenarios.runner_event_latency(s, a.runner_rate, a.runner_steps, a.duration),
+        )
+        n = f"scripted, {a.runner_steps} steps x 5 ms, {a.runner_rate:g} runs/s"
+        for q, target in (("p50", 1.5), ("p99", 5.0)):
+            self.row(
+                f"real-runner event latency {q}, runner -> stored -> /ws/stream ({n})",
+                db,
+                runs,
+                f"progress_{q}_ms",
+                "ms",
+                target,
+                higher=False,
+            )
+
+    def fanout(self, db: str, path: str = "/ws/stream", label: str = "/ws/stream") -> None:
         a = self.a
         runs = self.repeat(
             f"fan-out {label}",
-            lambda: scenarios.fanout(system, a.clients, a.stalled, a.fanout_rate, a.duration, path),
+            lambda s: scenarios.fanout(s, a.clients, a.stalled, a.fanout_rate, a.duration, path),
         )
-        for r in runs:
+        for r in runs.each():
             r["starved"] = float(r["min_client_frames"] < r["published"] or r["live_closed"] > 0)
         n = f"{a.clients} clients ({a.stalled} stalled) on {label}"
         self.row(f"fan-out frames/s delivered, {n}", db, runs, "frames_per_s", "frames/s", 50_000)
@@ -171,77 +292,101 @@ class Bench:
         )
         self.row(f"fan-out: stalled clients cut off, {n}", db, runs, "stalled_cut_off", "")
 
-    def runs(self, system, db: str) -> None:
+    def runs(self, db: str) -> None:
         a = self.a
-        runs = self.repeat("run throughput", lambda: scenarios.run_throughput(system, a.run_count, 32))
+        runs = self.repeat(
+            "run throughput",
+            lambda s: scenarios.with_service_cpu(s, lambda: scenarios.run_throughput(s, a.run_count, 32)),
+        )
+        for r in runs.each():
+            done = r.get("completed") or 0
+            for name in (*SERVICES, "total"):
+                r[f"cpu_ms_{name}"] = r[f"cpu_s_{name}"] / done * 1e3 if done else math.nan
         self.row(
             "runs/s created -> completed and stored (scripted, 1 step)", db, runs, "runs_per_s", "runs/s", 200
         )
-        runs = self.repeat("runs at 100/s", lambda: scenarios.run_latency(system, 100, a.duration))
+        for name in SERVICES:
+            self.row(f"CPU per run, {name} (run throughput)", db, runs, f"cpu_ms_{name}", "ms", higher=False)
+        self.row(
+            "CPU per run, all four services (run throughput)", db, runs, "cpu_ms_total", "ms", higher=False
+        )
+        runs = self.repeat("runs at 100/s", lambda s: scenarios.run_latency(s, 100, a.duration))
         self.row("create-to-completion p50 at 100 runs/s", db, runs, "p50_ms", "ms", 20, higher=False)
         self.row("create-to-completion p99 at 100 runs/s", db, runs, "p99_ms", "ms", 100, higher=False)
 
     def run_db(self, db: str, pg_admin: str | None) -> None:
         print(f"\n== {db}", flush=True)
-        with agentbus(db, pg_admin) as system:
-            if self.wants("memory"):
-                time.sleep(2)
-                idle = {"rss_kb": rss_kb(gateway_pid(system))}
-                self.row("gateway RSS idle", db, [idle], "rss_kb", "MB", 100, higher=False, scale=1 / 1024)
-            if self.wants("memory"):
-                # On the fresh gateway: once the fan-out has grown its heap, RSS no longer tells.
-                # Once: memory a process freed is not returned to the system, so a second run says 0.
-                saved, self.a.repeats = self.a.repeats, 1
-                runs = self.repeat("ws memory", lambda: scenarios.ws_memory(system, self.a.clients))
-                self.a.repeats = saved
-                self.row(
-                    f"gateway RSS per open WebSocket ({self.a.clients} open)",
-                    db,
-                    runs,
-                    "per_ws_kb",
-                    "KB",
-                    30,
-                    higher=False,
-                )
-            if self.wants("get"):
-                task = scenarios.create_task(system)
-                self.http(system, db, "GET /api/tasks/{id}", "GET", f"/api/tasks/{task['id']}", "", 2500, 10)
-            if self.wants("post"):
-                self.http(system, db, "POST /api/tasks", "POST", "/api/tasks", '{"name": "bench"}', 1000, 20)
-            if self.wants("events"):
-                self.events(system, db, sse=False)
-            if self.wants("sse"):
-                self.events(system, db, sse=True)
-            if self.wants("fanout"):
-                self.fanout(system, db)
-            if self.wants("runs"):
-                self.runs(system, db)
-            if self.wants("memory"):
-                saved, self.a.repeats = self.a.repeats, 1
-                mem = self.repeat("runner memory", lambda: scenarios.runner_memory(system, 100))
-                self.a.repeats = saved
-                self.row(
-                    "runner RSS with 100 runs in flight",
-                    db,
-                    mem,
-                    "during_kb",
-                    "MB",
-                    120,
-                    higher=False,
-                    scale=1 / 1024,
-                )
-                self.row(
-                    "gateway RSS after the benchmarks",
-                    db,
-                    [{"rss_kb": rss_kb(gateway_pid(system))}],
-                    "rss_kb",
-                    "MB",
-                    scale=1 / 1024,
-                )
-                self.row("runner RSS idle (before)", db, mem, "before_kb", "MB", scale=1 / 1024)
+        with ExitStack() as stack:
+            self.systems = []
+            for k, code in enumerate(self.codes):
+                try:
+                    self.systems.append(stack.enter_context(agentbus(db, pg_admin, code=code)))
+                except Exception as exc:
+                    if k == 0:
+                        raise
+                    # REF's columns say so; this checkout's figures are still measured.
+                    print(f"  {code.label}'s services did not start on {db}: {exc!s:.2000}", flush=True)
+                    self.failures.append(f"{code.label} on {db}: did not start")
+                    self.systems.append(None)
+            self.benchmarks(db)
+            self.systems = []
+
+    def benchmarks(self, db: str) -> None:
+        if self.wants("memory"):
+            time.sleep(2)
+            idle = self.once("gateway RSS idle", lambda s: {"rss_kb": rss_kb(gateway_pid(s))})
+            self.row("gateway RSS idle", db, idle, "rss_kb", "MB", 100, higher=False, scale=1 / 1024)
+            # On the fresh gateway: once the fan-out has grown its heap, RSS no longer tells.
+            # Once: memory a process freed is not returned to the system, so a second run says 0.
+            runs = self.once("ws memory", lambda s: scenarios.ws_memory(s, self.a.clients))
+            self.row(
+                f"gateway RSS per open WebSocket ({self.a.clients} open)",
+                db,
+                runs,
+                "per_ws_kb",
+                "KB",
+                30,
+                higher=False,
+            )
+        if self.wants("get"):
+            tasks: dict[int, str] = {}
+
+            def task_path(system: System) -> str:
+                if id(system) not in tasks:
+                    tasks[id(system)] = scenarios.create_task(system)["id"]
+                return f"/api/tasks/{tasks[id(system)]}"
+
+            self.http(db, "GET /api/tasks/{id}", "GET", task_path, "", 2500, 10)
+        if self.wants("post"):
+            self.http(db, "POST /api/tasks", "POST", lambda _: "/api/tasks", '{"name": "bench"}', 1000, 20)
+        if self.wants("events"):
+            self.events(db, sse=False)
+        if self.wants("sse"):
+            self.events(db, sse=True)
+        if self.wants("fanout"):
+            self.fanout(db)
+        if self.wants("runs"):
+            self.runs(db)
+        if self.wants("runner-events"):
+            self.runner_events(db)
+        if self.wants("memory"):
+            mem = self.once("runner memory", lambda s: scenarios.runner_memory(s, 100))
+            self.row(
+                "runner RSS with 100 runs in flight",
+                db,
+                mem,
+                "during_kb",
+                "MB",
+                120,
+                higher=False,
+                scale=1 / 1024,
+            )
+            after = self.once("gateway RSS after", lambda s: {"rss_kb": rss_kb(gateway_pid(s))})
+            self.row("gateway RSS after the benchmarks", db, after, "rss_kb", "MB", scale=1 / 1024)
+            self.row("runner RSS idle (before)", db, mem, "before_kb", "MB", scale=1 / 1024)
 
     def startup(self) -> None:
-        runs = self.repeat("make run -> /ready", scenarios.startup)
+        runs = self.repeat("make run -> /ready", lambda code: scenarios.startup(root=code.root), self.codes)
         self.row(
             "start-up: make run -> /ready 200 (SQLite, warm env)",
             "sqlite",
@@ -251,6 +396,40 @@ class Bench:
             10,
             higher=False,
         )
+
+
+def measure(b: Bench, dbs: list[str]) -> None:
+    if b.wants("ceilings") or b.wants("get"):
+        b.ceilings()
+    if "sqlite" in dbs:
+        b.run_db("sqlite", None)
+    if "postgresql" in dbs:
+        with postgres() as admin:
+            b.run_db("postgresql", admin)
+    if b.wants("startup"):
+        b.startup()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def compare(a: argparse.Namespace, dbs: list[str]) -> int:
+    """This checkout against REF (see the module's docstring); REF's worktree is always removed."""
+    # SIGTERM unwinds like Ctrl-C: the services stop and REF's worktree is removed.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with ref_checkout(a.compare) as ref:
+            b = Bench(a, [current_code(), ref])
+            measure(b, dbs)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(f"\ncurrent = this checkout ({report.commit()}); REF = {ref.label}", flush=True)
+    print(compare_table(list(zip(b.rows, b.ref_rows, strict=True)), f"REF {ref.label}"), flush=True)
+    if b.failures:
+        print("\nfailed: " + "; ".join(b.failures), flush=True)
+    print(f"\na comparison: not written to {DOC.relative_to(ROOT)}", flush=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,6 +442,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stalled", type=int, default=10)
     p.add_argument("--fanout-rate", type=float, default=51.0, help="events/s published in the fan-out case")
     p.add_argument("--run-count", type=int, default=1000)
+    p.add_argument(
+        "--runner-rate", type=float, default=20.0, help="runs/s started in the real-runner event case"
+    )
+    p.add_argument("--runner-steps", type=int, default=10, help="steps (5 ms each) of those runs")
+    p.add_argument(
+        "--compare",
+        metavar="REF",
+        help="also measure the git ref REF (HEAD~1, a commit, a branch) in the same run, its services "
+        "from a temporary worktree, interleaved with this checkout's; prints both and current/REF; "
+        "writes no page",
+    )
     p.add_argument("--quick", action="store_true", help="one short run of each: a smoke run, not figures")
     p.add_argument(
         "--out",
@@ -277,19 +467,19 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(a.only) - set(ALL)
     if unknown:
         p.error(f"unknown benchmarks: {', '.join(sorted(unknown))}")
+    if a.compare and a.out:
+        p.error("--compare writes no page: --out does not apply")
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
     started = time.time()
-    b = Bench(a)
-    if b.wants("ceilings") or b.wants("get"):
-        b.ceilings()
     dbs = [d.strip() for d in a.db.split(",") if d.strip()]
-    if "sqlite" in dbs:
-        b.run_db("sqlite", None)
-    if "postgresql" in dbs:
-        with postgres() as admin:
-            b.run_db("postgresql", admin)
-    if b.wants("startup"):
-        b.startup()
+    if a.compare:
+        try:
+            return compare(a, dbs)
+        except RefError as exc:
+            print(f"compare: {exc}", file=sys.stderr, flush=True)
+            return 1
+    b = Bench(a, [current_code()])
+    measure(b, dbs)
     print("\n" + plain_table(b.rows), flush=True)
     if b.failures:
         print("\nfailed: " + "; ".join(b.failures), flush=True)

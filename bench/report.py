@@ -24,6 +24,7 @@ def brief(result: dict) -> str:
         "runs_per_s",
         "per_ws_kb",
         "during_kb",
+        "rss_kb",
         "ready_s",
         "min_client_frames",
         "published",
@@ -31,6 +32,10 @@ def brief(result: dict) -> str:
         "errors",
         "completed",
         "server_cpu_s",
+        "cpu_s_total",
+        "progress_n",
+        "progress_p50_ms",
+        "progress_p99_ms",
     )
     return ", ".join(
         f"{k}={result[k]:.4g}" if isinstance(result[k], float) else f"{k}={result[k]}"

@@ -5,6 +5,10 @@
 With `--rate`, runs are created open loop at R per second; with `--count`, N runs are created by C
 concurrent callers as fast as the gateway answers. The stream client is subscribed before the first
 create, so no completion is missed, and nothing polls.
+
+It also times every `progress` event on the stream from its own `timestamp` (set by the runner
+when it emitted the event) to its arrival here (`progress_p50_ms`, ...): the runner's real path,
+runner -> NATS -> gateway (stored) -> client, on this machine's one wall clock.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import msgspec
 
 from bench.httpload import build_request, connect
 from bench.stats import summary
-from bench.streams import head_decoder, open_stream
+from bench.streams import event_age_s, head_decoder, open_stream
 
 
 class Created(msgspec.Struct):
@@ -37,10 +41,14 @@ async def load(base: str, task_id: str, rate: float, duration: float, count: int
     created_at: dict[str, float] = {}
     all_done = asyncio.Event()
     expected = count if count else int(rate * duration)
+    progress_ages: list[float] = []
 
     def on_event(raw: bytes) -> None:
+        now_ns = time.time_ns()
         head = head_decoder.decode(raw)
-        if head.event_type in ("completion", "failure", "cancelled", "timeout", "rejected"):
+        if head.event_type == "progress":
+            progress_ages.append(event_age_s(head.timestamp, now_ns))
+        elif head.event_type in ("completion", "failure", "cancelled", "timeout", "rejected"):
             done_at[head.run_id] = time.perf_counter()
             if len(done_at) >= expected and all(r in done_at for r in created_at):
                 all_done.set()
@@ -112,6 +120,7 @@ async def load(base: str, task_id: str, rate: float, duration: float, count: int
         "create_per_s": len(created_at) / created_span,
         "runs_per_s": len(finished) / (last_done - t_start) if finished else 0.0,
         **summary(latencies),
+        **{f"progress_{k}": v for k, v in summary(progress_ages).items()},
     }
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.services import ROOT, collect, cpu_seconds, free_port, rss_kb, start_tool, tool
+from bench.services import ROOT, collect, cpu_seconds, free_port, rss_kb, service_pids, start_tool, tool
 from tests.support.system import System
 
 WRK = shutil.which("wrk")
@@ -92,6 +92,36 @@ def with_cpu(pid: int, work):  # type: ignore[no-untyped-def]
     result = work()
     result["server_cpu_s"] = cpu_seconds(pid) - before
     result["wall_s"] = time.perf_counter() - t0
+    return result
+
+
+def cpu_of(pids: dict[str, int]) -> dict[str, float]:
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
+def with_service_cpu(system: System, work, settle_s: float = 10.0):  # type: ignore[no-untyped-def]
+    """Run `work()` and add the CPU seconds (user + sys) every service process used meanwhile, as
+    `cpu_s_<name>` for nats-server, gateway, runner and metrics and `cpu_s_total`.
+
+    Work a service does after `work()` returned (the metrics service draining its consumers, a
+    checkpoint written in the background) belongs to it too: the count goes on until the services
+    are quiet (under 5% of a core over 200 ms), at most `settle_s`. Idle services use ~0.
+    """
+    pids = service_pids(system)
+    before = cpu_of(pids)
+    result = work()
+    last = sum(cpu_of(pids).values())
+    deadline = time.monotonic() + settle_s
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = sum(cpu_of(pids).values())
+        if now - last < 0.01:
+            break
+        last = now
+    after = cpu_of(pids)
+    for name in pids:
+        result[f"cpu_s_{name}"] = after[name] - before[name]
+    result["cpu_s_total"] = sum(after[n] - before[n] for n in pids)
     return result
 
 
@@ -232,6 +262,18 @@ def run_throughput(system: System, count: int, concurrency: int) -> dict:
     )
 
 
+def runner_event_latency(
+    system: System, rate: float, steps: int, duration: float, step_delay_ms: float = 5
+) -> dict:
+    """Runs of the scripted agent (`steps` steps of `step_delay_ms`, no approval) created at `rate`
+    per second, all watched on /ws/stream: each `progress` event's age on arrival (`progress_*`)."""
+    config = {"steps": steps, "step_delay_ms": step_delay_ms}
+    task = create_task(system, agent_config=config, require_approval=False)
+    return tool(
+        "runload", system.base_url, "--task", task["id"], "--rate", str(rate), "--duration", str(duration)
+    )
+
+
 def run_latency(system: System, rate: float, duration: float) -> dict:
     task = create_task(system, agent_config=FAST_RUN, require_approval=False)
     return tool(
@@ -278,8 +320,10 @@ def runner_memory(system: System, in_flight: int) -> dict:
 # --- start-up ----------------------------------------------------------------------------------------
 
 
-def startup(timeout: float = 60) -> dict:
-    """`make run` in a fresh data directory until /ready answers 200 (warm environment: installed)."""
+def startup(timeout: float = 60, root: Path = ROOT) -> dict:
+    """`make run` in a fresh data directory until /ready answers 200 (warm environment: installed).
+
+    In `root`: this checkout, or a compared ref's worktree (bench.services.ref_checkout)."""
     import os
     import signal
 
@@ -297,7 +341,7 @@ def startup(timeout: float = 60) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         ["make", "-s", "run"],
-        cwd=ROOT,
+        cwd=root,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -1,23 +1,36 @@
-"""Starting what the benchmarks measure: the real services (tests/support/system.py), PostgreSQL,
-the baselines, and the load processes."""
+"""Starting what the benchmarks measure: the real services (as tests/support/system.py does, from a
+code tree of choice: this checkout, or a git ref checked out beside it for `--compare`), PostgreSQL,
+the baselines, and the load processes (always this checkout's harness)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.servers import create_database, free_port, postgres_server, wait_port
-from tests.support.system import System, start_system
+from tests.support.servers import (
+    NatsServer,
+    create_database,
+    free_port,
+    nats_server_binary,
+    postgres_server,
+    wait_port,
+)
+from tests.support.system import Service, System
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
+UV = ROOT / ".tools" / "bin" / "uv"
 
 # The services log at WARNING under load: nothing on a hot path logs at INFO, but a benchmark should
 # not measure a terminal. Everything else is the services' defaults.
@@ -31,19 +44,203 @@ def postgres() -> Iterator[str]:
         yield url
 
 
+@dataclass(frozen=True)
+class Code:
+    """The code whose services are started: a tree, the python of its environment, its nats-server."""
+
+    label: str
+    root: Path
+    python: str
+    nats_server: str
+    env_drop: tuple[str, ...] = ()  # variables not passed on to its services
+
+
+def current_code() -> Code:
+    """This checkout, served by the harness's own environment (what `make bench` always measured)."""
+    return Code("current", ROOT, PY, nats_server_binary())
+
+
+@dataclass
+class _Service(Service):
+    cwd: Path | None = None
+
+    def start(self) -> _Service:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd
+        )
+        return self
+
+
+@dataclass
+class _System(System):
+    """tests.support.system.System with the services run by `code`'s python from `code`'s tree."""
+
+    code: Code = field(default_factory=current_code)
+
+    def _service(self, name: str, module: str, extra: dict[str, str] | None = None) -> Service:
+        env = {**self.env, **(extra or {})}
+        args = [self.code.python, "-m", module]
+        return _Service(name, args, env, self.root / f"{name}.log", cwd=self.code.root).start()
+
+
+class _Nats(NatsServer):
+    def __init__(self, store_dir: str, binary: str) -> None:
+        super().__init__(store_dir)
+        self.binary = binary
+
+    def start(self) -> _Nats:
+        args = [self.binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self.store_dir]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, proc=self.proc)
+        return self
+
+
+def start_system(code: Code, database_url: str | None = None, **env: str) -> System:
+    """As tests.support.system.start_system (metrics, one runner, one gateway), from `code`."""
+    root = Path(tempfile.mkdtemp(prefix="agentbus-bench-"))
+    nats = _Nats(str(root / "nats"), code.nats_server).start()
+    base_env = {
+        **os.environ,
+        "NATS_URL": nats.url,
+        "DATABASE_URL": database_url or f"sqlite+aiosqlite:///{root / 'gateway.db'}",
+        "METRICS_DATABASE_URL": f"sqlite+aiosqlite:///{root / 'metrics.db'}",
+        "GATEWAY_HOST": "127.0.0.1",
+        "LOG_LEVEL": "INFO",
+        **env,
+    }
+    for name in ("AGENTBUS_API_TOKEN", *code.env_drop):
+        base_env.pop(name, None)
+    system = _System(root, nats, base_env, code=code)
+    try:
+        system.add_metrics()
+        system.add_runner()
+        system.add_gateway()
+        system.wait_ready()
+    except BaseException:
+        system.stop()
+        raise
+    return system
+
+
 @contextmanager
-def agentbus(db: str, pg_admin: str | None = None, **env: str) -> Iterator[System]:
-    """nats-server, metrics, one runner and one gateway as processes, on a fresh database."""
+def agentbus(db: str, pg_admin: str | None = None, code: Code | None = None, **env: str) -> Iterator[System]:
+    """nats-server, metrics, one runner and one gateway as processes, on a fresh database.
+
+    From `code` (default: this checkout).
+    """
     url = None
     if db == "postgresql":
         assert pg_admin, "a PostgreSQL admin URL is needed"
         url = create_database(pg_admin, f"bench_{uuid.uuid4().hex[:10]}")
-    system = start_system(database_url=url, **{**SERVICE_ENV, **env})
+    system = start_system(code or current_code(), database_url=url, **{**SERVICE_ENV, **env})
     try:
         yield system
     finally:
         system.stop()
         shutil.rmtree(system.root, ignore_errors=True)
+
+
+class RefError(RuntimeError):
+    """REF cannot be compared: not a commit, its environment does not install, or it has no services."""
+
+
+def _git(*args: str, cwd: Path = ROOT) -> str:
+    out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RefError(f"git {' '.join(args)} failed: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def _base_python() -> str:
+    """The interpreter this environment was made from: REF's is made from the same one."""
+    return getattr(sys, "_base_executable", None) or sys.executable
+
+
+@contextmanager
+def ref_checkout(ref: str) -> Iterator[Code]:
+    """`ref` checked out into a temporary git worktree with its own environment (`uv sync --frozen`
+    with this project's uv, into the worktree's .venv); removed afterwards, also on Ctrl-C or error."""
+    sha = _git("rev-parse", "--verify", f"{ref}^{{commit}}")
+    short = _git("rev-parse", "--short", sha)
+    if not UV.exists():
+        raise RefError(f"{UV} is missing: run `make install` first")
+    tmp = Path(tempfile.mkdtemp(prefix="agentbus-bench-ref-"))
+    tree = tmp / "tree"
+    added = False
+    try:
+        print(f"compare: checking out {ref} ({short}) into {tree}", flush=True)
+        _git("worktree", "add", "--detach", str(tree), sha)
+        added = True
+        venv = tree / ".venv"
+        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+        env.update(UV_PROJECT_ENVIRONMENT=str(venv), UV_PYTHON_DOWNLOADS="never")
+        t0 = time.perf_counter()
+        out = subprocess.run(
+            [str(UV), "sync", "--frozen", "--python", _base_python()],
+            cwd=tree,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if out.returncode != 0:
+            raise RefError(f"uv sync --frozen in {ref}'s tree failed:\n{out.stderr[-3000:]}")
+        # `make run` there (the start-up benchmark) finds the same uv and an installed environment.
+        (tree / ".tools").symlink_to(ROOT / ".tools")
+        (venv / ".synced").touch()
+        python = str(venv / "bin" / "python")
+        where = subprocess.run(
+            [
+                python,
+                "-c",
+                "import agentbus.gateway as g, agentbus.runner as r, agentbus.metrics as m;"
+                "print(g.__file__); print(r.__file__); print(m.__file__)",
+            ],
+            cwd=tree,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        files = where.stdout.split()
+        if where.returncode != 0 or len(files) != 3 or not all(Path(f).is_relative_to(tree) for f in files):
+            raise RefError(f"{ref}'s services do not import from its tree:\n{where.stdout}{where.stderr}")
+        nats = venv / "bin" / "nats-server"
+        print(f"compare: {ref} installed in {time.perf_counter() - t0:.1f}s; its services run from {tree}")
+        yield Code(
+            f"{ref} ({short})",
+            tree,
+            python,
+            str(nats) if nats.exists() else nats_server_binary(),
+            env_drop=("PYTHONPATH", "VIRTUAL_ENV"),
+        )
+    finally:
+        # A second Ctrl-C must not leave the worktree half removed.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            if added:
+                subprocess.run(
+                    ["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True
+                )
+            shutil.rmtree(tmp, ignore_errors=True)
+            subprocess.run(["git", "worktree", "prune"], cwd=ROOT, capture_output=True)
+            print(f"compare: removed the worktree of {ref}", flush=True)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def service_pids(system: System) -> dict[str, int]:
+    """The processes of one system, by the names the CPU rows use."""
+    procs = {
+        "nats-server": system.nats.proc,
+        "gateway": system.gateways[0][0].proc,
+        "runner": system.runners[0].proc,
+        "metrics": system.metrics[0].proc,
+    }
+    pids = {}
+    for name, proc in procs.items():
+        assert proc is not None, name
+        pids[name] = proc.pid
+    return pids
 
 
 def gateway_pid(system: System) -> int:

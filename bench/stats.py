@@ -60,6 +60,7 @@ class Row:
     target: str = ""
     met: bool | None = None
     runs: list[str] = field(default_factory=list)  # each run's figure, for the detail column
+    value: float = math.nan  # the median as a number (for --compare's ratios)
 
     def cells(self) -> list[str]:
         verdict = {True: "yes", False: "**no**", None: ""}[self.met]
@@ -84,3 +85,52 @@ def plain_table(rows: Sequence[Row]) -> str:
     for c in cells:
         out.append("  ".join(c[i].replace("**", "").ljust(widths[i]) for i in range(len(widths))))
     return "\n".join(out)
+
+
+def ratio(current: float, ref: float) -> float:
+    """current / REF; NaN where either is missing or REF is 0."""
+    if current is None or ref is None or math.isnan(current) or math.isnan(ref) or ref == 0:
+        return math.nan
+    return current / ref
+
+
+COMPARE_HEADER = ["benchmark", "db", "current", "REF", "current/REF", "target", "met", "each run"]
+
+
+def compare_cells(current: Row, ref: Row | str) -> list[str]:
+    """One line of `--compare`'s table: `ref` is REF's Row, or why it has none."""
+    verdict = {True: "yes", False: "no", None: "-"}
+    if isinstance(ref, str):
+        return [
+            current.benchmark,
+            current.backend,
+            current.figure,
+            ref,
+            "n/a",
+            current.target,
+            verdict[current.met] if current.target else "",
+            ", ".join(current.runs),
+        ]
+    r = ratio(current.value, ref.value)
+    return [
+        current.benchmark,
+        current.backend,
+        current.figure,
+        ref.figure,
+        "n/a" if math.isnan(r) else f"{r:.2f}x",
+        current.target,
+        f"{verdict[current.met]} / {verdict[ref.met]}" if current.target else "",
+        f"{', '.join(current.runs)} / {', '.join(ref.runs)}",
+    ]
+
+
+def compare_table(pairs: Sequence[tuple[Row, Row | str]], ref_name: str = "REF") -> str:
+    """`--compare`'s terminal table: each row's median on the current checkout and on REF, and the
+    ratio; `met` is "current / REF"; `each run` is the current runs / REF's."""
+    header = [*COMPARE_HEADER]
+    header[3] = ref_name
+    cells = [header, *(compare_cells(c, r) for c, r in pairs)]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(c[i].ljust(widths[i]) for i in range(len(widths))) + "  " + c[-1] for c in cells
+    )

@@ -12,7 +12,7 @@ import base64
 import os
 import socket
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 
@@ -30,6 +30,17 @@ class Head(msgspec.Struct):
 
 
 head_decoder = msgspec.json.Decoder(Head)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def event_age_s(timestamp: datetime, now_ns: int) -> float:
+    """Seconds from an event's `timestamp` (RFC 3339, to the microsecond) to `now_ns` (time.time_ns()),
+    in whole microseconds: no float rounding of the ~1.7e9 s since the epoch on either side."""
+    if timestamp.tzinfo is None:
+        timestamp = timestamp.replace(tzinfo=UTC)  # the services write UTC; a naive one is UTC too
+    return (now_ns // 1000 - (timestamp - _EPOCH) // _US) / 1e6
 
 
 def parse_frames(buf: bytearray) -> tuple[list[tuple[int, bytes]], int]:

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
 import math
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 from bench.httpload import build_request, parse_response
 from bench.report import BEGIN, END, write
-from bench.stats import Row, fmt, median_of, percentile, plain_table, summary, table
-from bench.streams import close_frame, parse_frames
+from bench.stats import (
+    Row,
+    compare_cells,
+    compare_table,
+    fmt,
+    median_of,
+    percentile,
+    plain_table,
+    ratio,
+    summary,
+    table,
+)
+from bench.streams import close_frame, event_age_s, head_decoder, parse_frames
 
 
 def test_percentile_nearest_rank() -> None:
@@ -70,3 +83,60 @@ def test_report_keeps_the_text_around_the_generated_block(tmp_path: Path) -> Non
     text = doc.read_text()
     assert "before" in text and "after: analysis" in text and "old" not in text
     assert "- command: `python -m bench`" in text and "3,000 req/s" in text
+
+
+def test_event_age_is_exact_to_the_microsecond() -> None:
+    ts = datetime(2026, 12, 1, 23, 17, 55, 634717, tzinfo=UTC)
+    now_ns = int((ts - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()) * 10**9 + 634717 * 1000
+    assert event_age_s(ts, now_ns) == 0.0
+    assert event_age_s(ts, now_ns + 1_500_999) == 0.0015  # 1.500999 ms: counted in whole microseconds
+    assert event_age_s(ts.replace(tzinfo=None), now_ns + 4_000) == 0.000004  # naive = UTC
+    other_zone = ts.astimezone(timezone(timedelta(hours=2)))
+    assert event_age_s(other_zone, now_ns + 2_000_000) == 0.002
+    # As the runner writes it and the stream's decoder reads it:
+    head = head_decoder.decode(b'{"event_type":"progress","timestamp":"2026-12-01T23:17:55.634717Z"}')
+    assert head.timestamp == ts and event_age_s(head.timestamp, now_ns + 3_800_000) == 0.0038
+
+
+def test_compare_table_has_both_medians_and_the_ratio() -> None:
+    assert ratio(3.0, 2.0) == 1.5 and math.isnan(ratio(1.0, 0.0)) and math.isnan(ratio(math.nan, 1.0))
+    current = Row("CPU per run, total", "sqlite", "6.00 ms", "", None, ["6.00", "6.20"], 6.0)
+    ref = Row("CPU per run, total", "sqlite", "8.00 ms", "", None, ["8.00"], 8.0)
+    lat = Row("latency p50", "sqlite", "1.20 ms", "<= 1.50 ms", True, ["1.20"], 1.2)
+    lat_ref = Row("latency p50", "sqlite", "2.00 ms", "<= 1.50 ms", False, ["2.00"], 2.0)
+    ceiling = Row("bare handler (ceiling)", "-", "20,000 req/s", "", None, ["20,000"], 20000.0)
+    text = compare_table([(current, ref), (lat, lat_ref), (ceiling, "- (the harness's own)")], "REF HEAD~1")
+    lines = text.splitlines()
+    assert lines[0].split()[:5] == ["benchmark", "db", "current", "REF", "HEAD~1"]
+    assert "6.00 ms" in lines[1] and "8.00 ms" in lines[1] and "0.75x" in lines[1]
+    assert lines[1].endswith("6.00, 6.20 / 8.00")
+    assert "0.60x" in lines[2] and "yes / no" in lines[2]
+    assert "- (the harness's own)" in lines[3] and "n/a" in lines[3]
+    failed = compare_cells(current, "failed on REF (TimeoutError)")
+    assert failed[3] == "failed on REF (TimeoutError)" and failed[4] == "n/a"
+
+
+def test_compare_interleaves_the_sides_and_says_when_ref_failed() -> None:
+    from bench.__main__ import Bench
+    from bench.services import Code
+
+    codes = [Code("current", Path("."), "python", "nats-server"), Code("REF", Path("."), "python", "n")]
+    b = Bench(argparse.Namespace(repeats=3, only=[]), codes)
+    b.systems = ["A", "B"]  # type: ignore[list-item]
+    calls: list[str] = []
+
+    def work(side: str) -> dict:
+        calls.append(side)
+        if side == "B":
+            raise TimeoutError("no answer")
+        return {"ms": float(len(calls))}
+
+    runs = b.repeat("case", work)
+    assert calls == ["A", "B", "A", "B", "A", "B"]
+    assert b.row("case p50", "sqlite", runs, "ms", "ms", 5.0, higher=False) == 3.0
+    assert b.rows[0].figure == "3.00 ms" and b.rows[0].met is True
+    assert b.ref_rows == ["failed on REF (TimeoutError)"]
+    assert b.failures == ["case [REF]: TimeoutError"] * 3
+    b.systems = ["A", None]  # type: ignore[list-item]
+    b.row("case again", "sqlite", b.repeat("case", lambda s: {"ms": 1.0}), "ms", "ms")
+    assert b.ref_rows[-1] == "failed on REF (its services did not start)"
