@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -21,6 +21,7 @@ from agentbus.runner import Runner, Settings, running
 from agentbus.runner.agents import Agent, AgentContext
 from agentbus.runner.store import Checkpoint
 from tests.support.servers import NatsServer
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -69,23 +70,6 @@ async def nc(nats_url: str) -> AsyncIterator[Any]:
 async def runner(nats_url: str) -> AsyncIterator[Runner]:
     async with running(settings(nats_url), agents=EXTRA_AGENTS) as r:
         yield r
-
-
-async def eventually(
-    check: Callable[[], Awaitable[Any]], timeout: float = 10, what: str = "condition"
-) -> Any:
-    """Poll an async condition until it returns something truthy, or fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = await check()
-        except nats.errors.Error:  # e.g. the broker is restarting: not yet
-            result = None
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class RunEvents:
@@ -191,7 +175,8 @@ async def wait_released(kv: Any, run_id: str, *runners: Runner, timeout: float =
         cp = await checkpoint(kv, run_id)
         return cp is not None and cp.phase == "finished" and all(run_id not in r.held for r in runners)
 
-    await eventually(done, timeout, what=f"run {run_id} released")
+    # retry_on: a broker that is restarting answers with errors for a while.
+    await eventually(done, timeout, what=f"run {run_id} released", retry_on=(nats.errors.Error,))
 
 
 def assert_gapless(events: list[Event]) -> None:
@@ -247,9 +232,7 @@ async def test_approval_then_a_second_decision_is_ignored(nc: Any, js: Any, kv: 
     assert required.data.plan == {"steps": ["Step 1", "Step 2"]}  # type: ignore[attr-defined]
     assert required.data.timeout_s == 60  # type: ignore[attr-defined]
     await eventually(
-        lambda: asyncio.sleep(
-            0, start.run_id in runner.held and runner.held[start.run_id].execution.waiting_for_human
-        ),
+        lambda: start.run_id in runner.held and runner.held[start.run_id].execution.waiting_for_human,
         what="the run waiting for a human",
     )
     await send_control(nc, kv, start.run_id, "approve", feedback="looks good")
@@ -430,7 +413,7 @@ async def test_waiting_run_moves_to_another_runner(
     await log.wait_for("approval_required")
     async with running(settings(nats_url), agents=EXTRA_AGENTS) as other:
         await runner.stop()  # hands the waiting run back at once
-        await eventually(lambda: asyncio.sleep(0, start.run_id in other.held), what="the other runner")
+        await eventually(lambda: start.run_id in other.held, what="the other runner")
         await send_control(nc, kv, start.run_id, "approve")
         events = await log.until_terminal()
         await wait_released(kv, start.run_id, other)
