@@ -8,12 +8,12 @@ import hashlib
 from typing import NamedTuple
 
 # JetStream streams
-RUN_COMMANDS_STREAM = "AGENTBUS_RUN_COMMANDS"  # work queue: run.start
+RUN_COMMANDS_STREAM = "AGENTBUS_RUN_COMMANDS"  # work queue: run.start.<agent kind>
 EVENTS_STREAM = "AGENTBUS_EVENTS"  # every run event: events.run.>
 LIFECYCLE_STREAM = "AGENTBUS_LIFECYCLE"  # task.deleted / run.deleted
 
 # Durable consumers
-RUNNER_CONSUMER = "runners"  # shared by every runner copy (pull)
+RUNNER_CONSUMER = "runners"  # runners-<agent kind>: shared by every runner serving the kind (pull)
 GATEWAY_EVENTS_CONSUMER = "gateway-events"  # shared by every gateway copy (push, queue group)
 METRICS_EVENTS_CONSUMER = "metrics-events"  # shared by every metrics copy (push, queue group)
 METRICS_LIFECYCLE_CONSUMER = "metrics-lifecycle"
@@ -23,7 +23,6 @@ RUN_STATE_BUCKET = "agentbus_run_state"  # runner checkpoints and stored decisio
 ARTIFACTS_BUCKET = "agentbus_artifacts"  # artifact bytes, key "<run_id>/<name>"
 
 # Subjects
-RUN_START = "run.start"  # unrouted: taken by any runner (what gateways before agent routing sent)
 RUN_START_KIND_PREFIX = "run.start"  # run.start.<agent kind>: taken only by runners serving the kind
 RUN_START_KINDS = "run.start.>"
 RUN_CONTROL_PREFIX = "run.control"  # run.control.<run_id>
@@ -105,9 +104,6 @@ SUBJECTS: tuple[Subject, ...] = (
         "RunStart",
         "gateway",
         "runners serving the kind (durable pull `runners-<agent_kind>`)",
-    ),
-    Subject(
-        RUN_START, "jetstream work queue", "RunStart", "older gateways", "any runner (durable pull `runners`)"
     ),
     Subject("run.control.<run_id>", "core", "RunControl", "gateway", "runner holding the run"),
     Subject(RUN_PING, "request/reply", "Ping -> Pong", "gateway (/ready)", "every runner"),
