@@ -7,6 +7,8 @@ there and this module cannot drift apart.
 import hashlib
 from typing import NamedTuple
 
+from agentbus.contracts.kinds import valid_agent_kind
+
 # JetStream streams
 RUN_COMMANDS_STREAM = "AGENTBUS_RUN_COMMANDS"  # work queue: run.start.<agent kind>
 EVENTS_STREAM = "AGENTBUS_EVENTS"  # every run event: events.run.>
@@ -44,17 +46,20 @@ EVENTS_LIVE_ALL = "events.live.>"
 EVENTS_DEAD = "events.dead"  # payloads that did not decode, for inspection
 
 
-# An agent kind becomes subject tokens (dots allowed) and part of a consumer name (no dots).
-AGENT_KIND_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
+def _checked_kind(kind: str) -> str:
+    # The kind becomes subject tokens (dots allowed) and part of a consumer name (no dots).
+    if not valid_agent_kind(kind):
+        raise ValueError(f"{kind!r} is not a valid agent kind (see agentbus.contracts.kinds)")
+    return kind
 
 
 def run_start(kind: str) -> str:
-    return f"{RUN_START_KIND_PREFIX}.{kind}"
+    return f"{RUN_START_KIND_PREFIX}.{_checked_kind(kind)}"
 
 
 def kind_consumer(kind: str) -> str:
     """The durable consumer of `run.start.<kind>`, shared by every runner serving the kind."""
-    if "." not in kind:
+    if "." not in _checked_kind(kind):
         return f"{RUNNER_CONSUMER}-{kind}"
     digest = hashlib.sha1(kind.encode()).hexdigest()[:8]  # "a.b" and "a_b" must not share a name
     return f"{RUNNER_CONSUMER}-{kind.replace('.', '_')}-{digest}"
