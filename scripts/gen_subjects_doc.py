@@ -22,7 +22,7 @@ STREAMS = f"""
 
 | asset | name | what |
 |---|---|---|
-| stream | `{subjects.RUN_COMMANDS_STREAM}` | work queue of `run.start.<agent_kind>` (and the unrouted `run.start`); the runners serving a kind pull from its shared durable consumer `{subjects.RUNNER_CONSUMER}-<agent_kind>` (dots in a kind become `_` plus a short hash), every runner from `{subjects.RUNNER_CONSUMER}` |
+| stream | `{subjects.RUN_COMMANDS_STREAM}` | work queue of `run.start.<agent_kind>`; the runners serving a kind pull from its shared durable consumer `{subjects.RUNNER_CONSUMER}-<agent_kind>` (dots in a kind become `_` plus a short hash) |
 | stream | `{subjects.EVENTS_STREAM}` | every run event (`events.run.>`), published with message id `<run_id>:<seq>` so a retry is deduplicated |
 | stream | `{subjects.LIFECYCLE_STREAM}` | `task.deleted`, `run.deleted` |
 | key-value | `{subjects.RUN_STATE_BUCKET}` | `<run_id>.state` (runner checkpoint), `<run_id>.decision` and `<run_id>.cancel` (stored decisions) |

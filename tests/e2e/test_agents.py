@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
-from tests.support.client import TERMINAL, Api, assert_gapless, events_until, eventually
+from tests.support.client import TERMINAL, Api, assert_gapless, events_until
 from tests.support.fake_openai import FakeOpenAI, Reply, Request
 from tests.support.system import System, start_system
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -214,7 +215,7 @@ async def test_kind_limit_queues_runs_and_cancel_aborts_the_stream(api: Api, mod
     cancelled_at = time.monotonic()
     r = await api.http.post(f"/api/runs/{first['id']}/cancel", json={"reason": "enough"})
     assert r.status_code == 202
-    await eventually(lambda: _true(bool(model.disconnects)), 5, "the model server sees the close")
+    await eventually(lambda: bool(model.disconnects), 5, "the model server sees the close")
     assert model.disconnects[0] - cancelled_at < 1.5, "the HTTP request was aborted at once"
     assert (await api.wait_status(first["id"], "cancelled"))["error_message"] == "cancelled: enough"
 
@@ -224,10 +225,6 @@ async def test_kind_limit_queues_runs_and_cancel_aborts_the_stream(api: Api, mod
     await api.wait_status(second["id"], "cancelled")
     first_done = (await api.get_run(first["id"]))["completed_at"]
     assert (await api.get_run(second["id"]))["started_at"] >= first_done, "started in order"
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 def readme_responder(req: Request) -> Reply:

@@ -20,10 +20,11 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.support.client import TERMINAL, Api, eventually, next_event
+from tests.support.client import TERMINAL, Api, next_event
 from tests.support.faults import SOAK, Workload, check_invariants, seeded
 from tests.support.servers import LocalPostgres, NatsCluster, create_database
 from tests.support.system import System, start_system
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from tests.support.client import TERMINAL, Api, assert_gapless, events_until, eventually, next_event
+from tests.support.client import TERMINAL, Api, assert_gapless, events_until, next_event
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 

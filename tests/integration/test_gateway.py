@@ -6,8 +6,6 @@ runner does and check what the gateway stores and answers.
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -24,6 +22,7 @@ from agentbus.gateway.app import create_app
 from agentbus.gateway.settings import Settings
 from tests.support.fake_runner import FakeRunnerInfo
 from tests.support.servers import NatsServer, nats_server
+from tests.support.waiting import eventually
 
 
 @pytest.fixture(scope="module")
@@ -57,17 +56,6 @@ async def js(own_nats: NatsServer):  # type: ignore[no-untyped-def]
     nc = await nats.connect(own_nats.url)
     yield nc.jetstream()
     await nc.drain()
-
-
-async def eventually(check, timeout: float = 10.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s; last value {result!r}")
-        await asyncio.sleep(0.02)
 
 
 class Emitter:
@@ -254,7 +242,7 @@ async def test_events_are_stored_applied_and_deduplicated(client: AsyncTestClien
     # A late event never moves a terminal run.
     await e.emit(ev.Failure, seq=7, data=ev.FailureData(error="late"))
     await e.emit(ev.Cancelled, seq=8, data=ev.CancelledData(reason="marker"))
-    await eventually(lambda: _log_count(client, run["id"], 8))
+    await eventually(lambda: _log_count(client, run["id"], 8), what="8 events stored")
     assert (await client.get(f"/api/runs/{run['id']}")).json()["status"] == "completed"
     assert (await client.get(f"/api/tasks/{task['id']}")).json()["total_runs"] == 1
 
@@ -343,7 +331,7 @@ async def test_undecodable_event_does_not_stop_ingest(client: AsyncTestClient, j
     await js.publish(subjects.run_event(task["id"], run["id"], "progress"), b"garbage{")
     await js.publish(subjects.run_event(task["id"], run["id"], "progress"), b'{"event_type": "nope"}')
     await Emitter(js, task["id"], run["id"]).emit(ev.AnalysisStart)
-    await eventually(lambda: _log_count(client, run["id"], 1))
+    await eventually(lambda: _log_count(client, run["id"], 1), what="the good event stored")
 
 
 async def test_unstorable_event_is_dead_lettered_and_others_are_stored(
@@ -363,14 +351,14 @@ async def test_unstorable_event_is_dead_lettered_and_others_are_stored(
     await bad_events.emit(ev.Completion, data=ev.CompletionData(results={"text": "a\x00b"}, duration=1.0))
     await good_events.emit(ev.AnalysisStart)
     await good_events.emit(ev.Completion, data=ev.CompletionData(results={"ok": True}, duration=1.0))
-    await eventually(lambda: _log_count(client, good["id"], 2))
+    await eventually(lambda: _log_count(client, good["id"], 2), what="the good run's 2 events stored")
     assert (await client.get(f"/api/runs/{good['id']}")).json()["status"] == "completed"
     if database_url.startswith("postgresql"):
-        await eventually(lambda: asyncio.sleep(0, result=len(dead) == 1))
+        await eventually(lambda: len(dead) == 1, what="the unstorable event dead-lettered")
         assert msgspec.json.decode(dead[0])["run_id"] == bad["id"]
         assert (await client.get(f"/api/runs/{bad['id']}/logs")).json()["total"] == 1
     else:
-        await eventually(lambda: _log_count(client, bad["id"], 2))
+        await eventually(lambda: _log_count(client, bad["id"], 2), what="the bad run's 2 events stored")
     await sub.unsubscribe()
 
 

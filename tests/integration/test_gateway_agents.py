@@ -20,13 +20,14 @@ from agentbus.contracts import RunControl, subjects
 from agentbus.contracts import events as ev
 from tests.integration import test_gateway as gw
 from tests.support.fake_runner import FakeRunnerInfo
+from tests.support.waiting import eventually
 
 # The gateway tests' fixtures: their own broker, a fake runner answering discovery, the app, JetStream.
 own_nats = gw.own_nats
 runner_info = gw.runner_info
 client = gw.client
 js = gw.js
-Emitter, eventually, new_task, new_run = gw.Emitter, gw.eventually, gw.new_task, gw.new_run
+Emitter, new_task, new_run = gw.Emitter, gw.new_task, gw.new_run
 
 
 async def test_max_revision_rounds_on_tasks_and_runs(client: AsyncTestClient) -> None:
@@ -71,7 +72,7 @@ async def test_agent_registry_lists_kinds_runners_and_run_record(client: AsyncTe
     e = Emitter(js, task["id"], done["id"])
     await e.emit(ev.AnalysisStart)
     await e.emit(ev.Completion, data=ev.CompletionData(results={}, duration=0.1))
-    await gw.eventually(lambda: _status(client, done["id"], "completed"))
+    await eventually(lambda: _status(client, done["id"], "completed"), what="the run completed")
 
     r = await client.get("/api/agents")
     assert r.status_code == 200, r.text
@@ -107,7 +108,7 @@ async def test_revise_sends_the_plan_back_and_every_version_is_kept(client: Asyn
     await e.emit(ev.AnalysisStart)
     await e.emit(ev.PlanReady, data=ev.PlanData(plan=v1))
     await e.emit(ev.ApprovalRequired, data=ev.ApprovalRequiredData(plan=v1, timeout_s=300))
-    await eventually(lambda: _status(client, rid, "awaiting_approval"))
+    await eventually(lambda: _status(client, rid, "awaiting_approval"), what="the run awaiting approval")
 
     bad = await client.post(f"/api/runs/{rid}/approve", json={"approved": True, "revise": True})
     assert bad.status_code == 400 and "approved: false" in bad.json()["detail"]

@@ -7,10 +7,9 @@ only at those.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -49,6 +48,7 @@ from agentbus.contracts.messages import (
 from agentbus.metrics.recorder import event_type
 from agentbus.metrics.service import MetricsService
 from agentbus.metrics.settings import Settings
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -100,27 +100,17 @@ async def page(nc: Client, **filters: Any) -> MetricsPage:
     return await request(nc, subjects.METRICS_QUERY, MetricsQuery(**filters), MetricsPage)
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
-    """Poll `check` until it returns something truthy; fail with its last answer at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
-        await asyncio.sleep(0.05)  # poll interval, not a wait for a guessed duration
-
-
 async def total(nc: Client, **filters: Any) -> int:
     return (await page(nc, limit=0, **filters)).total
 
 
 async def wait_total(nc: Client, expected: int, **filters: Any) -> None:
     async def check() -> bool:
-        return await total(nc, **filters) == expected
+        got = await total(nc, **filters)
+        assert got == expected, f"{got} stored"
+        return True
 
-    await eventually(check)
+    await eventually(check, what=f"{expected} metrics matching {filters}")
 
 
 def completion(task: str, run: str, seq: int, at: datetime, stats: RunStats | None, duration: float = 1.0):

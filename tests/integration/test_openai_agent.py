@@ -21,8 +21,8 @@ from agentbus.runner.agents import AgentConfigError, AgentContext, AgentError
 from agentbus.runner.agents.llm import ChatClient, ModelError, backoff_s, retry_after_s
 from agentbus.runner.agents.openai import OpenAIAgent, parse_plan
 from agentbus.runner.settings import ModelDefaults, Settings, parse_prices
-from tests.support.client import eventually
 from tests.support.fake_openai import FakeOpenAI, Reply
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 KEY = "sk-test-SECRET-1234567890"
@@ -228,7 +228,7 @@ async def test_a_hanging_server_times_out(server: FakeOpenAI) -> None:
     ):
         await OpenAIAgent().execute_step(ctx, 0, {"title": "x", "description": ""})
     assert time.monotonic() - began < 5
-    await eventually(lambda: asyncio.sleep(0, len(server.disconnects) == 2), 5, "the server sees both closes")
+    await eventually(lambda: len(server.disconnects) == 2, 5, "the server sees both closes")
 
 
 async def test_cancel_during_streaming_closes_the_connection_at_once(server: FakeOpenAI) -> None:
@@ -236,13 +236,13 @@ async def test_cancel_during_streaming_closes_the_connection_at_once(server: Fak
     rec = Recorder()
     agent = OpenAIAgent()
     task = asyncio.create_task(agent.execute_step(make_ctx(server, rec), 0, {"title": "x"}))
-    await eventually(lambda: asyncio.sleep(0, len(rec.partials) >= 2), 5, "tokens streaming")
+    await eventually(lambda: len(rec.partials) >= 2, 5, "tokens streaming")
     cancelled_at = time.monotonic()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     await agent.aclose()
-    await eventually(lambda: asyncio.sleep(0, bool(server.disconnects)), 5, "the server sees the close")
+    await eventually(lambda: bool(server.disconnects), 5, "the server sees the close")
     assert server.disconnects[0] - cancelled_at < 1.0
 
 

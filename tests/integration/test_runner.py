@@ -8,19 +8,20 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 import nats
 import pytest
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from agentbus.contracts import Event, Ping, Pong, RunControl, RunStart, decode_event, encode, subjects
 from agentbus.runner import Runner, Settings, running
 from agentbus.runner.agents import Agent, AgentContext
 from agentbus.runner.store import Checkpoint
 from tests.support.servers import NatsServer
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -69,23 +70,6 @@ async def nc(nats_url: str) -> AsyncIterator[Any]:
 async def runner(nats_url: str) -> AsyncIterator[Runner]:
     async with running(settings(nats_url), agents=EXTRA_AGENTS) as r:
         yield r
-
-
-async def eventually(
-    check: Callable[[], Awaitable[Any]], timeout: float = 10, what: str = "condition"
-) -> Any:
-    """Poll an async condition until it returns something truthy, or fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = await check()
-        except nats.errors.Error:  # e.g. the broker is restarting: not yet
-            result = None
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class RunEvents:
@@ -155,7 +139,7 @@ async def publish_start(js: Any, agent_config: dict | None = None, **fields: Any
         agent_config={"step_delay_ms": 20, **(agent_config or {})},
         **fields,
     )
-    await js.publish(subjects.RUN_START, encode(start))
+    await js.publish(subjects.run_start(start.agent), encode(start))
     return start
 
 
@@ -191,7 +175,8 @@ async def wait_released(kv: Any, run_id: str, *runners: Runner, timeout: float =
         cp = await checkpoint(kv, run_id)
         return cp is not None and cp.phase == "finished" and all(run_id not in r.held for r in runners)
 
-    await eventually(done, timeout, what=f"run {run_id} released")
+    # retry_on: a broker that is restarting answers with errors for a while.
+    await eventually(done, timeout, what=f"run {run_id} released", retry_on=(nats.errors.Error,))
 
 
 def assert_gapless(events: list[Event]) -> None:
@@ -247,9 +232,7 @@ async def test_approval_then_a_second_decision_is_ignored(nc: Any, js: Any, kv: 
     assert required.data.plan == {"steps": ["Step 1", "Step 2"]}  # type: ignore[attr-defined]
     assert required.data.timeout_s == 60  # type: ignore[attr-defined]
     await eventually(
-        lambda: asyncio.sleep(
-            0, start.run_id in runner.held and runner.held[start.run_id].execution.waiting_for_human
-        ),
+        lambda: start.run_id in runner.held and runner.held[start.run_id].execution.waiting_for_human,
         what="the run waiting for a human",
     )
     await send_control(nc, kv, start.run_id, "approve", feedback="looks good")
@@ -291,7 +274,7 @@ async def test_decision_stored_before_the_wait_is_applied(js: Any, kv: Any, runn
     start = RunStart(
         run_id=run_id, task_id="t", run_number=1, task_name="x", agent_config={"steps": 1, "step_delay_ms": 0}
     )
-    await js.publish(subjects.RUN_START, encode(start))
+    await js.publish(subjects.run_start(start.agent), encode(start))
     log = RunEvents(js, run_id)
     await log.until_terminal()
     assert log.types == [
@@ -342,7 +325,9 @@ async def test_failing_step(js: Any, runner: Runner) -> None:
 )
 async def test_bad_agent_or_config_fails_clearly(js: Any, runner: Runner, fields: dict, error: str) -> None:
     start = RunStart(run_id=uuid.uuid4().hex, task_id="t", run_number=1, task_name="x", **fields)
-    await js.publish(subjects.RUN_START, encode(start))
+    # On a lane this runner serves: a start naming a kind it lacks (which the gateway refuses before
+    # publishing) still fails clearly instead of waiting in the queue.
+    await js.publish(subjects.run_start("scripted"), encode(start))
     log = RunEvents(js, start.run_id)
     events = await log.until_terminal()
     assert log.types == ["analysis_start", "failure"]
@@ -379,7 +364,8 @@ async def test_cancel_while_waiting_and_stored_cancel(nc: Any, js: Any, kv: Any,
         subjects.cancel_key(run_id), encode(RunControl(run_id=run_id, kind="cancel", reason="early"))
     )
     await js.publish(
-        subjects.RUN_START, encode(RunStart(run_id=run_id, task_id="t", run_number=1, task_name="x"))
+        subjects.run_start("scripted"),
+        encode(RunStart(run_id=run_id, task_id="t", run_number=1, task_name="x")),
     )
     early = RunEvents(js, run_id)
     await early.until_terminal()
@@ -407,7 +393,7 @@ async def test_undecodable_run_start_is_dropped(nc: Any, js: Any, runner: Runner
         b'{"run_id": 1}',
         encode({"run_id": "a.b", "task_id": "t", "run_number": 1, "task_name": "x"}),  # not a subject token
     ]
-    seqs = [(await js.publish(subjects.RUN_START, payload)).seq for payload in bad]
+    seqs = [(await js.publish(subjects.run_start("scripted"), payload)).seq for payload in bad]
     for payload in bad:
         assert (await dead.next_msg(timeout=10)).data == payload
     start = await publish_start(js, {"steps": 1})
@@ -422,6 +408,21 @@ async def test_ping(nc: Any, runner: Runner) -> None:
     assert pong.service == "runner" and "scripted" in pong.agents and pong.capacity > 0
 
 
+async def test_work_is_queued_only_per_agent_kind(js: Any, runner: Runner) -> None:
+    info = await js.stream_info(subjects.RUN_COMMANDS_STREAM)
+    assert info.config.subjects == [subjects.RUN_START_KINDS]
+    with pytest.raises(NoStreamResponseError):  # no unrouted `run.start` lane any more
+        await js.publish(subjects.RUN_START_KIND_PREFIX, b"{}", timeout=2)
+    consumers = {
+        c.name: c.config.filter_subject for c in await js.consumers_info(subjects.RUN_COMMANDS_STREAM)
+    }
+    kinds = runner.registry.kinds()
+    assert {k: consumers.get(subjects.kind_consumer(k)) for k in kinds} == {
+        k: subjects.run_start(k) for k in kinds
+    }
+    assert subjects.RUNNER_CONSUMER not in consumers
+
+
 async def test_waiting_run_moves_to_another_runner(
     nats_url: str, nc: Any, js: Any, kv: Any, runner: Runner
 ) -> None:
@@ -430,7 +431,7 @@ async def test_waiting_run_moves_to_another_runner(
     await log.wait_for("approval_required")
     async with running(settings(nats_url), agents=EXTRA_AGENTS) as other:
         await runner.stop()  # hands the waiting run back at once
-        await eventually(lambda: asyncio.sleep(0, start.run_id in other.held), what="the other runner")
+        await eventually(lambda: start.run_id in other.held, what="the other runner")
         await send_control(nc, kv, start.run_id, "approve")
         events = await log.until_terminal()
         await wait_released(kv, start.run_id, other)
@@ -478,7 +479,7 @@ async def test_agent_without_resume_fails_when_its_runner_is_lost(
 
 async def test_deleted_run_is_dropped(nc: Any, js: Any, kv: Any, runner: Runner) -> None:
     start = RunStart(run_id=uuid.uuid4().hex, task_id="t", run_number=1, task_name="x")
-    seq = (await js.publish(subjects.RUN_START, encode(start))).seq
+    seq = (await js.publish(subjects.run_start(start.agent), encode(start))).seq
     log = RunEvents(js, start.run_id)
     await log.wait_for("approval_required")
     await kv.delete(subjects.state_key(start.run_id))  # what deleting the run does

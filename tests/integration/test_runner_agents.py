@@ -24,12 +24,12 @@ from tests.integration.test_runner import (
     RunEvents,
     assert_gapless,
     etype,
-    eventually,
     send_control,
     settings,
     wait_released,
 )
 from tests.support.fake_openai import FakeOpenAI, Reply
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -126,7 +126,7 @@ async def routed_start(js: Any, agent: str, **fields: Any) -> RunStart:
 
 async def waiting(runner: Runner, run_id: str) -> None:
     await eventually(
-        lambda: asyncio.sleep(0, run_id in runner.held and runner.held[run_id].execution.waiting_for_human),
+        lambda: run_id in runner.held and runner.held[run_id].execution.waiting_for_human,
         what="the run waiting for a human",
     )
 
@@ -222,7 +222,7 @@ async def test_cancel_during_streaming_aborts_the_model_request(
     await send_control(nc, kv, start.run_id, "cancel", reason="enough")
     events = await log.until_terminal()
     assert log.types[-1] == "cancelled" and events[-1].data.reason == "enough"  # type: ignore[attr-defined]
-    await eventually(lambda: asyncio.sleep(0, bool(model_server.disconnects)), 5, what="the server sees it")
+    await eventually(lambda: bool(model_server.disconnects), 5, what="the server sees it")
     assert model_server.disconnects[0] - cancelled_at < 1.0, "the HTTP request was aborted at once"
     await wait_released(kv, start.run_id, runner)
 
@@ -272,7 +272,7 @@ async def test_kind_limit_queues_runs_in_order(nats_url: str, js: Any, runner: R
         starts = [await routed_start(js, "gate") for _ in range(3)]
         logs = [RunEvents(js, s.run_id) for s in starts]
         await logs[0].wait_for("plan_ready")
-        await eventually(lambda: asyncio.sleep(0, starts[0].run_id in STARTED), what="first run executing")
+        await eventually(lambda: starts[0].run_id in STARTED, what="first run executing")
         # The others wait in the queue, untouched: no event, not held (status pending).
         assert all(s.run_id not in limited.held for s in starts[1:])
         for i, s in enumerate(starts):
@@ -287,7 +287,7 @@ async def test_runner_limit_queues_beyond_capacity(nats_url: str, js: Any, runne
     await runner.stop()
     async with running(settings(nats_url, max_concurrency=1), agents=AGENTS) as small:
         first, second = await routed_start(js, "gate"), await routed_start(js, "scripted")
-        await eventually(lambda: asyncio.sleep(0, first.run_id in STARTED), what="first run executing")
+        await eventually(lambda: first.run_id in STARTED, what="first run executing")
         assert second.run_id not in small.held
         GATES.setdefault(first.run_id, asyncio.Event()).set()
         log = RunEvents(js, second.run_id)

@@ -5,27 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
+from tests.support.waiting import eventually
+
 TERMINAL = {"completion", "failure", "rejected", "cancelled", "timeout"}
-
-
-async def eventually(
-    check: Callable[[], Awaitable[Any]], timeout: float = 20.0, what: str = "condition"
-) -> Any:
-    """Poll `check` until it returns something truthy; fail with the last value after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s (last: {value!r})")
-        await asyncio.sleep(0.05)
 
 
 class Api:

@@ -1,5 +1,6 @@
 """Contracts: events round-trip through the tagged union; bad payloads are rejected, not guessed."""
 
+import importlib.util
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -104,10 +105,19 @@ def test_status_path_of_an_approved_run() -> None:
 
 
 def test_subject_table_in_docs_matches_contracts() -> None:
-    doc = (Path(__file__).parents[2] / "docs" / "subjects.md").read_text()
+    root = Path(__file__).parents[2]
+    doc = (root / "docs" / "subjects.md").read_text()
     for row in subjects.SUBJECTS:
         assert f"`{row.subject}`" in doc, f"{row.subject} missing from docs/subjects.md"
         assert row.payload in doc
+    # Nothing else either (a removed subject's row must go too): the page is exactly the generated one.
+    spec = importlib.util.spec_from_file_location(
+        "gen_subjects_doc", root / "scripts" / "gen_subjects_doc.py"
+    )
+    assert spec is not None and spec.loader is not None
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert doc == gen.render(), "docs/subjects.md is stale: run `python scripts/gen_subjects_doc.py`"
 
 
 def test_subjects_are_in_the_allowed_namespaces() -> None:

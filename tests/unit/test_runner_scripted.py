@@ -16,8 +16,9 @@ from agentbus.runner.agents import (
     AgentError,
     AgentRegistry,
     ScriptedAgent,
+    ScriptedConfig,
     UnknownAgentError,
-    parse_config,
+    convert_config,
 )
 from agentbus.runner.agents import registry as registry_module
 from agentbus.runner.settings import Settings
@@ -34,12 +35,11 @@ def ctx_for(agent_config: dict, writes: list | None = None) -> AgentContext:
 
 
 def test_config_defaults() -> None:
-    cfg = parse_config({})
+    cfg = convert_config({}, ScriptedConfig)
     assert (cfg.steps, cfg.step_delay_ms, cfg.fail_at_step, cfg.artifact) == (3, 200, None, False)
-    assert parse_config(None).steps == 3
-    assert (
-        parse_config({"steps": 1000, "step_delay_ms": 0, "fail_at_step": 2, "artifact": True}).steps == 1000
-    )
+    assert convert_config(None, ScriptedConfig).steps == 3
+    most = {"steps": 1000, "step_delay_ms": 0, "fail_at_step": 2, "artifact": True}
+    assert convert_config(most, ScriptedConfig).steps == 1000
 
 
 @pytest.mark.parametrize(
@@ -58,12 +58,12 @@ def test_config_defaults() -> None:
 )
 def test_invalid_config_names_the_field(config: dict, field: str) -> None:
     with pytest.raises(AgentConfigError, match=rf"^invalid agent_config\.{field}: "):
-        parse_config(config)
+        convert_config(config, ScriptedConfig)
 
 
 def test_config_must_be_an_object() -> None:
     with pytest.raises(AgentConfigError, match="invalid agent_config: Expected `object`"):
-        parse_config([1, 2])
+        convert_config([1, 2], ScriptedConfig)
 
 
 async def test_plan_names_each_step() -> None:

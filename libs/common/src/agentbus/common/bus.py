@@ -82,7 +82,7 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1, events_max_age
         js,
         StreamConfig(
             name=subjects.RUN_COMMANDS_STREAM,
-            subjects=[subjects.RUN_START, subjects.RUN_START_KINDS],
+            subjects=[subjects.RUN_START_KINDS],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             num_replicas=replicas,

@@ -23,6 +23,12 @@ from agentbus.contracts.events import (
     RunStats,
     Timeout,
 )
+from agentbus.contracts.kinds import (
+    AGENT_KIND_MAX_LENGTH,
+    AGENT_KIND_PATTERN,
+    AgentKind,
+    valid_agent_kind,
+)
 from agentbus.contracts.messages import (
     AgentDescriptor,
     ControlKind,
@@ -49,11 +55,14 @@ from agentbus.contracts.status import (
 )
 
 __all__ = [
+    "AGENT_KIND_MAX_LENGTH",
+    "AGENT_KIND_PATTERN",
     "EVENT_TYPES",
     "RUN_STATUSES",
     "TERMINAL_EVENT_TYPES",
     "TERMINAL_RUN_STATUSES",
     "AgentDescriptor",
+    "AgentKind",
     "AnalysisStart",
     "ApprovalRequired",
     "Approved",
@@ -88,4 +97,5 @@ __all__ = [
     "decode_event",
     "encode",
     "subjects",
+    "valid_agent_kind",
 ]

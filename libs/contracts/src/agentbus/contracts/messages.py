@@ -9,7 +9,7 @@ from agentbus.contracts.events import PROTOCOL_VERSION
 
 
 class RunStart(msgspec.Struct, kw_only=True):
-    """`run.start`: everything a runner needs to execute a run, so it never reads the gateway's DB."""
+    """`run.start.<agent>`: everything a runner needs to execute a run, so it never reads the gateway's DB."""
 
     run_id: str
     task_id: str

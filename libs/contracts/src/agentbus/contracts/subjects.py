@@ -7,13 +7,15 @@ there and this module cannot drift apart.
 import hashlib
 from typing import NamedTuple
 
+from agentbus.contracts.kinds import valid_agent_kind
+
 # JetStream streams
-RUN_COMMANDS_STREAM = "AGENTBUS_RUN_COMMANDS"  # work queue: run.start
+RUN_COMMANDS_STREAM = "AGENTBUS_RUN_COMMANDS"  # work queue: run.start.<agent kind>
 EVENTS_STREAM = "AGENTBUS_EVENTS"  # every run event: events.run.>
 LIFECYCLE_STREAM = "AGENTBUS_LIFECYCLE"  # task.deleted / run.deleted
 
 # Durable consumers
-RUNNER_CONSUMER = "runners"  # shared by every runner copy (pull)
+RUNNER_CONSUMER = "runners"  # runners-<agent kind>: shared by every runner serving the kind (pull)
 GATEWAY_EVENTS_CONSUMER = "gateway-events"  # shared by every gateway copy (push, queue group)
 METRICS_EVENTS_CONSUMER = "metrics-events"  # shared by every metrics copy (push, queue group)
 METRICS_LIFECYCLE_CONSUMER = "metrics-lifecycle"
@@ -23,7 +25,6 @@ RUN_STATE_BUCKET = "agentbus_run_state"  # runner checkpoints and stored decisio
 ARTIFACTS_BUCKET = "agentbus_artifacts"  # artifact bytes, key "<run_id>/<name>"
 
 # Subjects
-RUN_START = "run.start"  # unrouted: taken by any runner (what gateways before agent routing sent)
 RUN_START_KIND_PREFIX = "run.start"  # run.start.<agent kind>: taken only by runners serving the kind
 RUN_START_KINDS = "run.start.>"
 RUN_CONTROL_PREFIX = "run.control"  # run.control.<run_id>
@@ -45,17 +46,20 @@ EVENTS_LIVE_ALL = "events.live.>"
 EVENTS_DEAD = "events.dead"  # payloads that did not decode, for inspection
 
 
-# An agent kind becomes subject tokens (dots allowed) and part of a consumer name (no dots).
-AGENT_KIND_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
+def _checked_kind(kind: str) -> str:
+    # The kind becomes subject tokens (dots allowed) and part of a consumer name (no dots).
+    if not valid_agent_kind(kind):
+        raise ValueError(f"{kind!r} is not a valid agent kind (see agentbus.contracts.kinds)")
+    return kind
 
 
 def run_start(kind: str) -> str:
-    return f"{RUN_START_KIND_PREFIX}.{kind}"
+    return f"{RUN_START_KIND_PREFIX}.{_checked_kind(kind)}"
 
 
 def kind_consumer(kind: str) -> str:
     """The durable consumer of `run.start.<kind>`, shared by every runner serving the kind."""
-    if "." not in kind:
+    if "." not in _checked_kind(kind):
         return f"{RUNNER_CONSUMER}-{kind}"
     digest = hashlib.sha1(kind.encode()).hexdigest()[:8]  # "a.b" and "a_b" must not share a name
     return f"{RUNNER_CONSUMER}-{kind.replace('.', '_')}-{digest}"
@@ -105,9 +109,6 @@ SUBJECTS: tuple[Subject, ...] = (
         "RunStart",
         "gateway",
         "runners serving the kind (durable pull `runners-<agent_kind>`)",
-    ),
-    Subject(
-        RUN_START, "jetstream work queue", "RunStart", "older gateways", "any runner (durable pull `runners`)"
     ),
     Subject("run.control.<run_id>", "core", "RunControl", "gateway", "runner holding the run"),
     Subject(RUN_PING, "request/reply", "Ping -> Pong", "gateway (/ready)", "every runner"),

@@ -8,10 +8,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from agentbus.contracts.kinds import AgentKind  # the one agent-kind rule, shared with runner and subjects
 from agentbus.contracts.status import RunStatus
 
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
-AgentKind = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
 ApprovalTimeout = Annotated[int, Meta(ge=1, le=86400)]
 RunTimeout = Annotated[int, Meta(ge=1, le=604800)]
 MaxRounds = Annotated[int, Meta(ge=1, le=100)]

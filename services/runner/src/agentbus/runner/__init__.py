@@ -1,4 +1,4 @@
-"""agentbus runner: executes agent runs pulled from the `run.start` work queue."""
+"""agentbus runner: executes agent runs pulled from the `run.start.<kind>` work queues."""
 
 from agentbus.runner.service import Runner, running
 from agentbus.runner.settings import Settings

@@ -27,7 +27,6 @@ class ProgressReporter:
         self._last = float("-inf")
         self.step, self.total, self.percent = 0, 0, 0.0
         self.phase, self.title = "planning", None
-        self.emitted = 0
 
     def at(self, step: int, total: int, percent: float, phase: str, title: str | None) -> None:
         self.step, self.total, self.percent, self.phase, self.title = step, total, percent, phase, title
@@ -56,4 +55,3 @@ class ProgressReporter:
                 ),
                 message,
             )
-        self.emitted += 1

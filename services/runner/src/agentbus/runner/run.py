@@ -245,7 +245,6 @@ class RunExecution(RunRecord):
                 Rejected,
                 lambda s: DecisionData(feedback=ctl.feedback, stats=s),
                 "Plan rejected",
-                decision="reject",
                 feedback=ctl.feedback,
                 approval_wait=waited,
             )
@@ -256,7 +255,6 @@ class RunExecution(RunRecord):
                 DecisionData(feedback=ctl.feedback),
                 "Plan approved",
                 phase="executing",
-                decision="approve",
                 feedback=ctl.feedback,
                 approval_wait=waited,
             )

@@ -1,11 +1,11 @@
-"""The runner service: pulls `run.start` work, holds runs, routes controls to them, answers pings.
+"""The runner service: pulls `run.start.<kind>` work, holds runs, routes controls to them, answers pings.
 
 Work comes from durable pull consumers shared by every runner copy, one per
 agent kind (`run.start.<kind>`, pulled only by runners serving the kind, within
-its concurrency limit) plus the unrouted `run.start`, so each run is held by
-exactly one runner at a time. A held run is kept alive with
-`in_progress()` heartbeats; when its holder dies, JetStream redelivers it after
-ack_wait and the next holder resumes it from its checkpoint.
+its concurrency limit), so each run is held by exactly one runner at a time. A
+held run is kept alive with `in_progress()` heartbeats; when its holder dies,
+JetStream redelivers it after ack_wait and the next holder resumes it from its
+checkpoint.
 """
 
 from __future__ import annotations
@@ -55,9 +55,8 @@ _control_decoder = msgspec.json.Decoder(RunControl)
 
 @dataclass
 class Lane:
-    """One work queue consumer this runner pulls from: an agent kind's, or the unrouted `run.start`."""
+    """One work queue consumer this runner pulls from: the one of an agent kind it serves."""
 
-    kind: str | None
     consumer: str
     subject: str
     slots: asyncio.Semaphore | None  # the kind's limit on this runner (RUNNER_AGENT_CONCURRENCY)
@@ -81,7 +80,6 @@ class Runner:
         self.registry = AgentRegistry(agents, plugins=plugins, only=settings.agents)
         self.lanes = [
             Lane(
-                kind,
                 subjects.kind_consumer(kind),
                 subjects.run_start(kind),
                 asyncio.Semaphore(settings.agent_concurrency[kind])
@@ -90,7 +88,6 @@ class Runner:
             )
             for kind in self.registry.kinds()
         ]
-        self.lanes.append(Lane(None, subjects.RUNNER_CONSUMER, subjects.RUN_START, None))
         self.held: dict[str, Held] = {}  # run_id -> the run this runner is executing
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
@@ -116,14 +113,13 @@ class Runner:
             lane.psub = await self.js.pull_subscribe_bind(
                 durable=lane.consumer, stream=subjects.RUN_COMMANDS_STREAM
             )
-        self.psub = self.lanes[-1].psub
         self._subs = [
             await self.nc.subscribe(
                 subjects.RUN_CONTROL_ALL, cb=guarded(subjects.RUN_CONTROL_ALL, self._on_control)
             ),
             await self.nc.subscribe(subjects.RUN_PING, cb=guarded(subjects.RUN_PING, self._on_ping)),
             await self.nc.subscribe(subjects.RUN_INFO, cb=guarded(subjects.RUN_INFO, self._on_info)),
-            *(lane.psub for lane in self.lanes[:-1]),  # unsubscribed with the others on stop
+            *(lane.psub for lane in self.lanes),  # unsubscribed with the others on stop
         ]
         # Make sure the subscriptions exist at the server once start() returns. Not flush(): nats-py
         # writes its PING ahead of still-queued commands. A request to our own ping subject is queued
@@ -419,7 +415,7 @@ class Runner:
             await asyncio.gather(self._pull_task, return_exceptions=True)
         # Unsubscribe rather than drain these: nats-py's drain of a pull subscription waits forever
         # on messages that fetch() consumed without marking them done.
-        for sub in [self.psub, *self._subs]:
+        for sub in self._subs:
             with suppress(Exception):
                 await sub.unsubscribe()
         if self.nc is not None and not self.nc.is_closed:

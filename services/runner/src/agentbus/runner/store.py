@@ -72,7 +72,6 @@ class Checkpoint(msgspec.Struct, kw_only=True, omit_defaults=True):
     plan: dict[str, Any] | None = None
     steps_done: int = 0
     outputs: list[Any] = msgspec.field(default_factory=list)
-    decision: Literal["approve", "reject"] | None = None
     feedback: str | None = None
     started_at: datetime | None = None  # timestamp of the first event
     approval_started_at: datetime | None = None

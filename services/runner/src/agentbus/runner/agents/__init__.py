@@ -11,7 +11,7 @@ from agentbus.runner.agents.base import (
     step_title,
 )
 from agentbus.runner.agents.registry import ENTRY_POINT_GROUP, AgentRegistry, UnknownAgentError
-from agentbus.runner.agents.scripted import ScriptedAgent, ScriptedConfig, parse_config
+from agentbus.runner.agents.scripted import ScriptedAgent, ScriptedConfig
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -26,6 +26,5 @@ __all__ = [
     "UnknownAgentError",
     "Usage",
     "convert_config",
-    "parse_config",
     "step_title",
 ]

@@ -47,7 +47,6 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     usage_reported: bool  # False: the server sent no usage and the counts are estimates
-    finish_reason: str | None = None
 
 
 def retry_after_s(headers: httpx.Headers, now: float | None = None) -> float | None:
@@ -217,12 +216,10 @@ def _usage(doc: dict[str, Any]) -> tuple[int, int] | None:
     return None
 
 
-def _completion(text: str, usage: tuple[int, int] | None, messages: list[Any], finish: Any) -> Completion:
+def _completion(text: str, usage: tuple[int, int] | None, messages: list[Any]) -> Completion:
     if usage is None:
-        return Completion(
-            text, estimate_tokens(_prompt_chars(messages)), estimate_tokens(text), False, finish
-        )
-    return Completion(text, usage[0], usage[1], True, finish)
+        return Completion(text, estimate_tokens(_prompt_chars(messages)), estimate_tokens(text), False)
+    return Completion(text, usage[0], usage[1], True)
 
 
 def _read_json(raw: bytes, messages: list[dict[str, Any]]) -> Completion:
@@ -232,7 +229,7 @@ def _read_json(raw: bytes, messages: list[dict[str, Any]]) -> Completion:
         text = choice["message"].get("content") or ""
     except (msgspec.DecodeError, KeyError, IndexError, TypeError, AttributeError):
         raise ModelError(f"model server sent an unreadable completion: {raw[:200]!r}") from None
-    return _completion(text, _usage(doc), messages, choice.get("finish_reason"))
+    return _completion(text, _usage(doc), messages)
 
 
 async def _read_stream(
@@ -240,7 +237,6 @@ async def _read_stream(
 ) -> Completion:
     parts: list[str] = []
     usage: tuple[int, int] | None = None
-    finish = None
     last = 0.0
     async for line in resp.aiter_lines():
         if not line.startswith("data:"):
@@ -265,8 +261,7 @@ async def _read_stream(
                 if on_text is not None and time.monotonic() - last >= interval:
                     last = time.monotonic()
                     await on_text("".join(parts))
-            finish = choice.get("finish_reason") or finish
     text = "".join(parts)
     if on_text is not None and text:
         await on_text(text)  # the whole text, whatever the interval dropped
-    return _completion(text, usage, messages, finish)
+    return _completion(text, usage, messages)

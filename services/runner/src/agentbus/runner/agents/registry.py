@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 from importlib.metadata import entry_points
 
-from agentbus.contracts import AgentDescriptor, subjects
+from agentbus.contracts import AGENT_KIND_MAX_LENGTH, AgentDescriptor, valid_agent_kind
 from agentbus.runner.agents.base import Agent, AgentConfigError
 from agentbus.runner.agents.openai import OpenAIAgent
 from agentbus.runner.agents.scripted import ScriptedAgent
@@ -16,7 +15,6 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "agentbus.agents"
 BUILTIN: dict[str, type[Agent]] = {ScriptedAgent.kind: ScriptedAgent, OpenAIAgent.kind: OpenAIAgent}
-_KIND = re.compile(subjects.AGENT_KIND_PATTERN)
 
 
 class UnknownAgentError(AgentConfigError):
@@ -43,9 +41,13 @@ class AgentRegistry:
                 except Exception as exc:  # a broken plugin must not take the runner down
                     log.error("agent plugin %r (%s) failed to load: %s", ep.name, ep.value, exc)
         kinds.update(extra or {})
-        for name in [k for k in kinds if not _KIND.match(k) or len(k) > 100]:
-            # The kind is a subject token sequence and part of a consumer name.
-            log.error("agent kind %r skipped: a kind is dot-separated [A-Za-z0-9_-] words", name)
+        for name in [k for k in kinds if not valid_agent_kind(k)]:
+            # The kind becomes subject tokens and part of a consumer name: the contracts' rule.
+            log.error(
+                "agent kind %r skipped: a kind is dot-separated [A-Za-z0-9_-] words, at most %d characters",
+                name,
+                AGENT_KIND_MAX_LENGTH,
+            )
             del kinds[name]
         if only is not None:
             wanted = list(only)

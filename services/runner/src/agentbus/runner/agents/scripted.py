@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import msgspec
 
 from agentbus.contracts import encode
-from agentbus.runner.agents.base import Agent, AgentConfigError, AgentContext, AgentError
+from agentbus.runner.agents.base import Agent, AgentContext, AgentError, convert_config
 
 
 class ScriptedConfig(msgspec.Struct, kw_only=True):
@@ -16,18 +16,6 @@ class ScriptedConfig(msgspec.Struct, kw_only=True):
     step_delay_ms: Annotated[float, msgspec.Meta(ge=0)] = 200
     fail_at_step: Annotated[int, msgspec.Meta(ge=1)] | None = None
     artifact: bool = False
-
-
-def parse_config(raw: Any) -> ScriptedConfig:
-    """Validate agent_config strictly (no "3" for 3, no true for 1); the error names the field."""
-    try:
-        return msgspec.convert(raw if raw is not None else {}, ScriptedConfig, strict=True)
-    except msgspec.ValidationError as exc:
-        detail, _, where = str(exc).partition(" - at `$.")
-        field = where.rstrip("`").split("[")[0]
-        if field:
-            raise AgentConfigError(f"invalid agent_config.{field}: {detail}") from None
-        raise AgentConfigError(f"invalid agent_config: {detail}") from None
 
 
 class ScriptedAgent(Agent):
@@ -41,11 +29,11 @@ class ScriptedAgent(Agent):
     COMPLETION_TOKENS_PER_STEP = 5
 
     async def plan(self, ctx: AgentContext) -> dict[str, Any]:
-        cfg = parse_config(ctx.agent_config)
+        cfg = convert_config(ctx.agent_config, ScriptedConfig)
         return {"steps": [f"Step {i}" for i in range(1, cfg.steps + 1)]}
 
     async def execute_step(self, ctx: AgentContext, index: int, step: Any) -> Any:
-        cfg = parse_config(ctx.agent_config)
+        cfg = convert_config(ctx.agent_config, ScriptedConfig)
         await asyncio.sleep(cfg.step_delay_ms / 1000)
         number = index + 1
         if cfg.fail_at_step == number:
@@ -54,7 +42,7 @@ class ScriptedAgent(Agent):
         return {"step": number, "title": step, "output": f"{step} done"}
 
     async def finalize(self, ctx: AgentContext, outputs: list[Any]) -> Any:
-        cfg = parse_config(ctx.agent_config)
+        cfg = convert_config(ctx.agent_config, ScriptedConfig)
         results = {"steps_completed": len(outputs), "outputs": outputs}
         if cfg.artifact:
             await ctx.write_artifact("result.json", encode(results), "application/json")
