@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from types import FrameType
 from typing import Any
 
 import uvicorn
 
 from agentbus.common.logs import setup_logging
+from agentbus.common.settings import SettingsError
 from agentbus.gateway.app import create_app
 from agentbus.gateway.settings import Settings
 
@@ -35,9 +37,13 @@ class GatewayServer(uvicorn.Server):
 
 
 def main() -> None:
-    setup_logging("gateway")
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:  # one line, before connecting anywhere
+        print(f"agentbus-gateway: invalid configuration: {exc}", file=sys.stderr)
+        sys.exit(2)
     settings.check()
+    setup_logging("gateway", settings.log_level)
     try:
         import uvloop  # noqa: F401
 
