@@ -121,7 +121,7 @@ def sync_sqlite_engine(url: str | URL) -> Engine | None:
     engine = create_engine(
         parsed.set(drivername="sqlite+pysqlite"), connect_args={"timeout": 30, "check_same_thread": False}
     )
-    _sqlite_events(engine, immediate=True)  # it serves the writer thread (agentbus.common.writer)
+    _sqlite_events(engine, immediate=True)  # it serves the writer thread (agentbus.gateway.store.writer)
     return engine
 
 

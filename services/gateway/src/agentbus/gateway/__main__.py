@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from types import FrameType
 
 import uvicorn
 
 from agentbus.common.logs import setup_logging
+from agentbus.common.settings import SettingsError
 from agentbus.gateway.app import Gateway
 from agentbus.gateway.settings import Settings
 from agentbus.gateway.streams.hub import Hub
@@ -53,9 +55,13 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def main() -> None:
-    setup_logging("gateway")
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:  # one line, before connecting anywhere
+        print(f"agentbus-gateway: invalid configuration: {exc}", file=sys.stderr)
+        sys.exit(2)
     settings.check()
+    setup_logging("gateway", settings.log_level)
     try:
         import uvloop  # noqa: F401
 

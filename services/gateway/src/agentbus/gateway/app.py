@@ -52,7 +52,7 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = s = settings
         origin = uuid.uuid4().hex  # marks this process's live announcements (its hub skips them)
-        self.store = GatewayStore(s.database_url)
+        self.store = GatewayStore(s.database_url, s.db_pool_size, s.db_read_connections)
         self.bus = Bus(s.nats_url, f"gateway-{s.instance}", s.nats_replicas, s.request_timeout_s)
         self.hub = Hub(self.store, s.ws_heartbeat_s, s.ws_queue_size, origin)
         self.ingest = EventIngest(

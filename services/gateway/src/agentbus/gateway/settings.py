@@ -1,15 +1,26 @@
+"""Gateway configuration, read from the environment in exactly one place (`Settings.from_env`)."""
+
 from __future__ import annotations
 
 import ipaddress
 import os
 import socket
-from dataclasses import dataclass
+from collections.abc import Mapping
+from typing import Annotated
 
+from agentbus.common.settings import (
+    DB_URL_ALLOWED,
+    DB_URL_PATTERN,
+    EnvSettings,
+    LogLevel,
+    NatsReplicas,
+    NatsUrl,
+    env,
+    load,
+)
 
-def _bool(value: str | None, default: bool) -> bool:
-    if value is None or value == "":
-        return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+# What an Authorization header can carry: visible ASCII, no spaces.
+TOKEN_PATTERN = r"^[!-~]+$"
 
 
 def is_loopback(host: str) -> bool:
@@ -21,44 +32,108 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class Settings:
-    nats_url: str = "nats://127.0.0.1:4222"
-    database_url: str = "sqlite+aiosqlite:///./var/gateway.db"
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_token: str | None = None
-    nats_replicas: int = 1
-    max_body_bytes: int = 1024 * 1024
-    ws_heartbeat_s: float = 10.0
-    ws_queue_size: int = 1000
-    default_agent: str = "scripted"
-    instance: str = "gateway"
-    request_timeout_s: float = 3.0
-    delete_wait_s: float = 5.0
-    ingest_batch: int = 500
-    reaper_after_s: float = 90.0
-    reaper_interval_s: float = 10.0
+def default_instance() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(EnvSettings, frozen=True, kw_only=True):
+    nats_url: NatsUrl = "nats://127.0.0.1:4222"
+    database_url: Annotated[
+        str,
+        env(
+            "DATABASE_URL",
+            "the gateway's database; `postgresql://user:pass@host/db` uses asyncpg",
+            secret=True,
+            pattern=DB_URL_PATTERN,
+            allowed=DB_URL_ALLOWED,
+        ),
+    ] = "sqlite+aiosqlite:///./var/gateway.db"
+    host: Annotated[str, env("GATEWAY_HOST", "address the HTTP server listens on", min_length=1)] = (
+        "127.0.0.1"
+    )
+    port: Annotated[int, env("GATEWAY_PORT", "port the HTTP server listens on", ge=1, le=65535)] = 8000
+    api_token: (
+        Annotated[
+            str,
+            env(
+                "AGENTBUS_API_TOKEN",
+                "required to listen beyond loopback; clients send `Authorization: Bearer <token>` "
+                "(WebSockets may use `?token=`); `/health` and `/ready` stay open",
+                secret=True,
+                pattern=TOKEN_PATTERN,
+                allowed="printable ASCII without spaces",
+            ),
+        ]
+        | None
+    ) = None
+    nats_replicas: NatsReplicas = 1
+    max_body_bytes: Annotated[
+        int, env("MAX_BODY_BYTES", "largest request body; larger bodies get 413", ge=1)
+    ] = 1024 * 1024
+    ws_heartbeat_s: Annotated[
+        float, env("WS_HEARTBEAT_S", "seconds between heartbeats on an idle stream", gt=0)
+    ] = 10.0
+    ws_queue_size: Annotated[
+        int,
+        env("WS_QUEUE_SIZE", "events queued for one stream client before it is dropped as too slow", ge=1),
+    ] = 1000
+    default_agent: Annotated[
+        str, env("DEFAULT_AGENT", "agent kind of a task that names none", min_length=1)
+    ] = "scripted"
+    # The class default serves settings built in code; from_env uses <hostname>-<pid>.
+    instance: Annotated[
+        str,
+        env(
+            "GATEWAY_INSTANCE",
+            "this copy's name (NATS connection name, reaper fences)",
+            min_length=1,
+            default_doc="`<hostname>-<pid>`",
+        ),
+    ] = "gateway"
+    request_timeout_s: Annotated[
+        float, env("GATEWAY_REQUEST_TIMEOUT_S", "seconds to wait for a NATS request's answer", gt=0)
+    ] = 3.0
+    delete_wait_s: Annotated[
+        float,
+        env(
+            "GATEWAY_DELETE_WAIT_S",
+            "seconds a delete waits for the runs it cancels to end; 0: do not wait",
+            ge=0,
+        ),
+    ] = 5.0
+    ingest_batch: Annotated[
+        int, env("GATEWAY_INGEST_BATCH", "most events the ingest stores in one batch", ge=1)
+    ] = 500
+    reaper_after_s: Annotated[
+        float,
+        env("REAPER_AFTER_S", "end runs no runner has announced for this many seconds", gt=0),
+    ] = 90.0
+    reaper_interval_s: Annotated[
+        float, env("REAPER_INTERVAL_S", "seconds between the reaper's rounds", gt=0)
+    ] = 10.0
+    db_pool_size: Annotated[
+        int,
+        env(
+            "GATEWAY_DB_POOL_SIZE",
+            "connections of the general database pool on PostgreSQL",
+            ge=1,
+            le=100,
+        ),
+    ] = 6
+    db_read_connections: Annotated[
+        int,
+        env(
+            "GATEWAY_DB_READ_CONNECTIONS",
+            "PostgreSQL connections held for primary-key reads",
+            ge=1,
+            le=100,
+        ),
+    ] = 8
+    log_level: LogLevel = "INFO"
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        e = os.environ if env is None else env
-        return cls(
-            nats_url=e.get("NATS_URL", cls.nats_url),
-            database_url=e.get("DATABASE_URL", cls.database_url),
-            host=e.get("GATEWAY_HOST", cls.host),
-            port=int(e.get("GATEWAY_PORT", cls.port)),
-            api_token=e.get("AGENTBUS_API_TOKEN") or None,
-            nats_replicas=int(e.get("NATS_REPLICAS", cls.nats_replicas)),
-            max_body_bytes=int(e.get("MAX_BODY_BYTES", cls.max_body_bytes)),
-            ws_heartbeat_s=float(e.get("WS_HEARTBEAT_S", cls.ws_heartbeat_s)),
-            ws_queue_size=int(e.get("WS_QUEUE_SIZE", cls.ws_queue_size)),
-            default_agent=e.get("DEFAULT_AGENT", cls.default_agent),
-            instance=e.get("GATEWAY_INSTANCE", f"{socket.gethostname()}-{os.getpid()}"),
-            request_timeout_s=float(e.get("GATEWAY_REQUEST_TIMEOUT_S", cls.request_timeout_s)),
-            reaper_after_s=float(e.get("REAPER_AFTER_S", cls.reaper_after_s)),
-            reaper_interval_s=float(e.get("REAPER_INTERVAL_S", cls.reaper_interval_s)),
-        )
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        return load(cls, env, defaults={"instance": default_instance()})
 
     def check(self) -> None:
         """Refuse to listen beyond loopback without authentication."""

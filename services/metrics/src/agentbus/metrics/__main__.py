@@ -9,6 +9,7 @@ import signal
 import sys
 
 from agentbus.common.logs import setup_logging
+from agentbus.common.settings import SettingsError
 from agentbus.metrics.service import MetricsService
 from agentbus.metrics.settings import Settings
 
@@ -42,7 +43,7 @@ async def serve(settings: Settings) -> None:
 def main() -> int:
     try:
         settings = Settings.from_env()
-    except ValueError as exc:
+    except SettingsError as exc:
         print(f"agentbus-metrics: invalid configuration: {exc}", file=sys.stderr)
         return 2
     setup_logging("metrics", settings.log_level)

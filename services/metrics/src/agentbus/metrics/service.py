@@ -49,7 +49,7 @@ class MetricsService:
     async def start(self) -> None:
         s = self.settings
         log.info("metrics %s (%s) starting, database %s", __version__, s.instance, s.database_url_redacted)
-        self.engine = make_engine(s.database_url)
+        self.engine = make_engine(s.database_url, pool_size=s.db_pool_size)
         await wait_for_database(self.engine)
         await migrate_with_retry(self.engine)
         self.nc = await connect_with_retry(s.nats_url, f"metrics-{s.instance}")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 
 from agentbus.common.logs import setup_logging
+from agentbus.common.settings import SettingsError
 from agentbus.runner.service import Runner
 from agentbus.runner.settings import Settings
 
@@ -25,7 +27,11 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:  # one line, before connecting anywhere
+        print(f"agentbus-runner: invalid configuration: {exc}", file=sys.stderr)
+        sys.exit(2)
     setup_logging("runner", settings.log_level)
     try:
         import uvloop

@@ -1,0 +1,410 @@
+"""Typed settings read from the environment: one msgspec Struct per service.
+
+A settings class subclasses `EnvSettings`; each field names its environment
+variable and its constraints in one `Annotated[..., env(...)]`:
+
+    class Settings(EnvSettings, frozen=True, kw_only=True):
+        port: Annotated[int, env("GATEWAY_PORT", "port it listens on", ge=1, le=65535)] = 8000
+
+`Settings.from_env()` reads only the variables that are set and not blank
+(surrounding whitespace is dropped), converts them with msgspec (`"8000"` ->
+8000) and checks every constraint; a bad value raises `SettingsError`, whose
+message is one line naming the variable, the value given and what is allowed:
+
+    GATEWAY_PORT=99999: must be an integer from 1 to 65535
+
+Building a settings object directly (`Settings(port=...)`, as tests do) checks
+the same constraints. A field marked `secret=True` never shows its value in an
+error or a repr (a URL keeps its scheme, user, host and path; its password and
+query are replaced by `***`). Booleans accept 1/0, true/false, yes/no, on/off
+in any case. Numbers must be finite (`inf` and `nan` are refused).
+
+A field whose type is itself an `EnvSettings` class (the runner's model
+defaults) is read from its own variables. A variable whose value is not a
+scalar (JSON, `kind=n,...` lists) names a `parse` function: its ValueError
+becomes a SettingsError naming the variable, and its result is then checked
+against the field's type like any other value.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import os
+import re
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import Annotated, Any
+
+import msgspec
+
+__all__ = [
+    "DB_URL_ALLOWED",
+    "DB_URL_PATTERN",
+    "EnvSettings",
+    "LogLevel",
+    "NatsReplicas",
+    "NatsUrl",
+    "SettingsError",
+    "Variable",
+    "env",
+    "mask_url",
+    "variables",
+]
+
+
+class SettingsError(ValueError):
+    """A setting is not allowed. The message is one line, names the variable and never shows a secret."""
+
+
+def env(
+    name: str,
+    description: str,
+    *,
+    secret: bool = False,
+    parse: Callable[[str], Any] | None = None,
+    allowed: str | None = None,
+    default_doc: str | None = None,
+    **constraints: Any,
+) -> msgspec.Meta:
+    """The Meta of one setting: its variable `name`, what it means, and msgspec constraints
+    (`ge`, `gt`, `le`, `lt`, `pattern`, `min_length`, ...).
+
+    allowed: what is allowed, in words, when the constraints alone do not say it well (a pattern).
+    default_doc: the default as the README shows it, when it is computed at start (`<hostname>-<pid>`).
+    """
+    extra = {"env": name, "secret": secret, "parse": parse, "allowed": allowed, "default_doc": default_doc}
+    return msgspec.Meta(description=description, extra=extra, **constraints)
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable of a settings class (nested classes included)."""
+
+    name: str
+    path: tuple[str, ...]  # attribute path from the outer class, e.g. ("model", "timeout_s")
+    type: Any  # the field's type without None and Annotated, e.g. int
+    description: str
+    allowed: str  # "an integer from 1 to 65535"
+    default: Any
+    default_doc: str | None
+    secret: bool
+    parse: Callable[[str], Any] | None
+
+    def shown_default(self) -> str:
+        """The default as documented: `8000`, `0.1`, or `unset`."""
+        if self.default_doc is not None:
+            return self.default_doc
+        if self.default is None or self.default in ((), {}, ""):
+            return "unset"
+        return f"`{_number(self.default) if isinstance(self.default, int | float) else self.default}`"
+
+
+# --- shared variables ---------------------------------------------------------------------------
+
+# Every service reads these; the README lists them once, as "all".
+NatsUrl = Annotated[
+    str,
+    env(
+        "NATS_URL",
+        "NATS server(s) to connect to; comma-separated for a cluster",
+        secret=True,  # nats://user:password@host
+        min_length=1,
+    ),
+]
+NatsReplicas = Annotated[
+    int, env("NATS_REPLICAS", "JetStream replicas of the streams and buckets it creates", ge=1, le=5)
+]
+LogLevel = Annotated[
+    str,
+    env(
+        "LOG_LEVEL",
+        "logging level",
+        pattern=r"(?i)^(debug|info|warning|error|critical)$",
+        allowed="one of DEBUG, INFO, WARNING, ERROR, CRITICAL (any case)",
+    ),
+]
+# normalize_url in agentbus.common.db accepts these: plain or with an explicit driver.
+DB_URL_PATTERN = r"^(sqlite|postgres|postgresql)(\+\w+)?://"
+DB_URL_ALLOWED = "a sqlite:/// or postgresql:// URL"
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_checking: contextvars.ContextVar[bool] = contextvars.ContextVar("agentbus_settings_checking", default=False)
+_PATH = re.compile(r" - at `\$((?:\.[A-Za-z_]\w*)*)")
+_PLAIN = re.compile(r"[A-Za-z0-9_.:/@+*-]+")
+
+
+class EnvSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of the services' settings classes."""
+
+    def __post_init__(self) -> None:
+        if not _checking.get():  # not while from_env (or this check) is converting
+            _check(self)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> typing.Self:
+        return load(cls, env)
+
+    @classmethod
+    def variables(cls) -> tuple[Variable, ...]:
+        return variables(cls)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in self._shown())})"
+
+    def __rich_repr__(self) -> Iterator[tuple[str, Any]]:
+        for name, text in self._shown():
+            yield name, _Raw(text)
+
+    def _shown(self) -> list[tuple[str, str]]:
+        secret = {v.path[-1] for v in _own_variables(type(self)) if v.secret}
+        out = []
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            out.append((name, _secret_repr(value) if name in secret else repr(value)))
+        return out
+
+
+class _Raw:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+T = typing.TypeVar("T", bound="EnvSettings")
+
+
+def load(cls: type[T], env: Mapping[str, str] | None = None, defaults: Mapping[str, Any] | None = None) -> T:
+    """`cls` from the environment (os.environ when env is None).
+
+    defaults: values of top-level fields to use when their variable is not set, for defaults
+    computed at start that differ from the class's own (the gateway's instance name).
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    given: dict[str, str] = {}  # variable -> the (stripped) text it was given
+    for var in variables(cls):
+        raw = (env.get(var.name) or "").strip()
+        if not raw:
+            continue
+        given[var.name] = raw
+        if var.parse is not None:
+            try:
+                value = var.parse(raw)
+            except (ValueError, TypeError) as exc:
+                raise SettingsError(_problem(var, raw, str(exc))) from None
+        elif var.type is bool:
+            low = raw.lower()
+            if low not in _TRUE | _FALSE:
+                raise SettingsError(_problem(var, raw))
+            value = low in _TRUE
+        else:
+            value = raw
+        node = values
+        for part in var.path[:-1]:
+            node = node.setdefault(part, {})
+        node[var.path[-1]] = value
+    for key, value in (defaults or {}).items():
+        values.setdefault(key, value)
+    token = _checking.set(True)
+    try:
+        obj = msgspec.convert(values, cls, strict=False)
+    except msgspec.ValidationError as exc:
+        raise _from_validation(cls, exc, given, values) from None
+    finally:
+        _checking.reset(token)
+    _check_finite(obj, given)
+    return obj
+
+
+def _check(obj: EnvSettings) -> None:
+    """The constraints of a settings object built directly (not from the environment)."""
+    cls = type(obj)
+    token = _checking.set(True)
+    try:
+        msgspec.convert(msgspec.to_builtins(obj), cls)
+    except msgspec.ValidationError as exc:
+        raise _from_validation(cls, exc, {}, obj) from None
+    finally:
+        _checking.reset(token)
+    _check_finite(obj, {})
+
+
+def _check_finite(obj: Any, given: Mapping[str, str]) -> None:
+    for var in variables(type(obj)):
+        value = _get(obj, var.path)
+        if var.type is float and isinstance(value, int | float) and not math.isfinite(value):
+            raise SettingsError(_problem(var, given.get(var.name, str(value))))
+
+
+def _from_validation(
+    cls: type[EnvSettings], exc: msgspec.ValidationError, given: Mapping[str, str], values: Any
+) -> SettingsError:
+    match = _PATH.search(str(exc))
+    path = tuple(match.group(1).split(".")[1:]) if match else ()
+    candidates = [v for v in variables(cls) if path[: len(v.path)] == v.path]
+    if not candidates:
+        # Not a field's value (a class-level problem): msgspec's messages name types, not values.
+        return SettingsError(f"invalid {cls.__name__}: {exc}")
+    var = max(candidates, key=lambda v: len(v.path))
+    raw = given.get(var.name)
+    if raw is None:  # a value given in code, or a computed default
+        raw = str(_get(values, var.path))
+    return SettingsError(_problem(var, raw))
+
+
+def _get(obj: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        obj = obj.get(part) if isinstance(obj, Mapping) else getattr(obj, part, None)
+    return obj
+
+
+def _problem(var: Variable, raw: str, detail: str = "") -> str:
+    text = f"{var.name}{_shown_value(raw, var.secret)}: must be {var.allowed}"
+    return f"{text} ({_one_line(detail)})" if detail else text
+
+
+def _shown_value(raw: str, secret: bool) -> str:
+    if secret:
+        masked = mask_url(raw)
+        return " (value hidden)" if masked is None else f"={masked}"
+    if len(raw) > 120:
+        raw = raw[:117] + "..."
+    return f"={raw}" if _PLAIN.fullmatch(raw) else f"={raw!r}"
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def mask_url(value: str) -> str | None:
+    """`scheme://user:***@host/path?***`, or None when the value is not a URL.
+
+    Only for showing a secret URL: a password, a token (`nats://token@host`) and the query
+    (which may carry a password) are hidden. Everything before the last `@` counts as user
+    info, so a password with an unescaped `/`, `?` or `@` in it is hidden too.
+    """
+    scheme, sep, rest = value.partition("://")
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+        return None
+    userinfo, at, rest = rest.rpartition("@")
+    cut = min((i for i in (rest.find(c) for c in "?#") if i >= 0), default=-1)
+    rest = rest if cut < 0 else rest[:cut] + "?***"
+    if not at:
+        return f"{scheme}://{rest}"
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user + ':***' if colon else '***'}@{rest}"
+
+
+def _secret_repr(value: Any) -> str:
+    if value is None or value == "":
+        return repr(value)
+    masked = mask_url(value) if isinstance(value, str) else None
+    return repr(masked) if masked is not None else "'***'"
+
+
+# --- introspection ------------------------------------------------------------------------------
+
+
+def variables(cls: type[EnvSettings]) -> tuple[Variable, ...]:
+    """Every variable `cls` reads, nested settings classes included, in field order."""
+    return _variables(cls, ())
+
+
+@cache
+def _variables(cls: type[EnvSettings], prefix: tuple[str, ...]) -> tuple[Variable, ...]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    defaults = {f.name: f for f in msgspec.structs.fields(cls)}
+    out: list[Variable] = []
+    for name in cls.__struct_fields__:
+        hint = hints[name]
+        found = _find_meta(hint)
+        if found is None:
+            nested = _strip(hint)
+            if isinstance(nested, type) and issubclass(nested, EnvSettings):
+                out.extend(_variables(nested, (*prefix, name)))
+                continue
+            raise TypeError(f"{cls.__name__}.{name}: a setting needs env(...) in its Annotated type")
+        meta, base = found
+        extra = meta.extra or {}
+        info = defaults[name]
+        default = info.default_factory() if info.default is msgspec.NODEFAULT else info.default
+        out.append(
+            Variable(
+                name=extra["env"],
+                path=(*prefix, name),
+                type=base,
+                description=meta.description or "",
+                allowed=extra.get("allowed") or _allowed(base, meta),
+                default=default,
+                default_doc=extra.get("default_doc"),
+                secret=bool(extra.get("secret")),
+                parse=extra.get("parse"),
+            )
+        )
+    names = [v.name for v in out]
+    if len(set(names)) != len(names):
+        raise TypeError(f"{cls.__name__}: a variable is used twice: {names}")
+    return tuple(out)
+
+
+def _own_variables(cls: type[EnvSettings]) -> tuple[Variable, ...]:
+    return tuple(v for v in variables(cls) if len(v.path) == 1)
+
+
+def _find_meta(hint: Any) -> tuple[msgspec.Meta, Any] | None:
+    """The env(...) Meta in a field type (through Annotated and unions), and the type it annotates."""
+    if typing.get_origin(hint) is Annotated:
+        for meta in hint.__metadata__:
+            if isinstance(meta, msgspec.Meta) and meta.extra and "env" in meta.extra:
+                return meta, _strip(hint.__origin__)
+        return _find_meta(hint.__origin__)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            found = _find_meta(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _strip(hint: Any) -> Any:
+    """The type without Annotated and without None: `Annotated[str, ...] | None` -> str."""
+    if typing.get_origin(hint) is Annotated:
+        return _strip(hint.__origin__)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return _strip(args[0])
+    return hint
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x)
+
+
+def _allowed(base: Any, meta: msgspec.Meta) -> str:
+    if base is bool:
+        return "a boolean: 1, true, yes, on or 0, false, no, off"
+    if base is int or base is float:
+        noun = "an integer" if base is int else "a number"
+        lo, hi = meta.ge, meta.le
+        if lo is not None and hi is not None and meta.gt is None and meta.lt is None:
+            return f"{noun} from {_number(lo)} to {_number(hi)}"
+        bounds = [
+            f"{op} {_number(v)}"
+            for op, v in ((">", meta.gt), (">=", meta.ge), ("<", meta.lt), ("<=", meta.le))
+            if v is not None
+        ]
+        return f"{noun} {' and '.join(bounds)}" if bounds else noun
+    if base is str:
+        if meta.pattern is not None:
+            return f"a string matching {meta.pattern}"
+        return "a non-empty string" if meta.min_length else "a string"
+    return f"a {getattr(base, '__name__', base)}"
