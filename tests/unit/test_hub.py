@@ -29,15 +29,15 @@ class FakeHub:
 
 class FakeWriter:
     def __init__(self) -> None:
-        self.out: list[list[str]] = []
+        self.out: list[list[dict[str, str]]] = []
         self.writable = True
         self.cut: int | None = None
 
     def ready(self) -> bool:
         return self.writable
 
-    def write(self, texts: list[str]) -> None:
-        self.out.append(texts)
+    def write(self, messages: list[dict[str, str]]) -> None:
+        self.out.append([m["text"] for m in messages])
 
     def now(self) -> float:
         return asyncio.get_running_loop().time()

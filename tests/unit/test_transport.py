@@ -30,6 +30,10 @@ class Socket:
         self.closed_with = code
 
 
+def m(text: str) -> dict[str, str]:
+    return {"type": "websocket.send", "text": text}
+
+
 async def test_a_coroutine_that_never_waits_finishes_on_the_callers_stack() -> None:
     done: list[int] = []
 
@@ -86,10 +90,10 @@ async def test_cancelling_the_task_reaches_the_waiting_coroutine() -> None:
 async def test_sender_keeps_order_through_a_full_buffer() -> None:
     socket = Socket()
     sender = WebSocketSender(socket)  # type: ignore[arg-type]
-    sender.write(["1", "2"])
+    sender.write([m("1"), m("2")])
     assert socket.sent == ["1", "2"] and sender.ready()  # sent at once, no task
     socket.writable.clear()
-    sender.write(["3", "4"])
+    sender.write([m("3"), m("4")])
     assert not sender.ready() and socket.sent == ["1", "2"]
     socket.writable.set()
     await asyncio.wait_for(sender.drained(), 2)
@@ -100,9 +104,9 @@ async def test_cut_off_closes_after_what_was_sent_or_drops_a_client_that_reads_n
     socket = Socket()
     sender = WebSocketSender(socket)  # type: ignore[arg-type]
     socket.writable.clear()
-    sender.write(["1"])
+    sender.write([m("1")])
     sender.cut_off(1013, "too slow")
-    sender.write(["2"])  # after the cut-off: never sent
+    sender.write([m("2")])  # after the cut-off: never sent
     socket.writable.set()  # the client reads again
     await asyncio.wait_for(sender.closed(), 2)
     assert socket.sent == ["1"] and socket.closed_with == 1013
@@ -110,7 +114,7 @@ async def test_cut_off_closes_after_what_was_sent_or_drops_a_client_that_reads_n
     stalled = Socket()
     sender = WebSocketSender(stalled, grace_s=0.05)  # type: ignore[arg-type]
     stalled.writable.clear()
-    sender.write(["1"])
+    sender.write([m("1")])
     sender.cut_off(1013, "too slow")
     await asyncio.wait_for(sender.closed(), 2)
     assert stalled.sent == [] and stalled.closed_with is None and sender.pending is None

@@ -309,9 +309,9 @@ class Hub:
                 if sender.failed:
                     return
                 if frame is None:
-                    sender.write([self.heartbeat_frame()])
+                    sender.write([{"type": "websocket.send", "text": self.heartbeat_frame()}])
                     continue
-                sender.write([frame.text, *(f.text for f in client.take_ready())])
+                sender.write([frame.message(), *(f.message() for f in client.take_ready())])
                 client.sent_at = sender.now()
         except TooSlow:
             sender.cut_off(CLOSE_TOO_SLOW, "client too slow; reconnect with since")

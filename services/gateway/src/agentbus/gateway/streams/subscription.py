@@ -23,7 +23,7 @@ CLOSE_GOING_AWAY = 1001
 class Frame:
     """One stored event, shared by every client it goes to: its JSON text as stored."""
 
-    __slots__ = ("_sse", "event_type", "run_id", "seq", "task_id", "text")
+    __slots__ = ("_message", "_sse", "event_type", "run_id", "seq", "task_id", "text")
 
     def __init__(self, run_id: str, task_id: str, seq: int, text: str, event_type: str = "") -> None:
         self.run_id = run_id
@@ -32,6 +32,13 @@ class Frame:
         self.text = text
         self.event_type = event_type
         self._sse: bytes | None = None
+        self._message: dict[str, str] | None = None
+
+    def message(self) -> dict[str, str]:
+        """The ASGI message that sends it as a WebSocket text frame, one for every client."""
+        if self._message is None:
+            self._message = {"type": "websocket.send", "text": self.text}
+        return self._message
 
     def sse(self) -> bytes:
         """The Server-Sent Events form: the event's seq is its id (`Last-Event-ID` resumes after it)."""
@@ -70,7 +77,7 @@ class Sender(Protocol):
 
     def ready(self) -> bool: ...
 
-    def write(self, texts: list[str]) -> None: ...
+    def write(self, messages: list[dict[str, str]]) -> None: ...
 
     def now(self) -> float: ...
 
@@ -111,7 +118,7 @@ class Subscription:
         if direct is not None and self._waiter is not None and not self.queue and direct.ready():
             verdict = self._place(frame)
             if verdict == 1:
-                direct.write([frame.text])
+                direct.write([frame.message()])
                 self.sent_at = direct.now()
                 return
             if verdict == 0:
@@ -139,7 +146,7 @@ class Subscription:
         for i, frame in enumerate(frames):
             verdict = self._place(frame)
             if verdict == 1:
-                out.append(frame.text)
+                out.append(frame.message())
             elif verdict == 2:  # a gap: the rest goes through the pump, which fills it in order
                 for rest in frames[i:]:
                     self.queue.append(rest)

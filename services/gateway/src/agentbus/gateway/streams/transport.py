@@ -75,6 +75,7 @@ class WebSocketSender:
         self.socket = socket
         self.grace_s = grace_s
         self.loop = asyncio.get_running_loop()
+        self.now = self.loop.time
         self.pending: asyncio.Task[None] | None = None
         self.closing: asyncio.Task[None] | None = None
         self.failed = False
@@ -83,26 +84,28 @@ class WebSocketSender:
         """True when a frame handed over now goes straight out (nothing waits before it)."""
         return self.pending is None and self.closing is None and not self.failed
 
-    def now(self) -> float:
-        return self.loop.time()
-
-    def write(self, texts: list[str]) -> None:
-        """Send these frames in order; what has to wait for the client is finished by a task."""
+    def write(self, messages: list[dict[str, str]]) -> None:
+        """Send these ASGI messages in order; what has to wait for the client is finished by a task."""
         if self.closing is not None or self.failed:
             return
-        try:
-            task = start_eagerly(self._send(texts))
-        except Exception as exc:  # the connection is gone: the pump notices through receive
-            self._broken(exc)
-            return
-        if task is not None:
-            self.pending = task
-            task.add_done_callback(self._sent)
-
-    async def _send(self, texts: list[str]) -> None:
         send = self.socket.send
-        for text in texts:
-            await send({"type": "websocket.send", "text": text})
+        for i, message in enumerate(messages):
+            try:
+                task = start_eagerly(send(message))  # type: ignore[arg-type]
+            except Exception as exc:  # the connection is gone: the pump notices through receive
+                self._broken(exc)
+                return
+            if task is not None:
+                rest = messages[i + 1 :]
+                self.pending = self.loop.create_task(self._after(task, rest)) if rest else task
+                self.pending.add_done_callback(self._sent)
+                return
+
+    async def _after(self, first: asyncio.Task[None], rest: list[dict[str, str]]) -> None:
+        await first
+        send = self.socket.send
+        for message in rest:
+            await send(message)  # type: ignore[arg-type]
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self.pending = None
