@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import report, scenarios
+from bench import report, scenarios, seed
 from bench.services import (
     ROOT,
     Code,
@@ -51,6 +51,7 @@ ALL = (
     "fanout",
     "runs",
     "runner-events",
+    "lists",
     "memory",
     "startup",
 )
@@ -292,6 +293,72 @@ class Bench:
         )
         self.row(f"fan-out: stalled clients cut off, {n}", db, runs, "stalled_cut_off", "")
 
+    def lists(self, db: str) -> None:
+        """Every list and filter of the contract and a run's log against GET-by-id, on the fresh
+        database and again with a million tasks and runs seeded into it."""
+        a = self.a
+        d = a.duration
+        where: dict[int, dict[str, str]] = {}
+
+        def paths(system: System) -> dict[str, str]:
+            if id(system) not in where:
+                # Full pages from the start (ten tasks and runs completed, one task with eleven runs),
+                # newer than anything seeded: both stages list the same rows.
+                fast = {"require_approval": False, "agent_config": scenarios.FAST_RUN}
+                made = [scenarios.create_task(system, **fast) for _ in range(11)]
+                started = [scenarios.create_run(system, t["id"]) for t in made]
+                started += [scenarios.create_run(system, made[0]["id"]) for _ in range(10)]
+                for run in started:
+                    scenarios.wait_run(system, run["id"], "completed")
+                where[id(system)] = {"task": made[0]["id"], "run": started[0]["id"]}
+            w = where[id(system)]
+            out = {
+                "GET /api/tasks/{id}": f"/api/tasks/{w['task']}",
+                **scenarios.list_paths(w["task"], w["run"]),
+            }
+            if "deep" in w:
+                out["GET /api/tasks?cursor= (a page 500,000 deep)"] = (
+                    f"/api/tasks?limit=10&cursor={w['deep']}"
+                )
+            return out
+
+        def measure(system: System) -> dict:
+            out: dict[str, float] = {}
+            for name, path in paths(system).items():
+                out[name] = scenarios.http_max(f"{system.base_url}{path}", duration=d)["rps"]
+            by_id = out["GET /api/tasks/{id}"]
+            return {
+                **{f"rps {k}": v for k, v in out.items()},
+                **{f"ratio {k}": v / by_id for k, v in out.items()},
+            }
+
+        stages: dict[str, Runs] = {}
+        for stage in ("empty", f"{a.seed_rows:,} tasks and runs"):
+            if stage != "empty":
+                for system in self.systems:
+                    if system is not None:
+                        took = seed.seed(system.env["DATABASE_URL"], a.seed_rows, a.seed_rows)
+                        print(f"  seeded {a.seed_rows:,} tasks and runs in {took:.1f}s", flush=True)
+                        try:
+                            where[id(system)]["deep"] = scenarios.deep_cursor(system, a.seed_rows // 2)
+                        except (KeyError, TypeError):  # a version without cursors
+                            print("  no next_cursor in its pages: the deep page is not measured", flush=True)
+            stages[stage] = runs = self.repeat(f"lists ({stage})", measure)
+            for name in paths(next(s for s in self.systems if s is not None)):
+                self.row(f"{name} ({stage})", db, runs, f"rps {name}", "req/s")
+                if name != "GET /api/tasks/{id}":
+                    self.row(f"{name} / GET-by-id ({stage})", db, runs, f"ratio {name}", "%", 50, scale=100)
+        empty, seeded = stages.values()
+        for name in scenarios.list_paths("", ""):
+            flat = Runs(
+                [
+                    [{"flat": median_of(s, f"rps {name}") / median_of(e, f"rps {name}")}] if e and s else []
+                    for e, s in zip(empty.sides, seeded.sides, strict=True)
+                ],
+                seeded.errors,
+            )
+            self.row(f"{name}: seeded / empty", db, flat, "flat", "%", 90, scale=100)
+
     def runs(self, db: str) -> None:
         a = self.a
         runs = self.repeat(
@@ -369,6 +436,8 @@ class Bench:
             self.runs(db)
         if self.wants("runner-events"):
             self.runner_events(db)
+        if self.wants("lists"):
+            self.lists(db)
         if self.wants("memory"):
             mem = self.once("runner memory", lambda s: scenarios.runner_memory(s, 100))
             self.row(
@@ -443,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fanout-rate", type=float, default=51.0, help="events/s published in the fan-out case")
     p.add_argument("--run-count", type=int, default=1000)
     p.add_argument(
+        "--seed-rows", type=int, default=1_000_000, help="tasks and runs seeded for the lists case"
+    )
+    p.add_argument(
         "--runner-rate", type=float, default=20.0, help="runs/s started in the real-runner event case"
     )
     p.add_argument("--runner-steps", type=int, default=10, help="steps (5 ms each) of those runs")
@@ -462,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.quick:
         a.repeats, a.duration, a.run_count, a.clients = 1, 2.0, 200, 200
+        a.seed_rows = min(a.seed_rows, 20_000)
         a.stalled = min(a.stalled, 2)
     a.only = [x.strip() for x in a.only.split(",") if x.strip()]
     unknown = set(a.only) - set(ALL)

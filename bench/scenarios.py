@@ -140,6 +140,28 @@ def create_run(system: System, task_id: str) -> dict:
     return r.json()
 
 
+def list_paths(task_id: str, run_id: str) -> dict[str, str]:
+    """Every list and filter of the contract, and a run's log: name -> path."""
+    return {
+        "GET /api/tasks?limit=10": "/api/tasks?limit=10",
+        "GET /api/tasks?status=completed": "/api/tasks?status=completed&limit=10",
+        "GET /api/runs?limit=10": "/api/runs?limit=10",
+        "GET /api/runs?task_id=": f"/api/runs?task_id={task_id}&limit=10",
+        "GET /api/runs?status=completed": "/api/runs?status=completed&limit=10",
+        "GET /api/runs/{id}/logs": f"/api/runs/{run_id}/logs",
+    }
+
+
+def deep_cursor(system: System, depth: int) -> str:
+    """The cursor of the page that starts `depth` tasks deep (skip's cost paid once, here)."""
+    r = httpx.get(f"{system.base_url}/api/tasks", params={"skip": depth - 1, "limit": 1}, timeout=120)
+    r.raise_for_status()
+    cursor = r.json()["next_cursor"]
+    if not isinstance(cursor, str):
+        raise TypeError(f"no next_cursor {depth} tasks deep")
+    return cursor
+
+
 def wait_run(system: System, run_id: str, status: str, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while True:

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Annotated
 
+from litestar.exceptions import ValidationException
 from litestar.params import Parameter
+
+from agentbus.gateway.store import BadCursor
 
 Skip = Annotated[int, Parameter(ge=0, description="items to skip")]
 Limit = Annotated[int, Parameter(ge=1, le=100, description="page size, at most 100")]
+Cursor = Annotated[
+    str | None,
+    Parameter(
+        min_length=1,
+        max_length=200,
+        description="a page's `next_cursor`: the page after it (instead of `skip`)",
+    ),
+]
 LogLimit = Annotated[int, Parameter(ge=1, le=1000, description="at most 1000")]
 # A run's log: events with seq > since (0: from the first).
 LogSince = Annotated[int, Parameter(ge=0, description="return events with seq > since")]
@@ -17,3 +30,18 @@ StreamSince = Annotated[
 ]
 # Server-Sent Events: start after this seq (a `Last-Event-ID` header wins).
 SseSince = Annotated[int | None, Parameter(ge=0, description="start after this seq (Last-Event-ID wins)")]
+
+
+def checked_cursor(cursor: str | None, skip: int) -> str | None:
+    if cursor is not None and skip:
+        raise ValidationException("pass either `skip` or `cursor`, not both")
+    return cursor
+
+
+@contextlib.contextmanager
+def page_input() -> Iterator[None]:
+    """A cursor the store cannot read is the client's mistake: 400."""
+    try:
+        yield
+    except BadCursor as exc:
+        raise ValidationException(str(exc)) from None

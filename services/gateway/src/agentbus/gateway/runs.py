@@ -20,7 +20,7 @@ from agentbus.gateway.bus import Bus
 from agentbus.gateway.convert import artifact_out, decision_of, run_out
 from agentbus.gateway.errors import Conflict, ServiceUnavailable
 from agentbus.gateway.lifecycle import Lifecycle
-from agentbus.gateway.params import Limit, LogLimit, LogSince, Skip
+from agentbus.gateway.params import Cursor, Limit, LogLimit, LogSince, Skip, checked_cursor, page_input
 from agentbus.gateway.schemas import (
     ApproveBody,
     ArtifactInfo,
@@ -113,9 +113,12 @@ class RunService:
             raise ServiceUnavailable("message broker unavailable; the run was not queued") from exc
         return run_out(row)
 
-    async def page(self, task_id: str | None, status: str | None, skip: int, limit: int) -> RunPage:
-        rows, total = await self.store.list_runs(task_id, status, skip, limit)
-        return RunPage(items=[run_out(r) for r in rows], total=total, skip=skip, limit=limit)
+    async def page(
+        self, task_id: str | None, status: str | None, skip: int, limit: int, cursor: str | None
+    ) -> RunPage:
+        with page_input():
+            page = await self.store.list_runs(task_id, status, skip, limit, checked_cursor(cursor, skip))
+        return RunPage([run_out(r) for r in page.rows], page.total, skip, limit, page.next_cursor)
 
     async def update(self, run_id: str, data: RunUpdate) -> Run:
         row = await self.store.update_run_labels(run_id, data.labels, now())
@@ -197,8 +200,9 @@ class RunController(Controller):
         status: RunStatus | None = None,
         skip: Skip = 0,
         limit: Limit = 10,
+        cursor: Cursor = None,
     ) -> RunPage:
-        return await run_service.page(task_id, status, skip, limit)
+        return await run_service.page(task_id, status, skip, limit, cursor)
 
     @get("/{run_id:str}", summary="Get a run")
     async def retrieve(self, run_id: str, run_service: RunService) -> Run:

@@ -76,6 +76,8 @@ class TaskPage(msgspec.Struct):
     total: int
     skip: int
     limit: int
+    # Pass it back as `cursor=` for the next page (same order, same cost however deep); None: last.
+    next_cursor: str | None = None
 
 
 class RunCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -145,6 +147,8 @@ class RunPage(msgspec.Struct):
     total: int
     skip: int
     limit: int
+    # Pass it back as `cursor=` for the next page (same order, same cost however deep); None: last.
+    next_cursor: str | None = None
 
 
 class EventPage(msgspec.Struct):

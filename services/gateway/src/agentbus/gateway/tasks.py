@@ -12,7 +12,7 @@ from litestar.exceptions import NotFoundException
 
 from agentbus.gateway.convert import task_out
 from agentbus.gateway.lifecycle import Lifecycle
-from agentbus.gateway.params import Limit, Skip
+from agentbus.gateway.params import Cursor, Limit, Skip, checked_cursor, page_input
 from agentbus.gateway.schemas import Task, TaskCreate, TaskPage, TaskStatus, TaskUpdate
 from agentbus.gateway.store import GatewayStore
 
@@ -60,9 +60,10 @@ class TaskService:
             raise NotFoundException(f"task {task_id} not found")
         return task_out(row)
 
-    async def page(self, status: str | None, skip: int, limit: int) -> TaskPage:
-        rows, total = await self.store.list_tasks(status, skip, limit)
-        return TaskPage(items=[task_out(r) for r in rows], total=total, skip=skip, limit=limit)
+    async def page(self, status: str | None, skip: int, limit: int, cursor: str | None) -> TaskPage:
+        with page_input():
+            page = await self.store.list_tasks(status, skip, limit, checked_cursor(cursor, skip))
+        return TaskPage([task_out(r) for r in page.rows], page.total, skip, limit, page.next_cursor)
 
     async def delete(self, task_id: str) -> None:
         await self.load(task_id)
@@ -79,9 +80,14 @@ class TaskController(Controller):
 
     @get("/", summary="List tasks, newest first")
     async def list_page(
-        self, task_service: TaskService, status: TaskStatus | None = None, skip: Skip = 0, limit: Limit = 10
+        self,
+        task_service: TaskService,
+        status: TaskStatus | None = None,
+        skip: Skip = 0,
+        limit: Limit = 10,
+        cursor: Cursor = None,
     ) -> TaskPage:
-        return await task_service.page(status, skip, limit)
+        return await task_service.page(status, skip, limit, cursor)
 
     @get("/{task_id:str}", summary="Get a task")
     async def retrieve(self, task_id: str, task_service: TaskService) -> Task:

@@ -7,7 +7,8 @@ sit behind its one interface, each where the profile put it:
 - writes (`create_task`, `create_run`, `record_decision`, ... and event batches): the `Writer`
   (SQLite: one thread, group commit; PostgreSQL: a pool of its own, `writer.py`); event batches
   on PostgreSQL go straight over asyncpg (`events.py`);
-- everything else (lists, logs, replays, deletes) through the async engine.
+- lists, pages and logs: fast reads too, with totals from trigger-kept counts (`lists.py`);
+- everything else (replays, deletes, the rarer queries) through the async engine.
 Pool sizes come from the settings.
 """
 
@@ -25,8 +26,10 @@ from sqlalchemy.engine import Connection
 
 from agentbus.common.db import make_engine, migrate, read_then_write, redact, wait_for_database
 from agentbus.contracts.status import TERMINAL_RUN_STATUSES
+from agentbus.gateway.store import lists
 from agentbus.gateway.store.effects import Batch
 from agentbus.gateway.store.events import PgEventBatch, SqliteEventBatch
+from agentbus.gateway.store.lists import BadCursor, Page
 from agentbus.gateway.store.reads import RowReader
 from agentbus.gateway.store.tables import artifacts, run_events, runs, tasks
 from agentbus.gateway.store.writer import Writer
@@ -72,6 +75,8 @@ class GatewayStore:
         self.events: SqliteEventBatch | PgEventBatch = (
             PgEventBatch(self.engine.url) if self.dialect == "postgresql" else SqliteEventBatch(self.writer)
         )
+        self._task_lists = lists.Lists(tasks, ("status",))
+        self._run_lists = lists.Lists(runs, ("task_id", "status"))
 
     async def open(self) -> None:
         log.info("database %s", redact(str(self.engine.url)))
@@ -105,10 +110,9 @@ class GatewayStore:
         stmt = tasks.update().where(tasks.c.id == task_id).values(**changes).returning(*tasks.c)
         return await self.writer(lambda conn: conn.execute(stmt).first())
 
-    async def list_tasks(self, status: str | None, skip: int, limit: int) -> tuple[list[Any], int]:
-        where = [tasks.c.status == status] if status else []
-        order = (tasks.c.created_at.desc(), tasks.c.id.desc())
-        return await self._page(tasks, where, order, skip, limit)
+    async def list_tasks(self, status: str | None, skip: int, limit: int, cursor: str | None = None) -> Page:
+        """Tasks newest first; raises BadCursor for a cursor this store did not hand out."""
+        return await self._page(self._task_lists, {"status": status}, skip, limit, cursor)
 
     async def task_runs(self, task_id: str) -> list[Any]:
         """(id, status) of each of the task's runs."""
@@ -167,14 +171,10 @@ class GatewayStore:
         return bool(await self.writer(lambda conn: conn.execute(stmt).rowcount))
 
     async def list_runs(
-        self, task_id: str | None, status: str | None, skip: int, limit: int
-    ) -> tuple[list[Any], int]:
-        where = []
-        if task_id:
-            where.append(runs.c.task_id == task_id)
-        if status:
-            where.append(runs.c.status == status)
-        return await self._page(runs, where, (runs.c.created_at.desc(), runs.c.id.desc()), skip, limit)
+        self, task_id: str | None, status: str | None, skip: int, limit: int, cursor: str | None = None
+    ) -> Page:
+        """Runs newest first; raises BadCursor for a cursor this store did not hand out."""
+        return await self._page(self._run_lists, {"task_id": task_id, "status": status}, skip, limit, cursor)
 
     async def unfinished(self, run_ids: Sequence[str]) -> list[str]:
         """The runs among these that have not reached a terminal status."""
@@ -258,15 +258,11 @@ class GatewayStore:
 
     async def logs(self, run_id: str, since: int, limit: int) -> tuple[list[str], int]:
         """The run's stored events with seq > since, in seq order (at most `limit`), and their total."""
-        where = (run_events.c.run_id == run_id, run_events.c.seq > since)
-        async with self.engine.connect() as conn:
-            total = (
-                await conn.execute(select(func.count()).select_from(run_events).where(*where))
-            ).scalar_one()
-            payloads = await conn.execute(
-                select(run_events.c.payload).where(*where).order_by(run_events.c.seq).limit(limit)
-            )
-            return list(payloads.scalars()), total
+        rows = await self.reader.fetch(lists.LOG, (run_id, since, limit))
+        if len(rows) < limit:  # all of them
+            return [r.payload for r in rows], len(rows)
+        total = (await self.reader.fetch(lists.LOG_TOTAL, (run_id, since)))[0].n
+        return [r.payload for r in rows], total
 
     async def event_payloads(self, run_id: str, types: Sequence[str]) -> list[str]:
         """The run's stored events of these types, in seq order."""
@@ -337,12 +333,22 @@ class GatewayStore:
     # --- shared --------------------------------------------------------------------------------
 
     async def _page(
-        self, table: Any, where: list[Any], order: tuple[Any, ...], skip: int, limit: int
-    ) -> tuple[list[Any], int]:
-        async with self.engine.connect() as conn:
-            total = (await conn.execute(select(func.count()).select_from(table).where(*where))).scalar_one()
-            rows = await conn.execute(select(table).where(*where).order_by(*order).offset(skip).limit(limit))
-            return list(rows), total
+        self, kind: lists.Lists, filters: dict[str, str | None], skip: int, limit: int, cursor: str | None
+    ) -> Page:
+        given = {k: v for k, v in filters.items() if v}
+        values: list[Any] = list(given.values())
+        if cursor is not None:
+            values += [(at := lists.decode_cursor(cursor)).created_at, at.created_at, at.id]
+        # One row more than the page: whether a next page exists, without counting.
+        rows = await self.reader.fetch(
+            kind.query(tuple(given), cursor is not None), (*values, limit + 1, skip)
+        )
+        names = {"task_id": "task"}
+        name = lists.count_name(kind.table.name, {names.get(k, k): v for k, v in given.items()})
+        total = (await self.reader.fetch(lists.COUNT, (name,)))[0].n
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page(rows, int(total), lists.encode_cursor(rows[-1]) if more else None)
 
 
-__all__ = ["MIGRATIONS", "GatewayStore", "TaskGone"]
+__all__ = ["MIGRATIONS", "BadCursor", "GatewayStore", "Page", "TaskGone"]

@@ -23,13 +23,18 @@ import collections
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Table, bindparam, create_engine, event, select
+import msgspec
+from sqlalchemy import Table, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql import sqltypes
+
+from agentbus.common.db import UTCDateTime
 
 log = logging.getLogger(__name__)
 
@@ -41,46 +46,85 @@ def _inline_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-class _Read(NamedTuple):
-    """A table's primary-key query in the driver's own SQL, and how its tuple becomes a row."""
+class Query:
+    """One read in the driver's own SQL (`?` placeholders; `$1`, `$2` ... on PostgreSQL), and how
+    its tuples become rows: named tuples (`row.column`, like a SQLAlchemy row) whose values the
+    selected columns' SQLAlchemy types have converted (JSON text, datetimes kept as text on
+    SQLite; asyncpg already returns what SQLAlchemy would: its JSON codecs are SQLAlchemy's).
+    Parameters go through the bound columns' SQLAlchemy types the same way."""
 
-    sql: str
-    # SQLite: the columns' SQLAlchemy result processors (JSON text, datetimes kept as text).
-    # asyncpg already returns what SQLAlchemy would: its JSON codecs are SQLAlchemy's.
-    processors: list[tuple[int, Callable[[Any], Any]]]
-    row: type  # a named tuple: `row.column`, like a SQLAlchemy row
+    def __init__(self, name: str, sql: str, columns: Sequence[Any], binds: Sequence[Any] = ()) -> None:
+        self.name = name
+        self.sql = sql
+        parts = sql.split("?")
+        self.pg_sql = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+        self.columns = list(columns)
+        self.binds = list(binds)
+        self.row: type = collections.namedtuple(f"{name}_row", [c.name for c in self.columns])  # type: ignore[misc]
+        self._results: list[tuple[int, Callable[[Any], Any]]] | None = None
+        self._params: list[Callable[[Any], Any] | None] | None = None
 
-
-def _read(table: Table, dialect: Any, placeholder: str) -> _Read:
-    columns = list(table.c)
-    processors = []
-    if dialect.name == "sqlite":
-        for i, column in enumerate(columns):
-            process = column.type.dialect_impl(dialect).result_processor(dialect, None)
+    def prepare(self, dialect: Any) -> None:
+        results, params = [], []
+        for i, column in enumerate(self.columns if dialect.name == "sqlite" else ()):
+            process = _sqlite_result(column, dialect)
             if process is not None:
-                processors.append((i, process))
+                results.append((i, process))
+        for column in self.binds:
+            params.append(
+                None if column is None else column.type.dialect_impl(dialect).bind_processor(dialect)
+            )
+        self._results, self._params = results, params
+
+    def params(self, values: Sequence[Any]) -> tuple[Any, ...]:
+        assert self._params is not None
+        return tuple(v if p is None or v is None else p(v) for p, v in zip(self._params, values, strict=True))
+
+    def rows(self, found: Sequence[Any]) -> list[Any]:
+        processors, make = self._results, self.row
+        if not processors:
+            return [make(*r) for r in found]
+        out = []
+        for r in found:
+            values = list(r)
+            for i, process in processors:
+                values[i] = process(values[i])
+            out.append(make(*values))
+        return out
+
+
+def _utc_from_text(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def _json_from_text(value: str | bytes | None) -> Any:
+    return None if value is None else msgspec.json.decode(value)
+
+
+def _sqlite_result(column: Any, dialect: Any) -> Callable[[Any], Any] | None:
+    """How a SQLite value becomes what SQLAlchemy would return. Datetimes (kept as UTC text) and JSON
+    are the costly ones in a page of rows: the same values, parsed by `datetime.fromisoformat` and
+    msgspec instead of SQLAlchemy's regular expression and `json.loads`."""
+    if isinstance(column.type, UTCDateTime):
+        return _utc_from_text
+    impl = column.type.dialect_impl(dialect)
+    if isinstance(impl, sqltypes.JSON):
+        return _json_from_text
+    return impl.result_processor(dialect, None)
+
+
+def by_id(table: Table) -> Query:
+    columns = list(table.c)
     names = ", ".join(f'"{c.name}"' for c in columns)
-    return _Read(
-        sql=f'SELECT {names} FROM "{table.name}" WHERE id = {placeholder}',
-        processors=processors,
-        row=collections.namedtuple(f"{table.name}_row", [c.name for c in columns]),  # type: ignore[misc]
+    return Query(
+        f"{table.name}_by_id", f'SELECT {names} FROM "{table.name}" WHERE id = ?', columns, [table.c.id]
     )
-
-
-def _row(read: _Read, found: Any) -> Any:
-    if found is None:
-        return None
-    if not read.processors:
-        return read.row(*found)
-    values = list(found)
-    for i, process in read.processors:
-        values[i] = process(values[i])
-    return read.row(*values)
 
 
 class RowReader:
     def __init__(self, engine: AsyncEngine, pg_connections: int = 8) -> None:
         self.engine = engine
+        self.dialect = engine.dialect
         self.pg_connections = pg_connections
         self.inline: Engine | None = None
         self.pg: AsyncEngine | None = None
@@ -101,36 +145,23 @@ class RowReader:
                 pool_pre_ping=False,
                 isolation_level="AUTOCOMMIT",
             )
-        self._by_id: dict[str, Any] = {}
-        self._reads: dict[str, _Read] = {}
+        self._by_id: dict[str, Query] = {}
+        self._prepared: set[int] = set()
         self._sqlite_conn: Any = None  # the inline engine's one connection, checked out for good
         # Held PostgreSQL connections, (SQLAlchemy connection, asyncpg connection), or None for a
         # slot whose connection is yet to be made (or was dropped). Last in, first out: a light
         # load keeps reusing one connection and opens no others.
         self._pg_slots: asyncio.LifoQueue[tuple[AsyncConnection, Any] | None] | None = None
 
-    def _stmt(self, table: Table) -> Any:
-        stmt = self._by_id.get(table.name)
-        if stmt is None:
-            stmt = self._by_id[table.name] = select(table).where(table.c.id == bindparam("key"))
-        return stmt
-
-    def _read(self, table: Table, dialect: Any, placeholder: str) -> _Read:
-        read = self._reads.get(table.name)
-        if read is None:
-            read = self._reads[table.name] = _read(table, dialect, placeholder)
-        return read
-
-    def _inline_one(self, table: Table, key: str) -> Any:
+    def _inline(self, query: Query, params: tuple[Any, ...]) -> list[Any]:
         """Straight over sqlite3: SQLAlchemy's connection and result handling around the query
         cost more than the query."""
         assert self.inline is not None
-        read = self._read(table, self.inline.dialect, "?")
         if self._sqlite_conn is None:
             self._sqlite_conn = self.inline.raw_connection()
-        return _row(read, self._sqlite_conn.driver_connection.execute(read.sql, (key,)).fetchone())
+        return self._sqlite_conn.driver_connection.execute(query.sql, params).fetchall()
 
-    async def _pg_one(self, table: Table, key: str) -> Any:
+    async def _pg_fetch(self, query: Query, params: tuple[Any, ...]) -> list[Any]:
         """Straight to asyncpg (a prepared statement it caches) on a connection this reader holds:
         SQLAlchemy's statement execution was a third of the request's CPU in the profile, and a
         pool checkout and return about a fifth of what was left. A connection that fails is
@@ -147,30 +178,42 @@ class RowReader:
             if held is None:
                 conn = await self.pg.connect()
                 held = (conn, (await conn.get_raw_connection()).driver_connection)
-            read = self._read(table, self.pg.dialect, "$1")
-            found = await held[1].fetchrow(read.sql, key)
+            found = await held[1].fetch(query.pg_sql, *params)
         except BaseException:
             slots.put_nowait(None)  # first: the slot is never lost, even if the drop is cancelled
             if conn is not None:
                 await _drop(conn)
             raise
         slots.put_nowait(held)
-        return _row(read, found)
+        return found
 
-    async def one(self, table: Table, key: str) -> Any:
-        """The row with this primary key (attributes named after the columns), or None."""
+    async def fetch(self, query: Query, values: Sequence[Any]) -> list[Any]:
+        """The query's rows (attributes named after the selected columns)."""
+        if id(query) not in self._prepared:
+            query.prepare(self.dialect)
+            self._prepared.add(id(query))
+        params = query.params(values)
         if self.inline is not None:
             try:
-                return self._inline_one(table, key)
+                return query.rows(self._inline(query, params))
             except sqlite3.OperationalError as exc:  # busy or locked: let a thread wait for it
                 log.debug("inline read fell back: %s", exc)
         elif self.pg is not None:
             try:
-                return await self._pg_one(table, key)
+                return query.rows(await self._pg_fetch(query, params))
             except Exception as exc:  # a connection the server dropped (restart): retry below
                 log.debug("read connection failed, retrying through the main engine: %r", exc)
+        sql = query.pg_sql if self.dialect.name == "postgresql" else query.sql
         async with self.engine.connect() as conn:
-            return (await conn.execute(self._stmt(table), {"key": key})).first()
+            return query.rows((await conn.exec_driver_sql(sql, params)).all())
+
+    async def one(self, table: Table, key: str) -> Any:
+        """The row with this primary key (attributes named after the columns), or None."""
+        query = self._by_id.get(table.name)
+        if query is None:
+            query = self._by_id[table.name] = by_id(table)
+        found = await self.fetch(query, (key,))
+        return found[0] if found else None
 
     async def close(self) -> None:
         if self._sqlite_conn is not None:

@@ -1,6 +1,7 @@
-"""The gateway's tables: tasks, runs, their events and the artifacts index."""
+"""The gateway's tables: tasks, runs, their events, the artifacts index and the row counts."""
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -104,4 +105,13 @@ artifacts = Table(
     Column("content_type", String(255), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     UniqueConstraint("run_id", "name", name="uq_artifacts_run_name"),
+)
+
+# Kept by triggers (migration 0003): the count of a name is the sum of its stripes' n.
+row_counts = Table(
+    "row_counts",
+    metadata,
+    Column("name", String(300), primary_key=True),
+    Column("stripe", Integer, primary_key=True),
+    Column("n", BigInteger, nullable=False),
 )

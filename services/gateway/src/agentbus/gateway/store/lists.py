@@ -1,0 +1,117 @@
+"""Lists, pages and logs as fast reads (`reads.Query`: the driver's own SQL on the reader's
+connections), flat however many rows are stored.
+
+- A page is newest first (`created_at`, then `id`, both descending). `skip` keeps working; a
+  cursor names the last row of the page before, so the next page starts right after it through
+  the index, at the same cost at any depth.
+- A page's `total` is exact and read from `row_counts` (kept by triggers in the same transaction
+  as every insert, delete and status change, migration 0003) instead of counting the rows.
+- A run's log is an index range of its events (`run_id`, `seq`): its size is the run's, not the
+  table's.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import msgspec
+from sqlalchemy import Column, Integer, Table, Text
+
+from agentbus.gateway.store.reads import Query
+from agentbus.gateway.store.tables import row_counts, run_events
+
+
+class BadCursor(ValueError):
+    """A cursor this gateway did not hand out (or one that was changed)."""
+
+
+class Position(NamedTuple):
+    """Where a page ends: its last row's sort key."""
+
+    created_at: datetime
+    id: str
+
+
+_position = msgspec.json.Decoder(tuple[datetime, str])
+
+
+def encode_cursor(row: Any) -> str:
+    raw = msgspec.json.encode((row.created_at, row.id))
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> Position:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, key = _position.decode(raw)
+    except (binascii.Error, ValueError, msgspec.DecodeError, msgspec.ValidationError):
+        raise BadCursor("cursor is not one this gateway handed out (use a page's next_cursor)") from None
+    if created_at.tzinfo is None:
+        raise BadCursor("cursor is not one this gateway handed out (use a page's next_cursor)")
+    return Position(created_at, key)
+
+
+class Page(NamedTuple):
+    rows: list[Any]
+    total: int
+    next_cursor: str | None
+
+
+class Lists:
+    """The prepared list queries of one table, one per combination of filters and cursor."""
+
+    def __init__(self, table: Table, filters: tuple[str, ...]) -> None:
+        self.table = table
+        self.filters = filters
+        self._queries: dict[tuple[tuple[str, ...], bool], Query] = {}
+
+    def query(self, filters: tuple[str, ...], after: bool) -> Query:
+        found = self._queries.get((filters, after))
+        if found is None:
+            found = self._queries[(filters, after)] = self._build(filters, after)
+        return found
+
+    def _build(self, filters: tuple[str, ...], after: bool) -> Query:
+        t = self.table
+        where = [f'"{name}" = ?' for name in filters]
+        binds: list[Any] = [t.c[name] for name in filters]
+        if after:
+            # The first conjunct is an index range; the second settles rows of the same instant.
+            where.append('"created_at" <= ? AND ("created_at" < ? OR "id" < ?)')
+            binds += [t.c.created_at, t.c.created_at, t.c.id]
+        names = ", ".join(f'"{c.name}"' for c in t.c)
+        sql = (
+            f'SELECT {names} FROM "{t.name}"'
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + ' ORDER BY "created_at" DESC, "id" DESC LIMIT ? OFFSET ?'
+        )
+        key = "_".join(filters) or "all"
+        return Query(f"{t.name}_{key}{'_after' if after else ''}", sql, list(t.c), [*binds, None, None])
+
+
+def count_name(table: str, filters: dict[str, str]) -> str:
+    """The `row_counts` name of a filtered table: `runs`, `runs|task=T`, `runs|task=T|status=S`."""
+    return "|".join([table, *(f"{k}={v}" for k, v in filters.items())])
+
+
+COUNT = Query(
+    "row_count",
+    'SELECT coalesce(sum("n"), 0) AS n FROM "row_counts" WHERE "name" = ?',
+    [Column("n", Integer)],
+    [row_counts.c.name],
+)
+LOG = Query(
+    "run_log",
+    'SELECT "payload" FROM "run_events" WHERE "run_id" = ? AND "seq" > ? ORDER BY "seq" LIMIT ?',
+    [Column("payload", Text)],
+    [run_events.c.run_id, run_events.c.seq, None],
+)
+LOG_TOTAL = Query(
+    "run_log_total",
+    'SELECT count(*) AS n FROM "run_events" WHERE "run_id" = ? AND "seq" > ?',
+    [Column("n", Integer)],
+    [run_events.c.run_id, run_events.c.seq],
+)

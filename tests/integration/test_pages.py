@@ -1,0 +1,134 @@
+"""Pages: cursors walk the same order as `skip`, totals stay exact through inserts, status changes
+and deletes (kept by triggers), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from litestar.testing import AsyncTestClient
+from sqlalchemy import delete, func, select, update
+
+from agentbus.gateway.store import GatewayStore
+from agentbus.gateway.store.lists import count_name
+from agentbus.gateway.store.tables import row_counts, runs, tasks
+from tests.support.gateway_db import engine_with_a_run
+
+
+async def walk(client: AsyncTestClient, path: str, limit: int) -> tuple[list[str], list[int]]:
+    """Every item's id, following next_cursor from the first page; and each page's total."""
+    ids: list[str] = []
+    totals: list[int] = []
+    sep = "&" if "?" in path else "?"
+    url = f"{path}{sep}limit={limit}"
+    while True:
+        r = await client.get(url)
+        assert r.status_code == 200, r.text
+        page = r.json()
+        ids += [item["id"] for item in page["items"]]
+        totals.append(page["total"])
+        if page["next_cursor"] is None:
+            return ids, totals
+        assert len(page["items"]) == limit
+        url = f"{path}{sep}limit={limit}&cursor={page['next_cursor']}"
+
+
+async def test_cursor_pages_follow_the_skip_order_with_exact_totals(client: AsyncTestClient) -> None:
+    created = [(await client.post("/api/tasks", json={"name": f"t{i}"})).json()["id"] for i in range(23)]
+    by_skip = []
+    for skip in range(0, 30, 10):
+        by_skip += [t["id"] for t in (await client.get(f"/api/tasks?skip={skip}&limit=10")).json()["items"]]
+    ids, totals = await walk(client, "/api/tasks", 5)
+    assert ids == by_skip and sorted(ids) == sorted(created)  # the same order, each once
+    assert totals == [23] * 5
+    last = (await client.get("/api/tasks?skip=20&limit=10")).json()
+    assert len(last["items"]) == 3 and last["next_cursor"] is None
+
+    one, other = created[0], created[1]
+    for _ in range(3):
+        assert (await client.post("/api/runs", json={"task_id": one})).status_code == 201
+    assert (await client.post("/api/runs", json={"task_id": other})).status_code == 201
+    ids, totals = await walk(client, f"/api/runs?task_id={one}", 2)
+    assert len(ids) == 3 and totals == [3, 3]
+    assert (await client.get(f"/api/runs?task_id={one}&status=pending")).json()["total"] == 3
+    assert (await client.get("/api/runs?status=pending")).json()["total"] == 4
+    assert (await client.get("/api/runs?status=completed")).json()["total"] == 0
+    assert (await client.get("/api/tasks?status=pending")).json()["total"] == 23
+
+    assert (await client.delete(f"/api/tasks/{one}")).status_code == 204
+    assert (await client.get("/api/runs")).json()["total"] == 1
+    assert (await client.get(f"/api/runs?task_id={one}")).json()["total"] == 0
+    assert (await client.get("/api/tasks")).json()["total"] == 22
+
+
+async def test_a_cursor_is_checked(client: AsyncTestClient) -> None:
+    await client.post("/api/tasks", json={"name": "a"})
+    await client.post("/api/tasks", json={"name": "b"})
+    cursor = (await client.get("/api/tasks?limit=1")).json()["next_cursor"]
+    assert cursor
+    for bad in ("not-a-cursor", "W10", cursor[:-3] + "xyz", "x" * 201):
+        r = await client.get(f"/api/tasks?cursor={bad}")
+        assert r.status_code == 400, (bad, r.text)
+        assert r.json()["detail"]
+    r = await client.get(f"/api/runs?skip=1&cursor={cursor}")
+    assert r.status_code == 400 and "either" in r.json()["detail"]
+
+
+async def _counts(conn: Any) -> dict[str, int]:
+    rows = await conn.execute(select(row_counts.c.name, func.sum(row_counts.c.n)).group_by(row_counts.c.name))
+    return {name: int(n) for name, n in rows}
+
+
+async def _expected(conn: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for table, keys in ((tasks, ()), (runs, ("task_id",))):
+        for group in ((), ("status",), *((k,) for k in keys), (*keys, "status")):
+            columns = [table.c[c] for c in group]
+            query = select(*columns, func.count()).select_from(table).group_by(*columns)
+            for row in await conn.execute(query):
+                labels = {"task" if c == "task_id" else c: v for c, v in zip(group, row[:-1], strict=True)}
+                out[count_name(table.name, labels)] = int(row[-1])
+    return out
+
+
+async def test_counts_follow_every_change_of_the_rows(database_url: str) -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    engine = await engine_with_a_run(database_url, at)  # migrated: task t, run r (running)
+    try:
+        async with engine.begin() as conn:
+            assert await _counts(conn) == {k: v for k, v in (await _expected(conn)).items() if v}
+            for i in range(4):
+                await conn.execute(
+                    runs.insert().values(
+                        id=f"r{i}",
+                        task_id="t",
+                        run_number=i + 2,
+                        status="pending",
+                        agent="scripted",
+                        require_approval=False,
+                        created_at=at,
+                        updated_at=at,
+                    )
+                )
+            await conn.execute(update(runs).where(runs.c.id.in_(["r0", "r1"])).values(status="completed"))
+            await conn.execute(update(runs).where(runs.c.id == "r2").values(progress=50.0))  # status kept
+            await conn.execute(update(tasks).values(status="completed"))
+            await conn.execute(delete(runs).where(runs.c.id == "r3"))
+        async with engine.connect() as conn:
+            counts = {k: v for k, v in (await _counts(conn)).items() if v}
+            assert counts == await _expected(conn)
+            assert counts["runs|task=t|status=completed"] == 2 and counts["runs"] == 4
+        async with engine.begin() as conn:
+            await conn.execute(delete(tasks))  # its runs go with it (cascade)
+        async with engine.connect() as conn:
+            left = await _counts(conn)
+            assert not any(name.startswith("runs|task=") for name in left)  # no rows left behind
+            assert all(n == 0 for n in left.values())
+    finally:
+        await engine.dispose()
+    store = GatewayStore(database_url)
+    try:
+        page = await store.list_runs(None, None, 0, 10)
+        assert page.total == 0 and page.rows == [] and page.next_cursor is None
+    finally:
+        await store.close()
