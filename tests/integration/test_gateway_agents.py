@@ -22,10 +22,7 @@ from tests.integration import test_gateway as gw
 from tests.support.fake_runner import FakeRunnerInfo
 from tests.support.waiting import eventually
 
-# The gateway tests' fixtures: their own broker, a fake runner answering discovery, the app, JetStream.
-own_nats = gw.own_nats
-runner_info = gw.runner_info
-client = gw.client
+# The gateway tests' JetStream fixture (their broker, fake runner and app are in conftest.py).
 js = gw.js
 Emitter, new_task, new_run = gw.Emitter, gw.new_task, gw.new_run
 
