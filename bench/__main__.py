@@ -317,7 +317,7 @@ class Bench:
                 **scenarios.list_paths(w["task"], w["run"]),
             }
             if "deep" in w:
-                out["GET /api/tasks?cursor= (a page 500,000 deep)"] = (
+                out["GET /api/tasks?cursor= (a page half the tasks deep)"] = (
                     f"/api/tasks?limit=10&cursor={w['deep']}"
                 )
             return out

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -94,7 +94,8 @@ class Query:
 
 
 def _utc_from_text(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+    # Kept as naive UTC text; an offset in the text is several times cheaper than `replace`.
+    return None if value is None else datetime.fromisoformat(value + "+00:00")
 
 
 def _json_from_text(value: str | bytes | None) -> Any:
