@@ -32,6 +32,7 @@ import contextvars
 import math
 import os
 import re
+import socket
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -54,6 +55,11 @@ __all__ = [
     "mask_url",
     "variables",
 ]
+
+
+def default_instance() -> str:
+    """A process's name among its service's copies: host and pid."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 class SettingsError(ValueError):

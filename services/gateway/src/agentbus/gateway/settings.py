@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import os
-import socket
 from collections.abc import Mapping
 from typing import Annotated
 
@@ -15,6 +13,7 @@ from agentbus.common.settings import (
     LogLevel,
     NatsReplicas,
     NatsUrl,
+    default_instance,
     env,
     load,
 )
@@ -30,10 +29,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def default_instance() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 class Settings(EnvSettings, frozen=True, kw_only=True):

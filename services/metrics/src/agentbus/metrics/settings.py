@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from typing import Annotated
 
 import msgspec
@@ -16,12 +14,9 @@ from agentbus.common.settings import (
     LogLevel,
     NatsReplicas,
     NatsUrl,
+    default_instance,
     env,
 )
-
-
-def default_instance() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 class Settings(EnvSettings, frozen=True, kw_only=True):

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 from collections.abc import Mapping
 from typing import Annotated
 
 import msgspec
 
-from agentbus.common.settings import EnvSettings, LogLevel, NatsReplicas, NatsUrl, env
+from agentbus.common.settings import EnvSettings, LogLevel, NatsReplicas, NatsUrl, default_instance, env
 
 # What an Authorization header can carry: visible ASCII, no spaces.
 KEY_PATTERN = r"^[!-~]+$"
-
-
-def _default_runner_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 MiB = 1024 * 1024
@@ -145,7 +139,7 @@ class Settings(EnvSettings, frozen=True, kw_only=True):
             min_length=1,
             default_doc="`<hostname>-<pid>`",
         ),
-    ] = msgspec.field(default_factory=_default_runner_id)
+    ] = msgspec.field(default_factory=default_instance)
     max_concurrency: Annotated[int, env("RUNNER_MAX_CONCURRENCY", "runs held at once", ge=1)] = 100
     ack_wait_s: Annotated[
         float,
