@@ -7,16 +7,22 @@ runner does and check what the gateway stores and answers.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 import nats
 import pytest
 from litestar.testing import AsyncTestClient
-from nats.js.errors import ObjectNotFoundError
+from nats.js.errors import KeyNotFoundError, ObjectNotFoundError
+from sqlalchemy import update
 
+from agentbus.common.db import make_engine
 from agentbus.contracts import RunControl, encode, subjects
 from agentbus.contracts import events as ev
+from agentbus.gateway.app import create_app
+from agentbus.gateway.settings import Settings
+from agentbus.gateway.store.tables import runs
+from tests.support.fake_runner import FakeRunnerInfo
 from tests.support.servers import NatsServer
 from tests.support.waiting import eventually
 
@@ -365,3 +371,51 @@ async def test_bad_task_input_names_the_field(client: AsyncTestClient, body: dic
     r = await client.post("/api/tasks", json=body)
     assert r.status_code == 400, r.text
     assert [e["key"] for e in r.json()["extra"]] == [field]
+
+
+async def test_a_stored_decision_the_bus_never_got_is_handed_over_again(
+    own_nats: NatsServer,
+    database_url: str,
+    runner_info: FakeRunnerInfo,
+    js,  # type: ignore[no-untyped-def]
+) -> None:
+    """The run's row is the outbox: a decision is stored first, then handed to the bus; one whose
+    hand-over failed (the broker was away) is handed over by the reaper's next round."""
+    settings = Settings(
+        nats_url=own_nats.url, database_url=database_url, request_timeout_s=0.5, reaper_interval_s=0.2
+    )
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        task = await new_task(client)
+        run = await new_run(client, task["id"])
+        e = Emitter(js, task["id"], run["id"])
+        await e.emit(ev.AnalysisStart)
+        await e.emit(ev.ApprovalRequired, data=ev.ApprovalRequiredData(plan={"steps": ["a"]}, timeout_s=300))
+
+        async def awaiting() -> bool:
+            return (await client.get(f"/api/runs/{run['id']}")).json()["status"] == "awaiting_approval"
+
+        await eventually(awaiting)
+        # Stored a minute ago, straight into the database, as if the bus had failed right after the
+        # write: nothing in KV.
+        decided = datetime.now(UTC) - timedelta(minutes=1)
+        approval = {"approved": False, "feedback": "no", "decided_at": decided.isoformat(), "revise": False}
+        engine = make_engine(database_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    update(runs).where(runs.c.id == run["id"]).values(approval=approval, updated_at=decided)
+                )
+        finally:
+            await engine.dispose()
+        kv = await js.key_value(subjects.RUN_STATE_BUCKET)
+
+        async def handed_over() -> RunControl | None:
+            try:
+                entry = await kv.get(subjects.decision_key(run["id"]))
+            except KeyNotFoundError:
+                return None
+            return msgspec.json.decode(entry.value, type=RunControl)
+
+        stored = await eventually(handed_over, what="the decision in KV")
+        assert stored.kind == "reject" and stored.feedback == "no"
+        assert (await client.get(f"/api/runs/{run['id']}")).json()["approval"]["feedback"] == "no"
