@@ -15,6 +15,7 @@ Pool sizes come from the settings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -75,6 +76,7 @@ class GatewayStore:
         self.events: SqliteEventBatch | PgEventBatch = (
             PgEventBatch(self.engine.url) if self.dialect == "postgresql" else SqliteEventBatch(self.writer)
         )
+        self._folding: asyncio.Task[None] | None = None
         self._task_lists = lists.Lists(tasks, ("status",))
         self._run_lists = lists.Lists(runs, ("task_id", "status"))
 
@@ -82,8 +84,31 @@ class GatewayStore:
         log.info("database %s", redact(str(self.engine.url)))
         await wait_for_database(self.engine)
         await migrate(self.engine, MIGRATIONS, "alembic_version_gateway")
+        if self.dialect == "postgresql":
+            self._folding = asyncio.create_task(self._fold_counts(), name="fold-row-counts")
+
+    async def _fold_counts(self, every_s: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.fold_counts()
+            except Exception as exc:  # the database is away: next round
+                log.debug("folding row counts failed: %r", exc)
+
+    async def fold_counts(self) -> bool:
+        """Fold the count deltas into the counts (PostgreSQL); False when another copy is at it."""
+        async with self.engine.begin() as conn:
+            if not (await conn.execute(text(lists.FOLD_LOCK))).scalar():
+                return False
+            await conn.execute(text(lists.FOLD))
+            await conn.execute(text(lists.FOLD_ZEROS))
+        return True
 
     async def close(self) -> None:
+        if self._folding is not None:
+            self._folding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._folding
         await self.events.close()
         await self.writer.close()
         await self.reader.close()

@@ -5,7 +5,8 @@ connections), flat however many rows are stored.
   cursor names the last row of the page before, so the next page starts right after it through
   the index, at the same cost at any depth.
 - A page's `total` is exact and read from `row_counts` (kept by triggers in the same transaction
-  as every insert, delete and status change, migration 0003) instead of counting the rows.
+  as every insert, delete and status change, migration 0003; on PostgreSQL plus the deltas not
+  folded in yet) instead of counting the rows.
 - A run's log is an index range of its events (`run_id`, `seq`): its size is the run's, not the
   table's.
 """
@@ -102,7 +103,20 @@ COUNT = Query(
     'SELECT coalesce(sum("n"), 0) AS n FROM "row_counts" WHERE "name" = ?',
     [Column("n", Integer)],
     [row_counts.c.name],
+    # PostgreSQL: plus the deltas not folded into row_counts yet (migration 0003).
+    pg_sql="SELECT coalesce((SELECT sum(n) FROM row_counts WHERE name = $1), 0)"
+    " + coalesce((SELECT sum(n) FROM row_count_deltas WHERE name = $1), 0) AS n",
 )
+# PostgreSQL: fold the appended deltas into row_counts, atomically (a count read before it sees the
+# deltas, one read after it sees them folded), by one gateway copy at a time (the others skip).
+FOLD_LOCK = "SELECT pg_try_advisory_xact_lock(7461627573)"
+FOLD = (
+    "WITH moved AS (DELETE FROM row_count_deltas RETURNING name, n), "
+    "folded AS (SELECT name, sum(n) AS n FROM moved GROUP BY name) "
+    "INSERT INTO row_counts (name, stripe, n) SELECT name, 0, n FROM folded "
+    "ON CONFLICT (name, stripe) DO UPDATE SET n = row_counts.n + excluded.n"
+)
+FOLD_ZEROS = "DELETE FROM row_counts WHERE n = 0"
 LOG = Query(
     "run_log",
     'SELECT "payload" FROM "run_events" WHERE "run_id" = ? AND "seq" > ? ORDER BY "seq" LIMIT ?',

@@ -53,11 +53,19 @@ class Query:
     SQLite; asyncpg already returns what SQLAlchemy would: its JSON codecs are SQLAlchemy's).
     Parameters go through the bound columns' SQLAlchemy types the same way."""
 
-    def __init__(self, name: str, sql: str, columns: Sequence[Any], binds: Sequence[Any] = ()) -> None:
+    def __init__(
+        self,
+        name: str,
+        sql: str,
+        columns: Sequence[Any],
+        binds: Sequence[Any] = (),
+        pg_sql: str | None = None,
+    ) -> None:
         self.name = name
         self.sql = sql
         parts = sql.split("?")
-        self.pg_sql = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+        # PostgreSQL: the same SQL with numbered parameters, unless it needs its own.
+        self.pg_sql = pg_sql or parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
         self.columns = list(columns)
         self.binds = list(binds)
         self.row: type = collections.namedtuple(f"{name}_row", [c.name for c in self.columns])  # type: ignore[misc]

@@ -5,12 +5,16 @@ Revises: 0002
 Create Date: 2026-12-01 23:40:00
 
 A page's `total` is exact (the contract). `SELECT count(*)` over a million tasks or runs scans
-them all on every page, so triggers keep the counts, in the same transaction as the change:
-`row_counts(name, stripe, n)`, where the count of a name is the sum of its stripes' n. Names:
-`tasks`, `tasks|status=S`, `runs`, `runs|status=S`, `runs|task=T`, `runs|task=T|status=S`.
-On PostgreSQL the names every write touches (`tasks`, `runs` and their statuses) are spread over
-8 stripes picked at random, so concurrent writers rarely wait on one row; a task's own counts
-stay on stripe 0 and their rows go when they reach 0 (a deleted task leaves none behind).
+them all on every page, so triggers keep the counts, in the same transaction as the change.
+Names: `tasks`, `tasks|status=S`, `runs`, `runs|status=S`, `runs|task=T`, `runs|task=T|status=S`.
+
+- SQLite (one writer at a time): `row_counts(name, stripe, n)` is updated in place (stripe 0);
+  a task's rows go when they reach 0, so a deleted task leaves none behind.
+- PostgreSQL: concurrent transactions updating shared count rows in place wait on each other
+  and, taking them in different orders, deadlock (measured: event batches against run
+  creation). So a change only appends its deltas to `row_count_deltas`, which takes no lock
+  another writer waits on; a count is `row_counts` plus the deltas of its name, and the gateway
+  folds the deltas into `row_counts` every second (`GatewayStore`, one copy at a time).
 """
 
 import sqlalchemy as sa
@@ -21,70 +25,65 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-STRIPES = 8
-
 
 def _keys(table: str, row: str) -> list[tuple[str, bool]]:
-    """(name expression, striped) of the counts a row of `table` is part of."""
+    """(name expression, whether it is one task's) of the counts a row of `table` is part of."""
     if table == "tasks":
-        return [("'tasks'", True), (f"'tasks|status=' || {row}.status", True)]
+        return [("'tasks'", False), (f"'tasks|status=' || {row}.status", False)]
     return [
-        ("'runs'", True),
-        (f"'runs|status=' || {row}.status", True),
-        (f"'runs|task=' || {row}.task_id", False),
-        (f"'runs|task=' || {row}.task_id || '|status=' || {row}.status", False),
+        ("'runs'", False),
+        (f"'runs|status=' || {row}.status", False),
+        (f"'runs|task=' || {row}.task_id", True),
+        (f"'runs|task=' || {row}.task_id || '|status=' || {row}.status", True),
     ]
 
 
-def _add(keys: list[tuple[str, bool]], delta: int, stripe: str, excluded: str) -> str:
-    values = ", ".join(f"({name}, {stripe if striped else '0'}, {delta})" for name, striped in keys)
+def _add(keys: list[tuple[str, bool]], delta: int) -> str:
+    values = ", ".join(f"({name}, 0, {delta})" for name, _ in keys)
     return (
         f"INSERT INTO row_counts (name, stripe, n) VALUES {values} "
-        f"ON CONFLICT (name, stripe) DO UPDATE SET n = {excluded}.n + excluded.n"
+        "ON CONFLICT (name, stripe) DO UPDATE SET n = row_counts.n + excluded.n"
     )
 
 
 def _drop_zeros(keys: list[tuple[str, bool]]) -> str:
-    names = ", ".join(name for name, striped in keys if not striped)
-    return f"DELETE FROM row_counts WHERE stripe = 0 AND n = 0 AND name IN ({names})"
+    names = ", ".join(name for name, one_task in keys if one_task)
+    return f"DELETE FROM row_counts WHERE n = 0 AND name IN ({names})"
 
 
 def _sqlite(table: str) -> list[str]:
-    # One writer at a time on SQLite: no stripes.
     new, old = _keys(table, "NEW"), _keys(table, "OLD")
     status_old = [k for k in old if "status" in k[0]]
     status_new = [k for k in new if "status" in k[0]]
-    up = f"{_add(status_old, -1, '0', 'row_counts')}; {_add(status_new, 1, '0', 'row_counts')};"
     drop = f" {_drop_zeros(old)};" if table == "runs" else ""
     drop_status = f" {_drop_zeros(status_old)};" if table == "runs" else ""
     return [
-        f"CREATE TRIGGER count_{table}_insert AFTER INSERT ON {table} BEGIN {_add(new, 1, '0', 'row_counts')}; END",
-        f"CREATE TRIGGER count_{table}_delete AFTER DELETE ON {table} BEGIN "
-        f"{_add(old, -1, '0', 'row_counts')};{drop} END",
+        f"CREATE TRIGGER count_{table}_insert AFTER INSERT ON {table} BEGIN {_add(new, 1)}; END",
+        f"CREATE TRIGGER count_{table}_delete AFTER DELETE ON {table} BEGIN {_add(old, -1)};{drop} END",
         f"CREATE TRIGGER count_{table}_status AFTER UPDATE OF status ON {table} "
-        f"WHEN OLD.status IS NOT NEW.status BEGIN {up}{drop_status} END",
+        f"WHEN OLD.status IS NOT NEW.status BEGIN {_add(status_old, -1)}; {_add(status_new, 1)};{drop_status} END",
     ]
+
+
+def _append(keys: list[tuple[str, bool]], delta: int) -> str:
+    values = ", ".join(f"({name}, {delta})" for name, _ in keys)
+    return f"INSERT INTO row_count_deltas (name, n) VALUES {values}"
 
 
 def _postgresql(table: str) -> list[str]:
     new, old = _keys(table, "NEW"), _keys(table, "OLD")
     status_old = [k for k in old if "status" in k[0]]
     status_new = [k for k in new if "status" in k[0]]
-    drop = f"{_drop_zeros(old)};" if table == "runs" else ""
-    drop_status = f"{_drop_zeros(status_old)};" if table == "runs" else ""
     return [
         f"""CREATE FUNCTION count_{table}() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE s integer := floor(random() * {STRIPES})::integer;
 BEGIN
   IF TG_OP = 'INSERT' THEN
-    {_add(new, 1, "s", "row_counts")};
+    {_append(new, 1)};
   ELSIF TG_OP = 'DELETE' THEN
-    {_add(old, -1, "s", "row_counts")};
-    {drop}
+    {_append(old, -1)};
   ELSIF NEW.status IS DISTINCT FROM OLD.status THEN
-    {_add(status_old, -1, "s", "row_counts")};
-    {_add(status_new, 1, "s", "row_counts")};
-    {drop_status}
+    {_append(status_old, -1)};
+    {_append(status_new, 1)};
   END IF;
   RETURN NULL;
 END $$""",
@@ -112,7 +111,16 @@ def upgrade() -> None:
         "UNION ALL SELECT 'runs|task=' || task_id || '|status=' || status, 0, count(*) FROM runs "
         "GROUP BY task_id, status"
     )
-    build = _postgresql if op.get_bind().dialect.name == "postgresql" else _sqlite
+    postgresql = op.get_bind().dialect.name == "postgresql"
+    if postgresql:
+        op.create_table(
+            "row_count_deltas",
+            sa.Column("id", sa.BigInteger(), sa.Identity(), primary_key=True),
+            sa.Column("name", sa.String(300), nullable=False),
+            sa.Column("n", sa.Integer(), nullable=False),
+        )
+        op.create_index("ix_row_count_deltas_name", "row_count_deltas", ["name"])
+    build = _postgresql if postgresql else _sqlite
     for table in ("tasks", "runs"):
         for statement in build(table):
             op.execute(statement)
@@ -127,4 +135,6 @@ def downgrade() -> None:
         else:
             for kind in ("insert", "delete", "status"):
                 op.execute(f"DROP TRIGGER count_{table}_{kind}")
+    if postgresql:
+        op.drop_table("row_count_deltas")
     op.drop_table("row_counts")
