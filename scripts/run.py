@@ -58,15 +58,23 @@ def http_ok(url: str) -> bool:
         return False
 
 
+def port_setting(name: str, default: str) -> int:
+    """A port from the environment; a bad one stops `make run` in one line, naming it."""
+    raw = os.environ.get(name, "").strip() or default
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise SystemExit(f"make run: invalid configuration: {name}={raw}: must be an integer from 1 to 65535")
+    return int(raw)
+
+
 def main() -> int:
     VAR.mkdir(parents=True, exist_ok=True)
-    nats_port = int(os.environ.get("NATS_PORT", "4222"))
+    nats_port = port_setting("NATS_PORT", "4222")
     if not port_free(nats_port):
         # Never join a stranger's broker: pick our own port and say so.
         taken, nats_port = nats_port, free_port()
         print(f"port {taken} is taken by another server; nats-server will use port {nats_port}", flush=True)
     http_host = os.environ.get("GATEWAY_HOST", "127.0.0.1")
-    http_port = int(os.environ.get("GATEWAY_PORT", "8000"))
+    http_port = port_setting("GATEWAY_PORT", "8000")
     if not port_free(http_port):
         raise SystemExit(f"port {http_port} is taken: set GATEWAY_PORT to another port")
     nats_url = f"nats://127.0.0.1:{nats_port}"

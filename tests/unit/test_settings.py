@@ -335,6 +335,22 @@ def test_a_bad_setting_stops_the_process_with_one_line(service: str, variable: s
     assert took < 30
 
 
+@pytest.mark.parametrize(("variable", "value"), [("GATEWAY_PORT", "99999"), ("NATS_PORT", "x")])
+def test_make_run_stops_on_a_bad_port_in_one_line(tmp_path, variable: str, value: str) -> None:  # type: ignore[no-untyped-def]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "run.py")],
+        env={**os.environ, "AGENTBUS_VAR": str(tmp_path), variable: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert (
+        proc.stderr.strip()
+        == f"make run: invalid configuration: {variable}={value}: must be an integer from 1 to 65535"
+    )
+
+
 # --- the README table ---------------------------------------------------------------------------
 
 
