@@ -100,8 +100,10 @@ class GatewayStore:
         async with self.engine.begin() as conn:
             if not (await conn.execute(text(lists.FOLD_LOCK))).scalar():
                 return False
-            await conn.execute(text(lists.FOLD))
-            await conn.execute(text(lists.FOLD_ZEROS))
+            folded = (await conn.execute(text(lists.FOLD))).all()
+            zeros = [name for name, n in folded if n == 0]
+            if zeros:
+                await conn.execute(text(lists.FOLD_ZEROS), {"names": zeros})
         return True
 
     async def close(self) -> None:

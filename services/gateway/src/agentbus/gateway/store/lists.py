@@ -114,9 +114,10 @@ FOLD = (
     "WITH moved AS (DELETE FROM row_count_deltas RETURNING name, n), "
     "folded AS (SELECT name, sum(n) AS n FROM moved GROUP BY name) "
     "INSERT INTO row_counts (name, stripe, n) SELECT name, 0, n FROM folded "
-    "ON CONFLICT (name, stripe) DO UPDATE SET n = row_counts.n + excluded.n"
+    "ON CONFLICT (name, stripe) DO UPDATE SET n = row_counts.n + excluded.n RETURNING name, n"
 )
-FOLD_ZEROS = "DELETE FROM row_counts WHERE n = 0"
+# The counts the fold brought to 0 (a deleted task's), and only those: no scan of every count.
+FOLD_ZEROS = "DELETE FROM row_counts WHERE stripe = 0 AND n = 0 AND name = ANY(:names)"
 LOG = Query(
     "run_log",
     'SELECT "payload" FROM "run_events" WHERE "run_id" = ? AND "seq" > ? ORDER BY "seq" LIMIT ?',
