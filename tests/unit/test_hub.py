@@ -26,6 +26,9 @@ class FakeHub:
     async def stored_between(self, run_id: str, after: int, before: int) -> list[Frame]:
         return [self.stored[s] for s in range(after + 1, before) if s in self.stored]
 
+    async def last_seq_before(self, run_id: str, moment: object) -> int:
+        return 0  # the run began after the client connected
+
 
 class FakeWriter:
     def __init__(self) -> None:
@@ -112,3 +115,18 @@ async def test_direct_writes_while_idle_batched_and_in_order() -> None:
 def test_sse_and_heartbeat_encoding() -> None:
     assert f(7).sse() == b'id: 7\ndata: {"seq":7}\n\n'
     assert Hub.heartbeat_frame().startswith('{"event_type":"heartbeat"')
+
+
+async def test_nothing_overtakes_a_gap_being_filled() -> None:
+    # Another gateway copy announced seq 2 before this one delivered seq 1: the stream fills 1 from
+    # the log; seq 3, arriving meanwhile, must wait until 1 and 2 have gone out.
+    hub = FakeHub(stored={1: f(1)})
+    client = Subscription(hub, None, None)  # type: ignore[arg-type]
+    frames = client.frames()
+    client.offer(f(2))
+    first = await asyncio.wait_for(frames.__anext__(), 2)
+    client.offer(f(3))  # queued while the pump holds seq 1
+    sent = [first, *client.take_ready()]
+    second = await asyncio.wait_for(frames.__anext__(), 2)
+    sent += [second, *client.take_ready()]
+    assert [x.seq for x in sent if x] == [1, 2, 3]

@@ -393,7 +393,11 @@ def test_readme_table_matches_the_settings_classes() -> None:
             shown = {"all"} if services_of[name] == set(SERVICES) else services_of[name]
             assert set(cells[0].split(", ")) == shown, f"{name}: README says {cells[0]}"
     # The rest are read by scripts/run.py (`make run`), and only those.
-    run_py = set(re.findall(r'os\.environ\.get\("([A-Z_]+)"', (ROOT / "scripts" / "run.py").read_text()))
+    run_py = set(
+        re.findall(
+            r'(?:os\.environ\.get|port_setting)\("([A-Z_]+)"', (ROOT / "scripts" / "run.py").read_text()
+        )
+    )
     extra = set(table) - set(services_of)
     assert extra <= run_py, f"in README.md's table but read by nothing: {extra - run_py}"
     assert extra == run_py - set(services_of)

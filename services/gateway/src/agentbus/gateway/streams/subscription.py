@@ -102,6 +102,9 @@ class Subscription:
         self.direct: Sender | None = None
         self.sent_at = 0.0
         self.replay: list[Frame] = []
+        # A filled gap's frames, placed (their run's last seq is already the gap's end) but not
+        # yielded yet: nothing queued may overtake them.
+        self._filling: deque[Frame] = deque()
 
     @property
     def dead(self) -> bool:
@@ -159,8 +162,11 @@ class Subscription:
             self.sent_at = direct.now()
 
     def take_ready(self) -> list[Frame]:
-        """The queued frames that can go now, in order (duplicates dropped); stops before a gap."""
+        """The queued frames that can go now, in order (duplicates dropped); stops before a gap.
+        Nothing while a gap is being filled: its frames go first."""
         out: list[Frame] = []
+        if self._filling:
+            return out
         queue = self.queue
         while queue and not self.dead:
             verdict = self._place(queue[0])
@@ -223,8 +229,9 @@ class Subscription:
             if verdict == 1:
                 yield frame
             elif verdict == 2:
-                for out in await self._gap(frame):
-                    yield out
+                self._filling.extend(await self._gap(frame))
+                while self._filling:
+                    yield self._filling.popleft()
         heartbeat = self.hub.heartbeat_s
         queue = self.queue
         while True:
@@ -251,5 +258,6 @@ class Subscription:
             if verdict == 1:
                 yield frame
             elif verdict == 2:
-                for out in await self._gap(frame):
-                    yield out
+                self._filling.extend(await self._gap(frame))
+                while self._filling:
+                    yield self._filling.popleft()
