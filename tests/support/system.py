@@ -150,6 +150,7 @@ def start_system(
             system.add_gateway()
         system.wait_ready()
     except BaseException:
+        print(system.logs())  # why it did not start: shown with the failure
         system.stop()
         raise
     return system

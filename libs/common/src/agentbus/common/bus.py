@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import nats
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
@@ -21,13 +24,14 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from agentbus.contracts import subjects
 
 log = logging.getLogger(__name__)
 
 DAY = 24 * 3600
+T = TypeVar("T")
 
 
 async def connect(url: str, name: str) -> Client:
@@ -69,12 +73,40 @@ async def connect_with_retry(url: str, name: str, attempts: int = 60) -> Client:
     raise RuntimeError(f"could not connect to NATS at {url}: {last}")
 
 
+def transient(exc: BaseException) -> bool:
+    """An error JetStream answers while it is not ready yet (a cluster still electing its leader,
+    a server just started): worth another try, unlike a refused request."""
+    if isinstance(exc, NatsTimeoutError | TimeoutError | NoRespondersError):
+        return True
+    return (
+        isinstance(exc, APIError)
+        and not isinstance(exc, BadRequestError | NotFoundError)
+        and (exc.code is None or exc.code >= 500)
+    )
+
+
+async def retrying_setup(what: str, setup: Callable[[], Awaitable[T]], attempts: int = 30) -> T:
+    """`setup()`, tried again for a while (0.5 s apart) on a transient error."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await setup()
+        except Exception as exc:
+            if attempt == attempts or not transient(exc):
+                raise
+            log.info("%s: JetStream not ready (%r); retrying", what, exc)
+            await asyncio.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    try:
-        await js.add_stream(config)
-    except BadRequestError:
-        # Exists with another config (an older version of ours): bring it up to date.
-        await js.update_stream(config)
+    async def ensure() -> None:
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            # Exists with another config (an older version of ours): bring it up to date.
+            await js.update_stream(config)
+
+    await retrying_setup(f"stream {config.name}", ensure)
 
 
 async def ensure_streams(js: JetStreamContext, replicas: int = 1, events_max_age_s: float = 7 * DAY) -> None:
@@ -116,28 +148,34 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1, events_max_age
 
 
 async def run_state_kv(js: JetStreamContext, replicas: int = 1):  # -> KeyValue
-    try:
-        return await js.key_value(subjects.RUN_STATE_BUCKET)
-    except (NotFoundError, Exception):
-        return await js.create_key_value(
-            KeyValueConfig(
-                bucket=subjects.RUN_STATE_BUCKET,
-                history=1,
-                storage=StorageType.FILE,
-                replicas=replicas,
-                ttl=30 * DAY,
+    async def setup():  # type: ignore[no-untyped-def]
+        try:
+            return await js.key_value(subjects.RUN_STATE_BUCKET)
+        except (NotFoundError, Exception):
+            return await js.create_key_value(
+                KeyValueConfig(
+                    bucket=subjects.RUN_STATE_BUCKET,
+                    history=1,
+                    storage=StorageType.FILE,
+                    replicas=replicas,
+                    ttl=30 * DAY,
+                )
             )
-        )
+
+    return await retrying_setup(f"bucket {subjects.RUN_STATE_BUCKET}", setup)
 
 
 async def artifacts_store(js: JetStreamContext, replicas: int = 1):  # -> ObjectStore
-    try:
-        return await js.object_store(subjects.ARTIFACTS_BUCKET)
-    except (NotFoundError, Exception):
-        return await js.create_object_store(
-            subjects.ARTIFACTS_BUCKET,
-            ObjectStoreConfig(storage=StorageType.FILE, replicas=replicas),
-        )
+    async def setup():  # type: ignore[no-untyped-def]
+        try:
+            return await js.object_store(subjects.ARTIFACTS_BUCKET)
+        except (NotFoundError, Exception):
+            return await js.create_object_store(
+                subjects.ARTIFACTS_BUCKET,
+                ObjectStoreConfig(storage=StorageType.FILE, replicas=replicas),
+            )
+
+    return await retrying_setup(f"object store {subjects.ARTIFACTS_BUCKET}", setup)
 
 
 def guarded(subject_hint: str, handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:

@@ -18,6 +18,7 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from agentbus.common.bus import retrying_setup
 from agentbus.common.db import is_poison
 from agentbus.contracts import decode_event, subjects
 from agentbus.gateway.bus import Bus
@@ -44,7 +45,11 @@ class EventIngest:
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.sub = await self.bus.js.subscribe(
+        self.sub = await retrying_setup("the gateway's event consumer", self._subscribe)
+        self.task = asyncio.create_task(self._consume(), name="event-ingest")
+
+    async def _subscribe(self) -> Any:
+        return await self.bus.js.subscribe(
             subjects.EVENTS_RUN_ALL,
             stream=subjects.EVENTS_STREAM,
             durable=subjects.GATEWAY_EVENTS_CONSUMER,
@@ -59,7 +64,6 @@ class EventIngest:
                 max_ack_pending=20000,
             ),
         )
-        self.task = asyncio.create_task(self._consume(), name="event-ingest")
 
     async def stop(self) -> None:
         if self.sub is not None:
