@@ -3,12 +3,16 @@ and deletes (kept by triggers), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from litestar.testing import AsyncTestClient
 from sqlalchemy import delete, func, select, text, update
 
+from agentbus.contracts import encode
+from agentbus.contracts import events as ev
 from agentbus.gateway.store import GatewayStore
 from agentbus.gateway.store.lists import count_name
 from agentbus.gateway.store.tables import row_counts, runs, tasks
@@ -141,3 +145,78 @@ async def test_counts_follow_every_change_of_the_rows(database_url: str) -> None
             await store.close()
     finally:
         await engine.dispose()
+
+
+def _run_values(task_id: str, at: datetime) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4().hex,
+        "task_id": task_id,
+        "status": "pending",
+        "agent": "scripted",
+        "require_approval": False,
+        "max_revision_rounds": 2,
+        "agent_config": {},
+        "progress": 0.0,
+        "labels": {},
+        "last_seq": 0,
+        "created_at": at,
+        "updated_at": at,
+    }
+
+
+def _events(run: Any, kinds: list[type[ev.Event]]) -> list[tuple[ev.Event, bytes]]:
+    out = []
+    for seq, cls in enumerate(kinds, 1):
+        data = {"data": ev.CompletionData(results={}, duration=0.1)} if cls is ev.Completion else {}
+        e = cls(
+            id=uuid.uuid4().hex,
+            seq=seq,
+            timestamp=datetime.now(UTC),
+            task_id=run.task_id,
+            run_id=run.id,
+            **data,
+        )
+        out.append((e, encode(e)))
+    return out
+
+
+async def test_counts_stay_exact_under_concurrent_writes(database_url: str) -> None:
+    """Event batches moving runs through their statuses while new runs are created, all at once:
+    every count still equals the rows (on PostgreSQL: no deadlock on the shared counts either)."""
+    at = datetime.now(UTC)
+    engine = await engine_with_a_run(database_url, at)
+    await engine.dispose()
+    store = GatewayStore(database_url)
+    try:
+        await store.create_task(
+            {
+                "id": "u",
+                "name": "u",
+                "agent": "scripted",
+                "require_approval": False,
+                "approval_timeout_s": 60,
+                "timeout_s": 60,
+                "max_rounds": 1,
+                "status": "pending",
+                "next_run_number": 0,
+                "created_at": at,
+                "updated_at": at,
+            }
+        )
+        first = [await store.create_run(_run_values("u", datetime.now(UTC))) for _ in range(30)]
+
+        async def finish(runs_: list[Any]) -> None:
+            batch = [e for r in runs_ for e in _events(r, [ev.AnalysisStart, ev.Completion])]
+            await store.store_events(batch)
+
+        writes = [finish(first[i : i + 5]) for i in range(0, 30, 5)]
+        writes += [store.create_run(_run_values("u", datetime.now(UTC))) for _ in range(30)]
+        await asyncio.gather(*writes)
+        if store.dialect == "postgresql":
+            assert await store.fold_counts()
+        async with store.engine.connect() as conn:
+            assert {k: v for k, v in (await _counts(conn)).items() if v} == await _expected(conn)
+        assert (await store.list_runs("u", "completed", 0, 10)).total == 30
+        assert (await store.list_runs(None, "pending", 0, 10)).total == 30
+    finally:
+        await store.close()
