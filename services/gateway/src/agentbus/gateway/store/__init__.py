@@ -77,8 +77,8 @@ class GatewayStore:
             PgEventBatch(self.engine.url) if self.dialect == "postgresql" else SqliteEventBatch(self.writer)
         )
         self._folding: asyncio.Task[None] | None = None
-        self._task_lists = lists.Lists(tasks, ("status",))
-        self._run_lists = lists.Lists(runs, ("task_id", "status"))
+        self._task_lists = lists.Lists(tasks)
+        self._run_lists = lists.Lists(runs)
 
     async def open(self) -> None:
         log.info("database %s", redact(str(self.engine.url)))

@@ -64,9 +64,8 @@ class Page(NamedTuple):
 class Lists:
     """The prepared list queries of one table, one per combination of filters and cursor."""
 
-    def __init__(self, table: Table, filters: tuple[str, ...]) -> None:
+    def __init__(self, table: Table) -> None:
         self.table = table
-        self.filters = filters
         self._queries: dict[tuple[tuple[str, ...], bool], Query] = {}
 
     def query(self, filters: tuple[str, ...], after: bool) -> Query:

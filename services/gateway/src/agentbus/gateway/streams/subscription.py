@@ -220,18 +220,24 @@ class Subscription:
         self.last[frame.run_id] = frame.seq
         return [*missing, frame]
 
+    async def _in_order(self, frame: Frame) -> AsyncIterator[Frame]:
+        """`frame` if it is next in its run's order; the stored frames it must follow first if a
+        gap comes before it (nothing queued overtakes those); nothing if it is a duplicate."""
+        verdict = self._place(frame)
+        if verdict == 1:
+            yield frame
+        elif verdict == 2:
+            self._filling.extend(await self._gap(frame))
+            while self._filling:
+                yield self._filling.popleft()
+
     async def frames(self) -> AsyncIterator[Frame | None]:
         """The replayed frames, then live ones as they come, in per-run seq order without duplicates;
         None when a heartbeat is due. Raises TooSlow or GoingAway when the client must go."""
         replay, self.replay = self.replay, []
         for frame in replay:
-            verdict = self._place(frame)
-            if verdict == 1:
-                yield frame
-            elif verdict == 2:
-                self._filling.extend(await self._gap(frame))
-                while self._filling:
-                    yield self._filling.popleft()
+            async for out in self._in_order(frame):
+                yield out
         heartbeat = self.hub.heartbeat_s
         queue = self.queue
         while True:
@@ -254,10 +260,5 @@ class Subscription:
                             yield None
                 continue
             frame = queue.popleft()
-            verdict = self._place(frame)
-            if verdict == 1:
-                yield frame
-            elif verdict == 2:
-                self._filling.extend(await self._gap(frame))
-                while self._filling:
-                    yield self._filling.popleft()
+            async for out in self._in_order(frame):
+                yield out
