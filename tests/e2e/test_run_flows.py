@@ -8,6 +8,7 @@ import json
 import pytest
 
 from tests.support.client import TERMINAL, Api, assert_gapless, events_until, next_event
+from tests.support.system import System
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
@@ -252,3 +253,24 @@ async def test_hundred_concurrent_runs_all_complete(api: Api) -> None:
     sample = await api.logs(runs[57]["id"])
     assert [e["seq"] for e in sample] == list(range(1, len(sample) + 1))
     assert json.dumps(sample[-1]["data"]["results"])  # results are stored as JSON
+
+
+async def test_an_idle_connection_outlives_client_pool_timeouts(system: System) -> None:
+    # uvicorn's default (5 s) closes an idle connection the moment a pooled client may reuse it;
+    # the gateway keeps it for GATEWAY_KEEPALIVE_S (120 s). The same socket, idle for 6 s, still works.
+    host, port = system.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    request = f"GET /health HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+    try:
+        for idle in (6, 0):
+            writer.write(request)
+            status = await asyncio.wait_for(reader.readline(), 5)
+            assert status.startswith(b"HTTP/1.1 200"), status
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            await asyncio.sleep(idle)  # the idleness under test: longer than uvicorn's default keep-alive
+    finally:
+        writer.close()

@@ -79,6 +79,7 @@ def main() -> None:
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=settings.keepalive_s,
     )
     GatewayServer(config, gateway.hub).run(sockets=[listening_socket(settings.host, settings.port)])
 

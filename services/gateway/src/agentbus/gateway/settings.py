@@ -65,6 +65,15 @@ class Settings(EnvSettings, frozen=True, kw_only=True):
     max_body_bytes: Annotated[
         int, env("MAX_BODY_BYTES", "largest request body; larger bodies get 413", ge=1)
     ] = 1024 * 1024
+    keepalive_s: Annotated[
+        int,
+        env(
+            "GATEWAY_KEEPALIVE_S",
+            "seconds an idle HTTP connection is kept open; above the idle timeouts of common client "
+            "pools (httpx 5, aiohttp 15, Go 90), so a client never reuses one the moment it closes",
+            ge=1,
+        ),
+    ] = 120
     ws_heartbeat_s: Annotated[
         float, env("WS_HEARTBEAT_S", "seconds between heartbeats on an idle stream", gt=0)
     ] = 10.0
