@@ -25,7 +25,7 @@ STREAMS = f"""
 | stream | `{subjects.RUN_COMMANDS_STREAM}` | work queue of `run.start.<agent_kind>`; the runners serving a kind pull from its shared durable consumer `{subjects.RUNNER_CONSUMER}-<agent_kind>` (dots in a kind become `_` plus a short hash) |
 | stream | `{subjects.EVENTS_STREAM}` | every run event (`events.run.>`), published with message id `<run_id>:<seq>` so a retry is deduplicated |
 | stream | `{subjects.LIFECYCLE_STREAM}` | `task.deleted`, `run.deleted` |
-| key-value | `{subjects.RUN_STATE_BUCKET}` | `<run_id>.state` (runner checkpoint), `<run_id>.decision` and `<run_id>.cancel` (stored decisions) |
+| key-value | `{subjects.RUN_STATE_BUCKET}` | `<run_id>.start` (the run as the gateway created it: runners act only on runs stored here), `<run_id>.state` (runner checkpoint), `<run_id>.decision` and `<run_id>.cancel` (stored decisions) |
 | object store | `{subjects.ARTIFACTS_BUCKET}` | artifact bytes under `<run_id>/<name>` |
 """
 

@@ -110,11 +110,14 @@ async def test_reaper_ends_runs_no_runner_holds() -> None:
     async with running(runners=1) as (system, apis):
         api = apis[0]
         work = Workload(apis, approve=False)
-        await work.start(2, steps=200, delay_ms=100)
+        await work.start(2, steps=200, delay_ms=100, approval_timeout_s=3)
         await api.wait_status(work.runs[0]["id"], "awaiting_approval")
         await api.wait_status(work.runs[1]["id"], "running")
         system.runners[0].kill()
-        # No runner comes back: both runs must still end, as failed, within the documented bound.
+        # No runner comes back: both runs must still end, as failed, within the documented bound:
+        # the running one once nobody announced it for REAPER_AFTER_S, the parked one (no runner
+        # holds it by design) once its approval deadline is REAPER_AFTER_S past twice (a wake, then
+        # the end).
         await check_invariants("runner gone for good (reaper)", api, work, timeout=40, expect={"failed"})
         for r in work.runs:
             assert "runner lost" in (await api.get_run(r["id"]))["error_message"]

@@ -14,6 +14,7 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.e2e
 
 FAST = {"steps": 2, "step_delay_ms": 20}
+TERMINAL_STATUSES = ("completed", "failed", "rejected", "cancelled", "timeout")
 
 
 async def test_ready_when_every_service_answers(api: Api) -> None:
@@ -113,6 +114,28 @@ async def test_cancel_really_stops_the_agent(api: Api) -> None:
     events = await api.logs(run["id"])
     assert events[-1]["event_type"] == "cancelled" and final["progress"] < 100
     assert (await api.http.post(f"/api/runs/{run['id']}/cancel")).status_code == 409
+
+
+async def test_a_cancel_answered_202_is_honoured(api: Api) -> None:
+    """Cancels sent 0-60 ms after approving a short run: each is either answered 409 because the run
+    had already completed, or 202 and the run ends `cancelled`; never 202 and then completed."""
+    task = await api.task(agent_config={"steps": 1, "step_delay_ms": 0})
+    outcomes = []
+    for i in range(8):
+        run = await api.run(task["id"])
+        await api.wait_status(run["id"], "awaiting_approval")
+        r = await api.http.post(f"/api/runs/{run['id']}/approve", json={"approved": True})
+        assert r.status_code == 200, r.text
+        await asyncio.sleep(i * 0.008)  # the moment of the race (0 to 56 ms), not a wait for a condition
+        r = await api.http.post(f"/api/runs/{run['id']}/cancel")
+        assert r.status_code in (202, 409), r.text
+        final = await api.wait_status(run["id"], *TERMINAL_STATUSES)
+        expected = "cancelled" if r.status_code == 202 else "completed"
+        assert final["status"] == expected, (r.status_code, r.text, final["status"])
+        if r.status_code == 409:
+            assert "completed" in r.json()["detail"]
+        outcomes.append(r.status_code)
+    print("cancel outcomes", outcomes)
 
 
 async def test_approval_timeout_ends_the_run(api: Api) -> None:

@@ -13,11 +13,11 @@ import msgspec
 import nats
 import pytest
 from litestar.testing import AsyncTestClient
-from nats.js.errors import KeyNotFoundError, ObjectNotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError, ObjectNotFoundError
 from sqlalchemy import update
 
 from agentbus.common.db import make_engine
-from agentbus.contracts import RunControl, encode, subjects
+from agentbus.contracts import RunCheckpointHead, RunControl, RunWake, encode, subjects
 from agentbus.contracts import events as ev
 from agentbus.gateway.app import create_app
 from agentbus.gateway.settings import Settings
@@ -141,6 +141,8 @@ async def test_create_run_queues_a_start_command(client: AsyncTestClient, js) ->
     cmd = msgspec.json.decode(msg.data)
     assert cmd["run_id"] == second["id"] and cmd["approval_timeout_s"] == 42
     assert cmd["agent_config"] == {"steps": 2}
+    kv = await js.key_value(subjects.RUN_STATE_BUCKET)  # the record runners check a start against
+    assert (await kv.get(subjects.start_key(second["id"]))).value == msg.data
 
     assert (await client.get(f"/api/tasks/{task['id']}")).json()["last_run_at"] is not None
     page = (await client.get(f"/api/runs?task_id={task['id']}")).json()
@@ -419,3 +421,74 @@ async def test_a_stored_decision_the_bus_never_got_is_handed_over_again(
         stored = await eventually(handed_over, what="the decision in KV")
         assert stored.kind == "reject" and stored.feedback == "no"
         assert (await client.get(f"/api/runs/{run['id']}")).json()["approval"]["feedback"] == "no"
+
+
+def reaping_settings(own_nats: NatsServer, database_url: str) -> Settings:
+    return Settings(
+        nats_url=own_nats.url,
+        database_url=database_url,
+        request_timeout_s=0.5,
+        reaper_after_s=0.5,
+        reaper_interval_s=0.2,
+    )
+
+
+async def test_the_reaper_fences_an_unreadable_checkpoint(
+    own_nats: NatsServer,
+    database_url: str,
+    runner_info: FakeRunnerInfo,
+    js,  # type: ignore[no-untyped-def]
+) -> None:
+    """No runner holds the run and its checkpoint is garbage: fenced by revision all the same."""
+    async with AsyncTestClient(app=create_app(reaping_settings(own_nats, database_url))) as client:
+        task = await new_task(client)
+        run = await new_run(client, task["id"])
+        e = Emitter(js, task["id"], run["id"])
+        await e.emit(ev.AnalysisStart)
+        kv = await js.key_value(subjects.RUN_STATE_BUCKET)
+        await kv.put(subjects.state_key(run["id"]), b"\x00not a checkpoint")
+
+        async def ended() -> dict | None:
+            body = (await client.get(f"/api/runs/{run['id']}")).json()
+            return body if body["status"] == "failed" else None
+
+        body = await eventually(ended, what="the run reaped")
+        assert "runner lost" in body["error_message"] and "checkpoint was unreadable" in body["error_message"]
+        head = msgspec.json.decode(
+            (await kv.get(subjects.state_key(run["id"]))).value, type=RunCheckpointHead
+        )
+        assert (head.phase, head.seq) == ("finished", 2)
+
+
+async def test_a_parked_run_past_its_deadline_is_woken_then_ended(
+    own_nats: NatsServer,
+    database_url: str,
+    runner_info: FakeRunnerInfo,
+    js,  # type: ignore[no-untyped-def]
+) -> None:
+    """A parked run is held by no runner by design; when its deadline passes and no runner applies
+    it, the reaper wakes it once more, and ends it if that goes unanswered too."""
+    async with AsyncTestClient(app=create_app(reaping_settings(own_nats, database_url))) as client:
+        task = await new_task(client)
+        run = await new_run(client, task["id"])
+        e = Emitter(js, task["id"], run["id"])
+        await e.emit(ev.AnalysisStart)
+        await e.emit(ev.ApprovalRequired, data=ev.ApprovalRequiredData(plan={"steps": ["a"]}, timeout_s=0.2))
+
+        async def woken() -> RunWake | None:
+            try:
+                msg = await js.get_last_msg(subjects.RUN_COMMANDS_STREAM, subjects.run_wake("scripted"))
+            except NotFoundError:
+                return None
+            wake = msgspec.json.decode(msg.data, type=RunWake)
+            return wake if wake.run_id == run["id"] else None
+
+        wake = await eventually(woken, what="a deadline wake")
+        assert wake.reason == "deadline" and wake.task_id == task["id"]
+
+        async def ended() -> dict | None:
+            body = (await client.get(f"/api/runs/{run['id']}")).json()
+            return body if body["status"] == "failed" else None
+
+        body = await eventually(ended, what="the run ended")
+        assert "no runner applied the approval deadline" in body["error_message"]

@@ -16,7 +16,17 @@ import nats
 import pytest
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
-from agentbus.contracts import Event, Ping, Pong, RunControl, RunStart, decode_event, encode, subjects
+from agentbus.contracts import (
+    Event,
+    Ping,
+    Pong,
+    RunControl,
+    RunStart,
+    RunWake,
+    decode_event,
+    encode,
+    subjects,
+)
 from agentbus.runner import Runner, Settings, running
 from agentbus.runner.agents import Agent, AgentContext
 from agentbus.runner.store import Checkpoint
@@ -139,16 +149,37 @@ async def publish_start(js: Any, agent_config: dict | None = None, **fields: Any
         agent_config={"step_delay_ms": 20, **(agent_config or {})},
         **fields,
     )
-    await js.publish(subjects.run_start(start.agent), encode(start))
+    await queue(js, start)
     return start
 
 
+async def queue(js: Any, start: RunStart, subject: str | None = None) -> int:
+    """What the gateway does: store the run's record, then queue it; the start message's sequence."""
+    kv = await js.key_value(subjects.RUN_STATE_BUCKET)
+    await kv.put(subjects.start_key(start.run_id), encode(start))
+    return (await js.publish(subject or subjects.run_start(start.agent), encode(start))).seq
+
+
 async def send_control(nc: Any, kv: Any, run_id: str, kind: str, **fields: Any) -> None:
-    """What the gateway does: store the control, then announce it."""
+    """What the gateway does: store the control, announce it to a holder, and wake a parked run."""
     ctl = encode(RunControl(run_id=run_id, kind=kind, **fields))  # type: ignore[arg-type]
     key = subjects.cancel_key(run_id) if kind == "cancel" else subjects.decision_key(run_id)
     await kv.put(key, ctl)
     await nc.publish(subjects.run_control(run_id), ctl)
+    start = msgspec.json.decode((await kv.get(subjects.start_key(run_id))).value, type=RunStart)
+    reason = "cancel" if kind == "cancel" else "decision"
+    wake = RunWake(run_id=run_id, task_id=start.task_id, reason=reason)
+    await nc.jetstream().publish(subjects.run_wake(start.agent), encode(wake))
+
+
+async def parked(kv: Any, run_id: str, *runners: Runner) -> None:
+    """The run waits for a decision, parked in its checkpoint: no runner holds it."""
+
+    async def done() -> bool:
+        cp = await checkpoint(kv, run_id)
+        return cp is not None and cp.parked and all(run_id not in r.held for r in runners)
+
+    await eventually(done, what=f"run {run_id} parked")
 
 
 async def gone_from_work_queue(js: Any, seq: int) -> bool:
@@ -231,10 +262,7 @@ async def test_approval_then_a_second_decision_is_ignored(nc: Any, js: Any, kv: 
     required = await log.wait_for("approval_required")
     assert required.data.plan == {"steps": ["Step 1", "Step 2"]}  # type: ignore[attr-defined]
     assert required.data.timeout_s == 60  # type: ignore[attr-defined]
-    await eventually(
-        lambda: start.run_id in runner.held and runner.held[start.run_id].execution.waiting_for_human,
-        what="the run waiting for a human",
-    )
+    await parked(kv, start.run_id, runner)
     await send_control(nc, kv, start.run_id, "approve", feedback="looks good")
     await log.wait_for("approved")
     await send_control(nc, kv, start.run_id, "reject", feedback="changed my mind")
@@ -274,7 +302,7 @@ async def test_decision_stored_before_the_wait_is_applied(js: Any, kv: Any, runn
     start = RunStart(
         run_id=run_id, task_id="t", run_number=1, task_name="x", agent_config={"steps": 1, "step_delay_ms": 0}
     )
-    await js.publish(subjects.run_start(start.agent), encode(start))
+    await queue(js, start)
     log = RunEvents(js, run_id)
     await log.until_terminal()
     assert log.types == [
@@ -327,7 +355,7 @@ async def test_bad_agent_or_config_fails_clearly(js: Any, runner: Runner, fields
     start = RunStart(run_id=uuid.uuid4().hex, task_id="t", run_number=1, task_name="x", **fields)
     # On a lane this runner serves: a start naming a kind it lacks (which the gateway refuses before
     # publishing) still fails clearly instead of waiting in the queue.
-    await js.publish(subjects.run_start("scripted"), encode(start))
+    await queue(js, start, subjects.run_start("scripted"))
     log = RunEvents(js, start.run_id)
     events = await log.until_terminal()
     assert log.types == ["analysis_start", "failure"]
@@ -363,10 +391,7 @@ async def test_cancel_while_waiting_and_stored_cancel(nc: Any, js: Any, kv: Any,
     await kv.put(
         subjects.cancel_key(run_id), encode(RunControl(run_id=run_id, kind="cancel", reason="early"))
     )
-    await js.publish(
-        subjects.run_start("scripted"),
-        encode(RunStart(run_id=run_id, task_id="t", run_number=1, task_name="x")),
-    )
+    await queue(js, RunStart(run_id=run_id, task_id="t", run_number=1, task_name="x"))
     early = RunEvents(js, run_id)
     await early.until_terminal()
     assert early.types == ["cancelled"] and early.events[0].seq == 1
@@ -410,28 +435,29 @@ async def test_ping(nc: Any, runner: Runner) -> None:
 
 async def test_work_is_queued_only_per_agent_kind(js: Any, runner: Runner) -> None:
     info = await js.stream_info(subjects.RUN_COMMANDS_STREAM)
-    assert info.config.subjects == [subjects.RUN_START_KINDS]
+    assert info.config.subjects == [subjects.RUN_START_KINDS, subjects.RUN_WAKE_KINDS]
     with pytest.raises(NoStreamResponseError):  # no unrouted `run.start` lane any more
         await js.publish(subjects.RUN_START_KIND_PREFIX, b"{}", timeout=2)
     consumers = {
-        c.name: c.config.filter_subject for c in await js.consumers_info(subjects.RUN_COMMANDS_STREAM)
+        c.name: c.config.filter_subjects for c in await js.consumers_info(subjects.RUN_COMMANDS_STREAM)
     }
     kinds = runner.registry.kinds()
     assert {k: consumers.get(subjects.kind_consumer(k)) for k in kinds} == {
-        k: subjects.run_start(k) for k in kinds
+        k: [subjects.run_start(k), subjects.run_wake(k)] for k in kinds
     }
     assert subjects.RUNNER_CONSUMER not in consumers
 
 
-async def test_waiting_run_moves_to_another_runner(
+async def test_waiting_run_is_parked_and_woken_on_another_runner(
     nats_url: str, nc: Any, js: Any, kv: Any, runner: Runner
 ) -> None:
     start = await publish_start(js, {"steps": 2}, require_approval=True)
     log = RunEvents(js, start.run_id)
     await log.wait_for("approval_required")
+    await parked(kv, start.run_id, runner)  # waiting holds no slot and no task
+    assert runner.active_runs == 0
     async with running(settings(nats_url), agents=EXTRA_AGENTS) as other:
-        await runner.stop()  # hands the waiting run back at once
-        await eventually(lambda: start.run_id in other.held, what="the other runner")
+        await runner.stop()
         await send_control(nc, kv, start.run_id, "approve")
         events = await log.until_terminal()
         await wait_released(kv, start.run_id, other)
@@ -445,6 +471,7 @@ async def test_waiting_run_moves_to_another_runner(
         "completion",
     ]
     assert_gapless(events)
+    assert (await checkpoint(kv, start.run_id)).runner_id == other.settings.runner_id  # type: ignore[union-attr]
 
 
 async def test_run_resumes_after_its_step(nats_url: str, js: Any, kv: Any, runner: Runner) -> None:
@@ -479,13 +506,22 @@ async def test_agent_without_resume_fails_when_its_runner_is_lost(
 
 async def test_deleted_run_is_dropped(nc: Any, js: Any, kv: Any, runner: Runner) -> None:
     start = RunStart(run_id=uuid.uuid4().hex, task_id="t", run_number=1, task_name="x")
-    seq = (await js.publish(subjects.run_start(start.agent), encode(start))).seq
+    await queue(js, start)
     log = RunEvents(js, start.run_id)
     await log.wait_for("approval_required")
-    await kv.delete(subjects.state_key(start.run_id))  # what deleting the run does
-    await send_control(nc, kv, start.run_id, "approve")
-    await eventually(lambda: gone_from_work_queue(js, seq), what="the work terminated, not handed back")
+    await parked(kv, start.run_id, runner)
+    dead = await nc.subscribe(subjects.EVENTS_DEAD)
+    await nc.flush()
+    for key in (subjects.start_key(start.run_id), subjects.state_key(start.run_id)):
+        await kv.delete(key)  # what deleting the run does
+    wake = RunWake(run_id=start.run_id, task_id="t", reason="decision")
+    seq = (await js.publish(subjects.run_wake(start.agent), encode(wake))).seq
+    msg = await dead.next_msg(timeout=10)  # its wake names a run with no record: dropped, not run
+    assert msgspec.json.decode(msg.data, type=RunWake).run_id == start.run_id
+    assert "no stored record" in msg.headers["Agentbus-Error"]
+    await eventually(lambda: gone_from_work_queue(js, seq), what="the wake terminated")
     assert start.run_id not in runner.held and await checkpoint(kv, start.run_id) is None
+    assert [etype(e) for e in await log.all_stored()][-1] == "approval_required"
 
 
 async def test_run_survives_a_broker_restart(tmp_path: Any) -> None:
@@ -513,3 +549,135 @@ async def test_run_survives_a_broker_restart(tmp_path: Any) -> None:
     assert_gapless(events)
     assert log.types[-1] == "completion"
     assert [e.data.step for e in events if etype(e) == "progress"] == list(range(1, 9))  # type: ignore[attr-defined]
+
+
+# --- waiting costs nothing: parked runs, durable deadlines, runs the gateway never created -------
+
+
+async def test_parked_runs_hold_no_slot(nats_url: str, nc: Any, js: Any, kv: Any) -> None:
+    """A runner with one slot parks three waiting runs and still executes a fourth; a decision wakes
+    each parked run and it finishes."""
+    async with running(settings(nats_url, max_concurrency=1), agents=EXTRA_AGENTS) as one:
+        waiting = [await publish_start(js, {"steps": 1}, require_approval=True) for _ in range(3)]
+        for start in waiting:
+            await RunEvents(js, start.run_id).wait_for("approval_required")
+            await parked(kv, start.run_id, one)
+        plain = await publish_start(js, {"steps": 2})
+        assert (await RunEvents(js, plain.run_id).until_terminal())[-1].seq == 5  # completion
+        for start in waiting:
+            await send_control(nc, kv, start.run_id, "approve")
+        for start in waiting:
+            log = RunEvents(js, start.run_id)
+            events = await log.until_terminal()
+            assert log.types[-3:] == ["approved", "progress", "completion"]
+            assert_gapless(events)
+
+
+async def test_deadline_fires_on_time_while_parked(js: Any, kv: Any, runner: Runner) -> None:
+    start = await publish_start(js, require_approval=True, approval_timeout_s=1.5)
+    log = RunEvents(js, start.run_id)
+    required = await log.wait_for("approval_required")
+    await parked(kv, start.run_id, runner)
+    events = await log.until_terminal()
+    assert log.types[-1] == "timeout" and events[-1].data.phase == "approval"  # type: ignore[attr-defined]
+    late = (events[-1].timestamp - required.timestamp).total_seconds() - 1.5
+    assert 0 <= late < 2.5, f"the deadline fired {late:.2f}s late"  # redelivery delay + 1 s margin
+
+
+async def test_deadline_that_fell_due_while_no_runner_ran(nats_url: str, js: Any, kv: Any) -> None:
+    """The deadline is kept by the broker, not by a runner: a run whose deadline passed while every
+    runner was down times out as soon as one is back, without a decision."""
+    async with running(settings(nats_url), agents=EXTRA_AGENTS) as first:
+        start = await publish_start(js, require_approval=True, approval_timeout_s=1)
+        log = RunEvents(js, start.run_id)
+        required = await log.wait_for("approval_required")
+        await parked(kv, start.run_id, first)
+    # No runner now. Let the deadline fall due (its own condition: the clock passing it).
+    due = required.timestamp.timestamp() + 1
+    await eventually(lambda: time.time() > due + 0.5, what="the deadline passed")
+    assert log.types == ["analysis_start", "plan_ready", "approval_required"]
+    async with running(settings(nats_url), agents=EXTRA_AGENTS) as second:
+        events = await log.until_terminal(timeout=15)
+        await wait_released(kv, start.run_id, second)
+    assert log.types[-1] == "timeout"
+    assert events[-1].data.stats.approval_wait >= 1  # type: ignore[attr-defined]
+    assert_gapless(events)
+
+
+async def test_a_run_the_gateway_never_created_is_not_executed(
+    nc: Any, js: Any, kv: Any, runner: Runner
+) -> None:
+    dead = await nc.subscribe(subjects.EVENTS_DEAD)
+    await nc.flush()
+    forged = RunStart(run_id=uuid.uuid4().hex, task_id="t", run_number=1, task_name="forged")
+    seq = (await js.publish(subjects.run_start("scripted"), encode(forged))).seq  # no stored record
+    msg = await dead.next_msg(timeout=10)
+    assert "no stored record" in msg.headers["Agentbus-Error"]
+    await eventually(lambda: gone_from_work_queue(js, seq), what="the start terminated")
+    # A real run queued after it runs, and the forged one left nothing: no event, no checkpoint.
+    real = await publish_start(js, {"steps": 1})
+    await RunEvents(js, real.run_id).until_terminal()
+    assert await checkpoint(kv, forged.run_id) is None
+
+    async def event_subjects(run_id: str) -> dict[str, int]:
+        info = await js.stream_info(subjects.EVENTS_STREAM, subjects_filter=f"events.run.*.{run_id}.>")
+        return info.state.subjects or {}
+
+    assert len(await event_subjects(real.run_id)) == 4  # the look-up sees a run's events...
+    assert await event_subjects(forged.run_id) == {}  # ...and the forged run has none
+
+
+async def test_a_start_message_is_only_a_pointer_to_the_stored_record(
+    js: Any, kv: Any, runner: Runner
+) -> None:
+    """A start message whose fields differ from the run's stored record: the record is what runs."""
+    start = RunStart(
+        run_id=uuid.uuid4().hex,
+        task_id="t",
+        run_number=1,
+        task_name="x",
+        require_approval=False,
+        agent_config={"steps": 1, "step_delay_ms": 0},
+    )
+    await kv.put(subjects.start_key(start.run_id), encode(start))
+    tampered = msgspec.structs.replace(start, agent_config={"steps": 7, "step_delay_ms": 0})
+    await js.publish(subjects.run_start("scripted"), encode(tampered))
+    log = RunEvents(js, start.run_id)
+    await log.until_terminal()
+    assert log.types == ["analysis_start", "plan_ready", "progress", "completion"]
+
+
+async def test_a_garbage_checkpoint_ends_the_run_instead_of_looping(
+    nc: Any, js: Any, kv: Any, runner: Runner
+) -> None:
+    start = await publish_start(js, {"steps": 1}, require_approval=True)
+    log = RunEvents(js, start.run_id)
+    await log.wait_for("approval_required")
+    await parked(kv, start.run_id, runner)
+    dead = await nc.subscribe(subjects.EVENTS_DEAD)
+    await nc.flush()
+    await kv.put(subjects.state_key(start.run_id), b"\x00garbage")
+    await send_control(nc, kv, start.run_id, "approve")
+    msg = await dead.next_msg(timeout=10)
+    assert "checkpoint does not decode" in msg.headers["Agentbus-Error"]
+    # Ended at the next seq (counted from the run's log), fenced, and its work dropped: no loop.
+    events = await log.until_terminal()
+    assert log.types == ["analysis_start", "plan_ready", "approval_required", "failure"]
+    assert "unusable stored state" in events[-1].data.error  # type: ignore[attr-defined]
+    assert (await checkpoint(kv, start.run_id)).phase == "finished"  # type: ignore[union-attr]
+    with pytest.raises(nats.errors.TimeoutError):
+        await dead.next_msg(timeout=1)
+    assert start.run_id not in runner.held
+
+
+async def test_a_garbage_record_ends_the_run(nc: Any, js: Any, kv: Any, runner: Runner) -> None:
+    start = await publish_start(js, {"steps": 1}, require_approval=True)
+    log = RunEvents(js, start.run_id)
+    await log.wait_for("approval_required")
+    await parked(kv, start.run_id, runner)
+    await kv.put(subjects.start_key(start.run_id), b"[1, 2")
+    wake = RunWake(run_id=start.run_id, task_id=start.task_id, reason="decision")
+    await js.publish(subjects.run_wake("scripted"), encode(wake))
+    events = await log.until_terminal()
+    assert log.types == ["analysis_start", "plan_ready", "approval_required", "failure"]
+    assert "stored record does not decode" in events[-1].data.error  # type: ignore[attr-defined]

@@ -24,6 +24,8 @@ from tests.integration.test_runner import (
     RunEvents,
     assert_gapless,
     etype,
+    parked,
+    queue,
     send_control,
     settings,
     wait_released,
@@ -120,15 +122,12 @@ async def routed_start(js: Any, agent: str, **fields: Any) -> RunStart:
     start = RunStart(
         run_id=uuid.uuid4().hex, task_id=uuid.uuid4().hex, run_number=1, task_name="t", agent=agent, **fields
     )
-    await js.publish(subjects.run_start(agent), encode(start))
+    await queue(js, start)
     return start
 
 
-async def waiting(runner: Runner, run_id: str) -> None:
-    await eventually(
-        lambda: run_id in runner.held and runner.held[run_id].execution.waiting_for_human,
-        what="the run waiting for a human",
-    )
+async def waiting(runner: Runner, kv: Any, run_id: str) -> None:
+    await parked(kv, run_id, runner)
 
 
 async def test_plan_revision_then_approval(nc: Any, js: Any, kv: Any, runner: Runner) -> None:
@@ -136,7 +135,7 @@ async def test_plan_revision_then_approval(nc: Any, js: Any, kv: Any, runner: Ru
     log = RunEvents(js, start.run_id)
     first = await log.wait_for("approval_required")
     assert first.data.plan == {"steps": ["v1: first"]} and first.data.version == 1  # type: ignore[attr-defined]
-    await waiting(runner, start.run_id)
+    await waiting(runner, kv, start.run_id)
     await send_control(nc, kv, start.run_id, "reject", feedback="shorter", revise=True, plan_version=1)
     second = await log.wait_for("approval_required")
     assert second.data.plan == {"steps": ["v2: shorter"]} and second.data.version == 2  # type: ignore[attr-defined]
@@ -152,7 +151,7 @@ async def test_plan_revision_then_approval(nc: Any, js: Any, kv: Any, runner: Ru
     assert (revision.version, revision.round, revision.feedback) == (1, 1, "shorter")
     assert log.events[4].data.version == 2  # type: ignore[attr-defined]
     # The stored decision on version 1 must not decide version 2: the run waits for a new one.
-    await waiting(runner, start.run_id)
+    await waiting(runner, kv, start.run_id)
     stale = await kv.get(subjects.decision_key(start.run_id))
     assert b'"plan_version":1' in stale.value
     await send_control(nc, kv, start.run_id, "approve", feedback="ok", plan_version=1)  # stale again
@@ -169,11 +168,11 @@ async def test_revision_rounds_are_bounded(nc: Any, js: Any, kv: Any, runner: Ru
     start = await routed_start(js, "reviser", require_approval=True, max_revision_rounds=1)
     log = RunEvents(js, start.run_id)
     await log.wait_for("approval_required")
-    await waiting(runner, start.run_id)
+    await waiting(runner, kv, start.run_id)
     await send_control(nc, kv, start.run_id, "reject", feedback="again", revise=True, plan_version=1)
     await log.wait_for("revision_requested")
     await log.wait_for("approval_required")
-    await waiting(runner, start.run_id)
+    await waiting(runner, kv, start.run_id)
     await send_control(nc, kv, start.run_id, "reject", feedback="once more", revise=True, plan_version=2)
     events = await log.until_terminal()
     assert log.types[-1] == "rejected" and events[-1].data.feedback == "once more"  # type: ignore[attr-defined]

@@ -44,11 +44,11 @@ class Workload:
     approver: asyncio.Task[None] | None = None
     approve: bool = True
 
-    async def start(self, n: int, steps: int = 4, delay_ms: int = 100) -> None:
+    async def start(self, n: int, steps: int = 4, delay_ms: int = 100, approval_timeout_s: int = 300) -> None:
         api = self.apis[0]
         config = {"steps": steps, "step_delay_ms": delay_ms}
         self.tasks = [
-            await api.task(name="with approval", agent_config=config),
+            await api.task(name="with approval", agent_config=config, approval_timeout_s=approval_timeout_s),
             await api.task(name="no approval", require_approval=False, agent_config=config),
         ]
         for i in range(n):

@@ -114,7 +114,7 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1, events_max_age
         js,
         StreamConfig(
             name=subjects.RUN_COMMANDS_STREAM,
-            subjects=[subjects.RUN_START_KINDS],
+            subjects=[subjects.RUN_START_KINDS, subjects.RUN_WAKE_KINDS],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             num_replicas=replicas,

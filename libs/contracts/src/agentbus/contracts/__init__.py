@@ -46,6 +46,7 @@ from agentbus.contracts.messages import (
     RunnerHeartbeat,
     RunnerInfo,
     RunStart,
+    RunWake,
     ServiceError,
 )
 from agentbus.contracts.status import (
@@ -90,6 +91,7 @@ __all__ = [
     "RunStart",
     "RunStats",
     "RunStatus",
+    "RunWake",
     "RunnerHeartbeat",
     "RunnerInfo",
     "ServiceError",

@@ -44,6 +44,23 @@ class RunControl(msgspec.Struct, kw_only=True):
     v: int = PROTOCOL_VERSION
 
 
+WakeReason = Literal["decision", "cancel", "deadline"]
+
+
+class RunWake(msgspec.Struct, kw_only=True):
+    """`run.wake.<agent>`: a parked run has something to act on (a decision, a cancel, its deadline).
+
+    Goes through the same work queue as `RunStart`, so any runner serving the kind takes it. It only
+    names the run: the runner reads the run's stored record (`<run_id>.start`) and its checkpoint, and
+    a wake for a run that is not parked is dropped.
+    """
+
+    run_id: str
+    task_id: str
+    reason: WakeReason
+    v: int = PROTOCOL_VERSION
+
+
 class RunnerHeartbeat(msgspec.Struct, kw_only=True):
     """`run.heartbeat`: a runner is alive and holds these runs (sent every few seconds)."""
 
@@ -63,6 +80,7 @@ class RunCheckpointHead(msgspec.Struct, kw_only=True):
     phase: str = "new"
     seq: int = 0
     runner_id: str = ""
+    parked: bool = False  # waiting for a decision or its deadline, held by no runner
     v: int = PROTOCOL_VERSION
 
 

@@ -10,7 +10,7 @@ from typing import NamedTuple
 from agentbus.contracts.kinds import valid_agent_kind
 
 # JetStream streams
-RUN_COMMANDS_STREAM = "AGENTBUS_RUN_COMMANDS"  # work queue: run.start.<agent kind>
+RUN_COMMANDS_STREAM = "AGENTBUS_RUN_COMMANDS"  # work queue: run.start.<agent kind>, run.wake.<agent kind>
 EVENTS_STREAM = "AGENTBUS_EVENTS"  # every run event: events.run.>
 LIFECYCLE_STREAM = "AGENTBUS_LIFECYCLE"  # task.deleted / run.deleted
 
@@ -27,6 +27,8 @@ ARTIFACTS_BUCKET = "agentbus_artifacts"  # artifact bytes, key "<run_id>/<name>"
 # Subjects
 RUN_START_KIND_PREFIX = "run.start"  # run.start.<agent kind>: taken only by runners serving the kind
 RUN_START_KINDS = "run.start.>"
+RUN_WAKE_KIND_PREFIX = "run.wake"  # run.wake.<agent kind>: a parked run has a decision, cancel or deadline
+RUN_WAKE_KINDS = "run.wake.>"
 RUN_CONTROL_PREFIX = "run.control"  # run.control.<run_id>
 RUN_CONTROL_ALL = "run.control.*"
 RUN_PING = "run.runners.ping"
@@ -55,6 +57,10 @@ def _checked_kind(kind: str) -> str:
 
 def run_start(kind: str) -> str:
     return f"{RUN_START_KIND_PREFIX}.{_checked_kind(kind)}"
+
+
+def run_wake(kind: str) -> str:
+    return f"{RUN_WAKE_KIND_PREFIX}.{_checked_kind(kind)}"
 
 
 def kind_consumer(kind: str) -> str:
@@ -86,6 +92,11 @@ def state_key(run_id: str) -> str:
     return f"{run_id}.state"
 
 
+def start_key(run_id: str) -> str:
+    """The run as the gateway created it: a runner acts only on runs whose record is stored here."""
+    return f"{run_id}.start"
+
+
 def decision_key(run_id: str) -> str:
     return f"{run_id}.decision"
 
@@ -109,6 +120,13 @@ SUBJECTS: tuple[Subject, ...] = (
         "RunStart",
         "gateway",
         "runners serving the kind (durable pull `runners-<agent_kind>`)",
+    ),
+    Subject(
+        "run.wake.<agent_kind>",
+        "jetstream work queue",
+        "RunWake",
+        "gateway (decisions, cancels), reaper (missed deadlines)",
+        "runners serving the kind (same durable pull `runners-<agent_kind>`)",
     ),
     Subject("run.control.<run_id>", "core", "RunControl", "gateway", "runner holding the run"),
     Subject(RUN_PING, "request/reply", "Ping -> Pong", "gateway (/ready)", "every runner"),

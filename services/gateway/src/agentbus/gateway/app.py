@@ -60,7 +60,9 @@ class Gateway:
         )
         self.reaper = Reaper(self.store, self.bus, s.reaper_after_s, s.reaper_interval_s, s.instance)
         self.discovery = Discovery(self.bus)
-        self.lifecycle = Lifecycle(self.store, self.bus, self.hub.wait_ended, s.delete_wait_s)
+        self.lifecycle = Lifecycle(
+            self.store, self.bus, self.hub.wait_ended, s.delete_wait_s, s.cancel_wait_s
+        )
         self.tasks = TaskService(self.store, self.lifecycle, s.default_agent)
         self.runs = RunService(self.store, self.bus, self.discovery, self.lifecycle, self.tasks)
         self.app = self._app()

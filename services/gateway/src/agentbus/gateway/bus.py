@@ -13,7 +13,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
 from agentbus.common import bus as common_bus
-from agentbus.contracts import Pong, ResourceDeleted, RunControl, RunStart, encode, subjects
+from agentbus.contracts import Pong, ResourceDeleted, RunControl, RunStart, RunWake, encode, subjects
 from agentbus.contracts.messages import ERROR_HEADER, Ping, ServiceError
 from agentbus.gateway.errors import ServiceUnavailable, UpstreamError
 
@@ -53,23 +53,35 @@ class Bus:
             await self.nc.drain()
 
     async def start_run(self, cmd: RunStart) -> None:
-        # Routed by agent kind: only runners serving it pull it. The message id makes a retried
-        # publish of the same run a no-op on the server.
+        """Store the run's record for the runners (`<run_id>.start`), then queue it.
+
+        A runner acts only on a run whose record is stored: a start or wake message is just a
+        pointer to it, so a message naming a run the gateway never created is dropped. Routed by
+        agent kind: only runners serving it pull it. The message id makes a retried publish of the
+        same run a no-op on the server.
+        """
+        payload = encode(cmd)
+        await self.kv.put(subjects.start_key(cmd.run_id), payload)
         await self.js.publish(
-            subjects.run_start(cmd.agent), encode(cmd), headers={"Nats-Msg-Id": f"start:{cmd.run_id}"}
+            subjects.run_start(cmd.agent), payload, headers={"Nats-Msg-Id": f"start:{cmd.run_id}"}
         )
 
-    async def decide(self, control: RunControl) -> None:
-        """Store the decision first (a runner that takes the run later applies it), then announce it."""
+    async def decide(self, control: RunControl, agent: str, task_id: str) -> None:
+        """Store the decision first (a runner that takes the run later applies it), then announce it:
+        to the runner holding the run (core `run.control`), and as a wake on the work queue for a run
+        parked while it waits (any runner serving the kind takes it up)."""
         control.decided_at = control.decided_at or datetime.now(UTC)
-        key = (
-            subjects.cancel_key(control.run_id)
-            if control.kind == "cancel"
-            else subjects.decision_key(control.run_id)
-        )
+        cancel = control.kind == "cancel"
+        key = subjects.cancel_key(control.run_id) if cancel else subjects.decision_key(control.run_id)
         payload = encode(control)
         await self.kv.put(key, payload)
         await self.nc.publish(subjects.run_control(control.run_id), payload)
+        reason = "cancel" if cancel else "decision"
+        wake = RunWake(run_id=control.run_id, task_id=task_id, reason=reason)
+        # One wake per decision: a retried or re-handed decision within the server's duplicate
+        # window is dropped there; a later duplicate only finds the run no longer parked.
+        msg_id = f"wake:{control.run_id}:{reason}:{control.plan_version or 0}"
+        await self.js.publish(subjects.run_wake(agent), encode(wake), headers={"Nats-Msg-Id": msg_id})
 
     async def resource_deleted(self, task_id: str, run_id: str | None = None) -> None:
         subject = subjects.RUN_DELETED if run_id else subjects.TASK_DELETED

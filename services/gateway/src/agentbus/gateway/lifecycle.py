@@ -15,21 +15,37 @@ WaitEnded = Callable[[Sequence[str], float], Awaitable[None]]
 
 
 class Lifecycle:
-    def __init__(self, store: GatewayStore, bus: Bus, wait_ended: WaitEnded, wait_s: float) -> None:
+    def __init__(
+        self, store: GatewayStore, bus: Bus, wait_ended: WaitEnded, wait_s: float, cancel_wait_s: float
+    ) -> None:
         self.store = store
         self.bus = bus
         self.wait_ended = wait_ended
         self.wait_s = wait_s
+        self.cancel_wait_s = cancel_wait_s
 
-    async def cancel(self, run_id: str, reason: str) -> None:
-        await self.bus.decide(RunControl(run_id=run_id, kind="cancel", reason=reason))
+    async def cancel_run(self, run: Any, reason: str) -> Any:
+        """Cancel one run; the run's row once it ended, or as it stands after `cancel_wait_s`.
+
+        The runner may have published its last event just before the cancel reached it (a run
+        approved a moment earlier can complete at once): waiting for the run to end lets the caller
+        answer 409 for such a run instead of a 202 that is not honoured. A run that has not ended
+        within the wait holds the stored cancel, which every holder reads before its next event.
+        """
+        await self.cancel(run, reason)
+        await self.wait_ended([run.id], self.cancel_wait_s)
+        return await self.store.run(run.id)
+
+    async def cancel(self, run: Any, reason: str) -> None:
+        """Store and announce the cancel (the run's holder stops it; a parked run is woken for it)."""
+        await self.bus.decide(RunControl(run_id=run.id, kind="cancel", reason=reason), run.agent, run.task_id)
 
     async def _cancel_live(self, rows: Sequence[Any], reason: str) -> None:
         """Cancel the live runs and give them a moment to report `cancelled`, so their last event
         is not orphaned. A run no runner has started yet has nothing to report: not waited for."""
         live = [r for r in rows if r.status not in TERMINAL_RUN_STATUSES]
         for r in live:
-            await self.cancel(r.id, reason)
+            await self.cancel(r, reason)
         started = [r.id for r in live if r.status != "pending"]
         if started:
             await self.wait_ended(started, self.wait_s)

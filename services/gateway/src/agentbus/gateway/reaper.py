@@ -1,13 +1,17 @@
 """Ends runs whose runner is gone and that no runner resumed: never `running` forever.
 
 Runners announce the runs they hold on `run.heartbeat` every few seconds. A
-run that is `running` or `awaiting_approval`, has not changed and has not been
-announced for `reaper_after_s` (and this gateway has listened at least that
-long) is ended as `failed` with a clear `error_message`:
+`running` run that has not changed and has not been announced for
+`reaper_after_s` (and this gateway has listened at least that long) is ended as
+`failed` with a clear `error_message`. A run waiting for approval is parked, held
+by no runner: it is only looked at once its deadline is `reaper_after_s` past
+(the runners missed it): it gets a deadline wake first, and is ended if that too
+goes unanswered for another `reaper_after_s`. Ending a run:
 
-1. its checkpoint in KV is replaced, compare-and-set, by a `finished` head, so a
-   runner that later takes the run (or a lost holder that comes back) stops
-   instead of continuing it; of several gateway copies only one wins;
+1. its checkpoint in KV is replaced, compare-and-set on the revision read, by a
+   `finished` head, so a runner that later takes the run (or a lost holder that
+   comes back) stops instead of continuing it; of several gateway copies only one
+   wins. A checkpoint that does not decode is fenced the same way;
 2. a `failure` event with the next seq is published like any runner event (with
    its message id), and stored through the normal ingest path.
 
@@ -29,7 +33,7 @@ from typing import Any
 import msgspec
 from nats.js.errors import NotFoundError
 
-from agentbus.contracts import RunCheckpointHead, RunnerHeartbeat, encode, subjects
+from agentbus.contracts import RunCheckpointHead, RunnerHeartbeat, RunWake, encode, subjects
 from agentbus.contracts.events import Failure, FailureData, RunStats
 from agentbus.gateway.bus import Bus
 from agentbus.gateway.convert import decision_of
@@ -54,6 +58,7 @@ class Reaper:
         self.interval_s = interval_s
         self.instance = instance
         self.seen: dict[str, float] = {}  # run_id -> monotonic time of the last announcement
+        self.woken: dict[str, float] = {}  # run_id -> when a missed deadline's wake was sent
         self.started = time.monotonic()
         self.sub: Any = None
         self.task: asyncio.Task[None] | None = None
@@ -94,7 +99,7 @@ class Reaper:
         cutoff = datetime.now(UTC) - timedelta(seconds=self.REDELIVER_AFTER_S)
         rows = await self.store.pending_decisions(cutoff)
         for row in rows:
-            await self.bus.decide(decision_of(row.id, row.approval))
+            await self.bus.decide(decision_of(row.id, row.approval), row.agent, row.task_id)
             log.info("run %s: stored decision handed to the runners again", row.id)
         return [r.id for r in rows]
 
@@ -102,6 +107,7 @@ class Reaper:
         now = time.monotonic()
         # Forget old announcements so the map does not grow with every run ever seen.
         self.seen = {k: t for k, t in self.seen.items() if now - t < 10 * self.after_s}
+        self.woken = {k: t for k, t in self.woken.items() if now - t < 10 * self.after_s}
         if now - self.started < self.after_s:
             return []  # not listened long enough to know who holds what
         cutoff = datetime.now(UTC) - timedelta(seconds=self.after_s)
@@ -109,24 +115,40 @@ class Reaper:
         for row in await self.store.stale_runs(cutoff):
             if now - self.seen.get(row.id, float("-inf")) < self.after_s:
                 continue
+            if row.status == "awaiting_approval" and row.approval_deadline is not None:
+                woken = self.woken.get(row.id)
+                if woken is None:  # the runners missed its deadline: tell them once more
+                    await self.wake(row)
+                    continue
+                if now - woken < self.after_s:
+                    continue
             if await self.reap(row):
                 reaped.append(row.id)
         return reaped
 
+    async def wake(self, row: Any) -> None:
+        self.woken[row.id] = time.monotonic()
+        wake = RunWake(run_id=row.id, task_id=row.task_id, reason="deadline")
+        await self.bus.js.publish(subjects.run_wake(row.agent), encode(wake))
+        log.warning("run %s: its approval deadline passed unanswered; woken again", row.id)
+
     async def reap(self, row: Any) -> bool:
         key = subjects.state_key(row.id)
         kv = self.bus.kv
-        seq, revision = row.last_seq, None
+        seq, revision, why = row.last_seq, None, ""
         try:
             entry = await kv.get(key)
+            revision = entry.revision
             head = _head.decode(entry.value)
             if head.phase == "finished":
                 return False  # its terminal event exists; ingest will store it
-            seq, revision = max(seq, head.seq), entry.revision
+            seq = max(seq, head.seq)
         except NotFoundError:
             pass
         except (msgspec.DecodeError, msgspec.ValidationError):
-            log.warning("run %s: unreadable checkpoint; reaping anyway", row.id)
+            # Fenced like any other: no runner can continue from it anyway.
+            log.warning("run %s: unreadable checkpoint; reaping it", row.id)
+            why = "; its checkpoint was unreadable"
         seq += 1
         fence = encode(RunCheckpointHead(phase="finished", seq=seq, runner_id=f"reaper:{self.instance}"))
         try:
@@ -140,6 +162,10 @@ class Reaper:
             return False
         now = datetime.now(UTC)
         waited = int(self.after_s)
+        if row.status == "awaiting_approval" and row.approval_deadline is not None:
+            error = f"runner lost: no runner applied the approval deadline within {waited}s of it"
+        else:
+            error = f"runner lost: no runner held this run for {waited}s (it was {row.status})"
         event = Failure(
             id=uuid.uuid4().hex,
             seq=seq,
@@ -148,7 +174,7 @@ class Reaper:
             run_id=row.id,
             message="Runner lost",
             data=FailureData(
-                error=f"runner lost: no runner held this run for {waited}s (it was {row.status})",
+                error=error + why,
                 stats=RunStats(duration=(now - row.started_at).total_seconds() if row.started_at else 0.0),
             ),
         )

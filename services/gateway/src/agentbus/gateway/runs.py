@@ -152,7 +152,7 @@ class RunService:
         if not await self.store.record_decision(run_id, approval, decided_at):
             raise Conflict(f"run {run_id} is not awaiting approval (already decided)")
         try:
-            await self.bus.decide(decision_of(run_id, approval))
+            await self.bus.decide(decision_of(run_id, approval), run.agent, run.task_id)
         except Exception as exc:
             log.warning(
                 "decision on run %s stored; handing it to runners failed (%s), retried later",
@@ -165,8 +165,12 @@ class RunService:
         run = await self.load(run_id)
         if run.status in TERMINAL_RUN_STATUSES:
             raise Conflict(f"run {run_id} has already ended ({run.status})")
-        await self.lifecycle.cancel(run_id, reason or "cancelled by user")
-        return run_out(run)
+        after = await self.lifecycle.cancel_run(run, reason or "cancelled by user")
+        if after is None:
+            raise NotFoundException(f"run {run_id} not found")  # deleted meanwhile
+        if after.status in TERMINAL_RUN_STATUSES and after.status != "cancelled":
+            raise Conflict(f"run {run_id} has already ended ({after.status})")
+        return run_out(after)
 
     async def logs(self, run_id: str, since: int, limit: int) -> EventPage:
         await self.load(run_id)

@@ -105,6 +105,14 @@ class Settings(EnvSettings, frozen=True, kw_only=True):
             ge=0,
         ),
     ] = 5.0
+    cancel_wait_s: Annotated[
+        float,
+        env(
+            "GATEWAY_CANCEL_WAIT_S",
+            "seconds a cancel waits for the run to end, to answer 409 if it ended otherwise",
+            ge=0,
+        ),
+    ] = 2.0
     ingest_batch: Annotated[
         int, env("GATEWAY_INGEST_BATCH", "most events the ingest stores in one batch", ge=1)
     ] = 500

@@ -48,15 +48,25 @@ class RunRecord:
     """The state of one held run and the only way its events are written."""
 
     def __init__(
-        self, start: RunStart, *, js: Any, kv: Any, obs: Any, runner_id: str, settings: Any = None
+        self,
+        start: RunStart,
+        *,
+        js: Any,
+        kv: Any,
+        obs: Any,
+        runner_id: str,
+        settings: Any = None,
+        token: int = 0,
+        store: RunStore | None = None,
     ) -> None:
         self.start = start
+        self.token = token  # the stream sequence of the work message this execution holds
         self.js = js
         self.obs = obs
         self.runner_id = runner_id
         self.settings = settings
-        self.store = RunStore(kv, start.run_id)
-        self.cp = Checkpoint(runner_id=runner_id)
+        self.store = store or RunStore(kv, start.run_id)
+        self.cp = Checkpoint(runner_id=runner_id, holder=token)
         self.ctx = AgentContext(start, artifact_writer=self._write_artifact, settings=settings)
         # Events an agent causes (artifacts, streamed progress) may come from concurrent agent tasks:
         # one at a time, so each gets its own seq.
@@ -196,6 +206,7 @@ class RunRecord:
             started_at=self.cp.started_at or now,
             runner_id=self.runner_id,
             usage=usage,
+            parked=False,
             **changes,
         )
         if callable(data):

@@ -45,7 +45,7 @@ from agentbus.runner.agents import (
 )
 from agentbus.runner.progress import ProgressReporter
 from agentbus.runner.record import RunRecord, since, utcnow
-from agentbus.runner.store import BusError, RunLostError
+from agentbus.runner.store import BusError, Checkpoint, RunLostError, RunStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,11 +55,20 @@ class AgentFailedError(Exception):
     """The agent failed; the message is what the `failure` event says."""
 
 
-class RunExecution(RunRecord):
-    # How often a run waiting for a human re-reads its stored decision/cancel, in case the core
-    # `run.control` message was missed (e.g. sent while this runner was reconnecting).
-    RECHECK_S = 5.0
+class RunParked(Exception):
+    """The run waits for a decision and is parked in its checkpoint: its runner lets it go.
 
+    `delay`: seconds to its approval deadline. The runner hands its work message back to JetStream
+    with that delay, so the deadline wakes the run on any runner, durably; a decision or a cancel
+    wakes it earlier with a `run.wake` message.
+    """
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(f"parked for up to {delay:.1f}s")
+        self.delay = delay
+
+
+class RunExecution(RunRecord):
     def __init__(
         self,
         start: RunStart,
@@ -70,26 +79,32 @@ class RunExecution(RunRecord):
         registry: AgentRegistry,
         runner_id: str,
         settings: Any = None,
+        token: int = 0,
+        store: RunStore | None = None,
     ) -> None:
-        super().__init__(start, js=js, kv=kv, obs=obs, runner_id=runner_id, settings=settings)
+        super().__init__(
+            start, js=js, kv=kv, obs=obs, runner_id=runner_id, settings=settings, token=token, store=store
+        )
         self.registry = registry
         self.progress = ProgressReporter(self, getattr(settings, "progress_interval_s", 0.1))
         self.ctx._progress = self.progress
 
     # --- the run -----------------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Drive the run to a terminal event (or find it finished).
+    async def run(self, loaded: Checkpoint | None, stored: RunControl | None) -> None:
+        """Drive the run to a terminal event (or find it finished), from its stored checkpoint and
+        cancel (`RunStore.load_all`).
 
         Raises CancelledError when the runner hands the run back (shutdown), RunLostError when another
         runner took it over, BusError when NATS stayed unreachable: in all three the run is not finished.
+        Raises RunParked when it waits for a person: parked, held by no one.
         """
-        # One round trip for both reads.
-        loaded, stored = await asyncio.gather(self.store.load(), self.store.stored_cancel())
         if loaded is not None:
             self.cp = loaded
             if self.finished:
                 return
+            if loaded.parked or loaded.holder != self.token:
+                await self._claim()  # woken (or first taken since holders were recorded)
             log.info("run %s: resuming at seq %d in phase %s", self.run_id, self.cp.seq, self.cp.phase)
         try:
             # The gateway stores a cancel before announcing it: one made while no runner held the
@@ -107,7 +122,7 @@ class RunExecution(RunRecord):
             if task is not None:
                 task.uncancel()
             await self._cancelled()
-        except (BusError, RunLostError):
+        except (BusError, RunLostError, RunParked):
             raise
         except Exception as exc:  # our own bug or an unencodable payload: end the run rather than loop
             log.exception("run %s: internal error", self.run_id)
@@ -260,32 +275,53 @@ class RunExecution(RunRecord):
             )
 
     async def _wait_for_decision(self) -> RunControl | None:
-        """The decision (or a stored cancel), or None when approval_timeout_s ran out."""
-        await self.durable()  # the waiting state is stored before waiting on anyone
+        """The decision (or a stored cancel), or None when approval_timeout_s ran out.
+
+        When neither has come, the run is parked: its checkpoint says so, and RunParked lets the
+        runner release it. Waiting costs no slot and no task, however long the deadline.
+        """
+        await self.durable()  # the waiting state is stored before anyone is waited on
         self._decision = asyncio.get_running_loop().create_future()
         self.waiting_for_human = True
+        parked = False
         try:
             while True:
-                # Read the stored keys right after registering the future: a decision made while no
-                # runner held the run (or before we got here) is applied, and none can slip between.
+                # Read the stored keys after registering the future: a decision made while no runner
+                # held the run (or before we got here) is applied, and none can slip between.
                 stored_keys = await asyncio.gather(self.store.stored_cancel(), self.store.stored_decision())
                 for stored in stored_keys:
                     if stored is not None:
                         self.offer_decision(stored)
                 self._check_interrupted()
-                if self._decision.done():
-                    return self._decision.result()
                 remaining = self.start.approval_timeout_s - since(self.cp.approval_started_at, utcnow())
-                if remaining <= 0:
-                    return None
-                try:
-                    return await asyncio.wait_for(
-                        asyncio.shield(self._decision), timeout=min(remaining, self.RECHECK_S)
-                    )
-                except TimeoutError:
-                    continue
+                if self._decision.done() or remaining <= 0:
+                    if parked:
+                        await self._claim()  # a wake that claimed it first wins: RunLostError
+                    return self._decision.result() if self._decision.done() else None
+                if parked:
+                    raise RunParked(remaining)
+                # Park, then read the keys once more: the gateway stores a decision before it sends
+                # the wake, and a wake that found the run not yet parked dropped itself, so a
+                # decision stored before the park is seen by this second read.
+                await self._save_now(msgspec.structs.replace(self.cp, parked=True))
+                parked = True
         finally:
             self.waiting_for_human = False
+
+    async def _claim(self) -> None:
+        """Hold the run from now on: unparked, owned by this execution's work message.
+
+        Compare-and-set on the checkpoint's revision, so of several wakes of one parked run exactly
+        one claims it; the others get RunLostError and drop their message.
+        """
+        await self._save_now(
+            msgspec.structs.replace(self.cp, parked=False, holder=self.token, runner_id=self.runner_id)
+        )
+
+    async def _save_now(self, cp: Checkpoint) -> None:
+        await self.durable()
+        await self.store.save(cp)
+        self.cp = cp
 
     async def _execute(self, agent: Agent) -> Any:
         steps: list[Any] = (self.cp.plan or {}).get("steps", [])

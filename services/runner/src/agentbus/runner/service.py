@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from nats.aio.msg import Msg
@@ -28,17 +30,27 @@ from agentbus.common.bus import artifacts_store, connect_with_retry, ensure_stre
 from agentbus.contracts import (
     Ping,
     Pong,
+    RunCheckpointHead,
     RunControl,
     RunnerHeartbeat,
     RunnerInfo,
     RunStart,
+    RunWake,
     encode,
     subjects,
 )
+from agentbus.contracts.events import Failure, FailureData, RunStats
 from agentbus.runner.agents import Agent, AgentRegistry
-from agentbus.runner.run import RunExecution
+from agentbus.runner.run import RunExecution, RunParked
 from agentbus.runner.settings import Settings
-from agentbus.runner.store import BusError, RunDeletedError, RunLostError
+from agentbus.runner.store import (
+    BusError,
+    RunDeletedError,
+    RunLostError,
+    RunStore,
+    Stored,
+    UnusableRunError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +62,17 @@ except PackageNotFoundError:  # running from a source tree
 # Ids become subject tokens and KV keys: keep to characters valid in both.
 _ID = re.compile(r"^[A-Za-z0-9_=-]{1,200}$")
 _start_decoder = msgspec.json.Decoder(RunStart)
+_wake_decoder = msgspec.json.Decoder(RunWake)
 _control_decoder = msgspec.json.Decoder(RunControl)
 
 
 @dataclass
 class Lane:
-    """One work queue consumer this runner pulls from: the one of an agent kind it serves."""
+    """One work queue consumer this runner pulls from: the one of an agent kind it serves (its starts
+    and its wakes)."""
 
     consumer: str
-    subject: str
+    subjects: list[str]
     slots: asyncio.Semaphore | None  # the kind's limit on this runner (RUNNER_AGENT_CONCURRENCY)
     psub: Any = None
 
@@ -68,6 +82,14 @@ class Held:
     msg: Msg  # the latest delivery of the run's work message: the one we ack or nak
     execution: RunExecution
     task: asyncio.Task[None]
+
+
+class Work(NamedTuple):
+    """What a work message names: a run to start (`run.start.<kind>`) or to wake (`run.wake.<kind>`)."""
+
+    run_id: str
+    task_id: str
+    wake: bool
 
 
 class Runner:
@@ -81,7 +103,7 @@ class Runner:
         self.lanes = [
             Lane(
                 subjects.kind_consumer(kind),
-                subjects.run_start(kind),
+                [subjects.run_start(kind), subjects.run_wake(kind)],
                 asyncio.Semaphore(settings.agent_concurrency[kind])
                 if kind in settings.agent_concurrency
                 else None,
@@ -135,7 +157,7 @@ class Runner:
     async def _ensure_consumer(self, lane: Lane) -> None:
         config = ConsumerConfig(
             durable_name=lane.consumer,
-            filter_subject=lane.subject,
+            filter_subjects=lane.subjects,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.settings.ack_wait_s,
             max_deliver=-1,  # a run is never dropped: it is redelivered until some runner finishes it
@@ -157,7 +179,7 @@ class Runner:
         try:
             await self._lane_loop(lane)
         except Exception:
-            log.exception("pulling %s stopped after an unexpected error", lane.subject)
+            log.exception("pulling %s stopped after an unexpected error", lane.consumer)
             raise
 
     async def _lane_loop(self, lane: Lane) -> None:
@@ -232,37 +254,113 @@ class Runner:
             return None
 
     async def _accept(self, msg: Msg, lane: Lane) -> None:
+        wake = msg.subject.startswith(subjects.RUN_WAKE_KIND_PREFIX + ".")
         try:
-            start = _start_decoder.decode(msg.data)
-            if not (_ID.match(start.run_id) and _ID.match(start.task_id)):
+            named = (_wake_decoder if wake else _start_decoder).decode(msg.data)
+            if not (_ID.match(named.run_id) and _ID.match(named.task_id)):
                 raise ValueError("run_id and task_id must match [A-Za-z0-9_=-]{1,200}")
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-            log.error("dropping a message on %s that is not a valid RunStart: %s", msg.subject, exc)
+            what = "RunWake" if wake else "RunStart"
+            log.error("dropping a message on %s that is not a valid %s: %s", msg.subject, what, exc)
             self._release(lane)
-            error = str(exc).replace("\r", " ").replace("\n", " ")[:500]
-            try:
-                await msg.term()  # never redeliver it
-                await self.nc.publish(subjects.EVENTS_DEAD, msg.data, headers={"Agentbus-Error": error})
-            except Exception as bus_exc:  # not terminated: it comes back after ack_wait and is dropped then
-                log.warning("could not terminate the bad message: %r", bus_exc)
+            await self._dead_letter(msg, str(exc))
             return
-        task = asyncio.create_task(self._hold(msg, start), name=f"run-{start.run_id}")
+        work = Work(named.run_id, named.task_id, wake)
+        task = asyncio.create_task(self._hold(msg, work, lane), name=f"run-{work.run_id}")
         self._tasks.add(task)
         # Release the slots however the task ends, even if it is cancelled before it starts.
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(lambda _: self._release(lane))
 
-    async def _hold(self, msg: Msg, start: RunStart) -> None:
-        run_id = start.run_id
+    async def _dead_letter(self, msg: Msg, error: str) -> None:
+        """Terminate a work message (never redelivered) and publish it on `events.dead` with why."""
+        error = error.replace("\r", " ").replace("\n", " ")[:500]
+        try:
+            await msg.term()
+            await self.nc.publish(subjects.EVENTS_DEAD, msg.data, headers={"Agentbus-Error": error})
+        except Exception as bus_exc:  # not terminated: it comes back after ack_wait and is dropped then
+            log.warning("could not terminate the bad message: %r", bus_exc)
+
+    async def _end_unusable(self, work: Work, store: RunStore, exc: UnusableRunError) -> None:
+        """End a run whose stored state does not decode: fence its checkpoint (compare-and-set on the
+        revision read), then publish a `failure` with the next seq, as the gateway's reaper does."""
+        cp = exc.checkpoint
+        if cp is not None and cp.phase == "finished":
+            return
+        if cp is not None:
+            seq = cp.seq + 1
+        else:  # the checkpoint is what is unreadable: the run's log in the stream says how far it got
+            info = await self.js.stream_info(
+                subjects.EVENTS_STREAM, subjects_filter=subjects.run_event("*", work.run_id, ">")
+            )
+            seq = sum((info.state.subjects or {}).values()) + 1
+        head = RunCheckpointHead(phase="finished", seq=seq, runner_id=self.settings.runner_id)
+        if not await store.fence(encode(head)):
+            return  # written meanwhile: whoever wrote it acts on the run
+        error = f"unusable stored state: {exc}"
+        event = Failure(
+            id=uuid.uuid4().hex,
+            seq=seq,
+            timestamp=datetime.now(UTC),
+            task_id=work.task_id,
+            run_id=work.run_id,
+            message=f"Run failed: {error}",
+            data=FailureData(error=error, stats=RunStats(duration=0.0)),
+        )
+        await self.js.publish(
+            subjects.run_event(work.task_id, work.run_id, "failure"),
+            encode(event),
+            headers={"Nats-Msg-Id": subjects.event_msg_id(work.run_id, seq)},
+        )
+
+    async def _hold(self, msg: Msg, work: Work, lane: Lane) -> None:
+        run_id = work.run_id
+        token = msg.metadata.sequence.stream
         current = asyncio.current_task()
         assert current is not None
         if run_id in self.held:
-            # JetStream redelivered a run we still hold (heartbeats got lost): keep executing it and
-            # answer the newest delivery.
-            log.warning("run %s redelivered while held here; keeping the running execution", run_id)
-            self.held[run_id].msg = msg
+            held = self.held[run_id]
+            if held.execution.token == token:
+                # JetStream redelivered a run we still hold (heartbeats got lost): keep executing it
+                # and answer the newest delivery.
+                log.warning("run %s redelivered while held here; keeping the running execution", run_id)
+                held.msg = msg
+            else:  # a wake for a run held here: its holder reads the stored decision itself
+                await _settle_quietly(msg.ack(), run_id)
             return
-        log.info("run %s taken (delivery %d)", run_id, msg.metadata.num_delivered)
+        store = RunStore(self.kv, run_id)
+        try:
+            stored = await store.load_all()
+        except UnusableRunError as exc:
+            log.error("%s; ending the run", exc)
+            try:
+                await self._end_unusable(work, store, exc)
+            except Exception as end_exc:  # the reaper ends it instead
+                log.warning("run %s: could not end it: %r", run_id, end_exc)
+            await self._dead_letter(msg, str(exc))
+            return
+        except BusError as exc:
+            log.error("run %s handed back: %s", run_id, exc)
+            await _settle_quietly(msg.nak(delay=min(30, 2 * msg.metadata.num_delivered)), run_id)
+            return
+        verdict = _verdict(work, stored, token)
+        if verdict is not None:
+            if verdict.startswith("stale"):
+                log.debug("run %s: %s", run_id, verdict)
+                await _settle_quietly(msg.ack(), run_id)
+            else:
+                log.error("run %s: %s; dropping its work", run_id, verdict)
+                await self._dead_letter(msg, f"run {run_id}: {verdict}")
+            return
+        start = stored.start or _start_decoder.decode(msg.data)  # see _verdict: a run from before records
+        if stored.start_raw is not None and not work.wake and stored.start_raw != msg.data:
+            log.warning("run %s: its start message differs from its stored record; using the record", run_id)
+        log.info(
+            "run %s %s (delivery %d)",
+            run_id,
+            "woken" if work.wake else "taken",
+            msg.metadata.num_delivered,
+        )
         execution = RunExecution(
             start,
             js=self.js,
@@ -271,12 +369,18 @@ class Runner:
             registry=self.registry,
             runner_id=self.settings.runner_id,
             settings=self.settings,
+            token=token,
+            store=store,
         )
         held = self.held[run_id] = Held(msg, execution, current)
         beat = asyncio.create_task(self._heartbeat(held))
         hand_back = True
+        parked: float | None = None
         try:
-            await execution.run()
+            await execution.run(stored.checkpoint, stored.cancel)
+        except RunParked as exc:
+            parked = exc.delay
+            log.info("run %s parked: waiting for a decision, at most %.0fs", run_id, exc.delay)
         except asyncio.CancelledError:
             if not execution.finished:
                 log.info("run %s handed back (runner stopping)", run_id)
@@ -288,6 +392,9 @@ class Runner:
         except RunLostError as exc:
             log.warning("%s; leaving it to them", exc)
             hand_back = False
+            if execution.cp.holder != token or execution.cp.parked:
+                # Another message's holder claimed it: this message is stale for good.
+                await _settle_quietly(held.msg.ack(), run_id)
         except BusError as exc:
             log.error("run %s handed back: %s", run_id, exc)
         except Exception:
@@ -298,11 +405,15 @@ class Runner:
         finally:
             beat.cancel()
             del self.held[run_id]
-        await self._settle(held, hand_back)
+        await self._settle(held, hand_back, parked)
 
-    async def _settle(self, held: Held, hand_back: bool) -> None:
+    async def _settle(self, held: Held, hand_back: bool, parked: float | None = None) -> None:
         try:
-            if held.execution.finished:
+            if parked is not None:
+                # The message becomes the run's deadline: JetStream hands it to a runner then (a
+                # whole second late at most, so the deadline has passed when it is read).
+                await held.msg.nak(delay=parked + 1.0)
+            elif held.execution.finished:
                 await held.msg.ack()
             elif hand_back:
                 # Stopping: let another runner take it now. Failing: back off a little before a retry.
@@ -424,6 +535,36 @@ class Runner:
             except Exception as exc:
                 log.warning("draining the NATS connection failed: %r", exc)
         log.info("runner %s stopped", self.settings.runner_id)
+
+
+def _verdict(work: Work, stored: Stored, token: int) -> str | None:
+    """Why this work message must not be acted on, or None when it must.
+
+    A reason starting with "stale" means the message is simply obsolete (acked); any other means it
+    names something that cannot be run (dead-lettered).
+    """
+    cp = stored.checkpoint
+    if stored.start is None:
+        # Runs queued before records were stored have a checkpoint once started; a run with
+        # neither was never created by a gateway (or was deleted since).
+        if cp is None or work.wake:
+            return "no stored record of this run (never created, or deleted)"
+    elif stored.start.task_id != work.task_id:
+        return f"the message names task {work.task_id}, its record task {stored.start.task_id}"
+    if cp is None:
+        return None  # not started yet: a start, or a cancel's wake, starts it
+    if cp.phase == "finished":
+        return "stale: the run has ended"
+    if cp.parked or cp.holder in (0, token):
+        return None  # woken, or its holder is gone and this is the holder's message again
+    return f"stale: held by the holder of message {cp.holder}"
+
+
+async def _settle_quietly(ack: Awaitable[Any], run_id: str) -> None:
+    try:
+        await ack
+    except Exception as exc:  # JetStream redelivers after ack_wait, and it is settled then
+        log.warning("could not settle a message of run %s: %r", run_id, exc)
 
 
 @asynccontextmanager

@@ -6,13 +6,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import msgspec
 import nats.errors
 import nats.js.errors
 
-from agentbus.contracts import RunControl, encode, subjects
+from agentbus.contracts import RunControl, RunStart, encode, subjects
 from agentbus.runner.agents.base import Usage
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,18 @@ class RunLostError(Exception):
 
 class RunDeletedError(RunLostError):
     """The run's checkpoint was deleted under us (the run was deleted): drop the work for good."""
+
+
+class UnusableRunError(Exception):
+    """What is stored about the run does not decode (its record or its checkpoint): no runner can
+    act on it. The runner that finds it ends the run (`failure`, fenced by the checkpoint's
+    revision) and drops its work; the gateway's reaper does the same for one it misses.
+
+    `checkpoint`: the checkpoint when it did decode (the record did not)."""
+
+    def __init__(self, message: str, checkpoint: Checkpoint | None = None) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
 
 
 async def retrying(op: Callable[[], Awaitable[T]], what: str, attempts: int = 8) -> T:
@@ -78,6 +90,11 @@ class Checkpoint(msgspec.Struct, kw_only=True, omit_defaults=True):
     approval_wait: float | None = None  # seconds waited for the human, once decided
     usage: Usage | None = None
     runner_id: str = ""
+    # The stream sequence of the work message whose holder owns the run (a start, or a wake that
+    # claimed it); 0 in checkpoints written before holders were recorded. A delivery of any other
+    # message while the run is not parked is stale and dropped.
+    holder: int = 0
+    parked: bool = False  # waiting for a decision or its deadline, held by no runner
     # Plan revisions: the version of the current plan, the plans sent back ({"version", "plan",
     # "feedback"}), and the time waited for the human in the rounds before this one.
     plan_version: int = 1
@@ -89,6 +106,16 @@ class Checkpoint(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 _checkpoint = msgspec.json.Decoder(Checkpoint)
 _control = msgspec.json.Decoder(RunControl)
+_start = msgspec.json.Decoder(RunStart)
+
+
+class Stored(NamedTuple):
+    """What is stored about a run when a runner takes its work message."""
+
+    start: RunStart | None  # the run as the gateway created it
+    start_raw: bytes | None
+    checkpoint: Checkpoint | None
+    cancel: RunControl | None
 
 
 class RunStore:
@@ -110,16 +137,54 @@ class RunStore:
 
         return await retrying(op, f"read {key}")
 
-    async def load(self) -> Checkpoint | None:
+    async def load_all(self) -> Stored:
+        """The run's record, checkpoint and stored cancel, in one round trip.
+
+        Raises UnusableRunError for a record or checkpoint that does not decode.
+        """
+        raw, cp, cancel = await asyncio.gather(
+            self._get(subjects.start_key(self.run_id)), self._load_raw(), self.stored_cancel()
+        )
+        try:
+            checkpoint = None if cp is None else _checkpoint.decode(cp)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise UnusableRunError(f"run {self.run_id}: its checkpoint does not decode: {exc}") from None
+        try:
+            start = None if raw is None else _start.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise UnusableRunError(
+                f"run {self.run_id}: its stored record does not decode: {exc}", checkpoint
+            ) from None
+        if start is not None and start.run_id != self.run_id:
+            raise UnusableRunError(
+                f"run {self.run_id}: its stored record names run {start.run_id}", checkpoint
+            )
+        return Stored(start, raw, checkpoint, cancel)
+
+    async def fence(self, head: bytes) -> bool:
+        """Replace the checkpoint with `head`, compare-and-set on the revision last read; False when
+        someone wrote it meanwhile (they act on the run, or ended it)."""
+        key = subjects.state_key(self.run_id)
+        try:
+            if self.revision is None:
+                await self.kv.create(key, head)
+            else:
+                await self.kv.update(key, head, last=self.revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        return True
+
+    async def _load_raw(self) -> bytes | None:
         key = subjects.state_key(self.run_id)
 
-        async def op() -> Checkpoint | None:
+        async def op() -> bytes | None:
             try:
                 entry = await self.kv.get(key)
             except nats.js.errors.NotFoundError:
+                self.revision = None
                 return None
             self.revision = entry.revision
-            return _checkpoint.decode(entry.value)
+            return entry.value
 
         return await retrying(op, f"read {key}")
 

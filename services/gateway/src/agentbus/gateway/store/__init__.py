@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, case, delete, func, select, text
+from sqlalchemy import and_, bindparam, case, delete, func, or_, select, text
 from sqlalchemy.engine import Connection
 
 from agentbus.common.db import make_engine, migrate, read_then_write, redact, wait_for_database
@@ -142,9 +142,15 @@ class GatewayStore:
         return await self._page(self._task_lists, {"status": status}, skip, limit, cursor)
 
     async def task_runs(self, task_id: str) -> list[Any]:
-        """(id, status) of each of the task's runs."""
+        """(id, task_id, agent, status) of each of the task's runs."""
         async with self.engine.connect() as conn:
-            return list(await conn.execute(select(runs.c.id, runs.c.status).where(runs.c.task_id == task_id)))
+            return list(
+                await conn.execute(
+                    select(runs.c.id, runs.c.task_id, runs.c.agent, runs.c.status).where(
+                        runs.c.task_id == task_id
+                    )
+                )
+            )
 
     async def delete_task(self, task_id: str) -> list[tuple[str, str]]:
         """Delete the task with its runs, events and artifacts index; returns (run_id, name) of its
@@ -221,11 +227,11 @@ class GatewayStore:
         return names
 
     async def pending_decisions(self, decided_before: datetime) -> list[Any]:
-        """(id, approval) of waiting runs whose stored decision no runner has acted on yet."""
+        """(id, task_id, agent, approval) of waiting runs whose stored decision no runner has acted on."""
         async with self.engine.connect() as conn:
             return list(
                 await conn.execute(
-                    select(runs.c.id, runs.c.approval).where(
+                    select(runs.c.id, runs.c.task_id, runs.c.agent, runs.c.approval).where(
                         runs.c.status == "awaiting_approval",
                         runs.c.approval.is_not(None),
                         runs.c.updated_at < decided_before,
@@ -234,15 +240,32 @@ class GatewayStore:
             )
 
     async def stale_runs(self, changed_before: datetime) -> list[Any]:
-        """Runs held by a runner (running or waiting) that have not changed since `changed_before`."""
+        """Runs a runner should be acting on that have not moved since `changed_before`: running ones
+        (held by a runner), and waiting ones whose approval deadline passed before it (a parked run is
+        held by no one until its decision or its deadline wakes it)."""
+        waiting = runs.c.status == "awaiting_approval"
         async with self.engine.connect() as conn:
             return list(
                 await conn.execute(
                     select(
-                        runs.c.id, runs.c.task_id, runs.c.last_seq, runs.c.started_at, runs.c.status
+                        runs.c.id,
+                        runs.c.task_id,
+                        runs.c.agent,
+                        runs.c.last_seq,
+                        runs.c.started_at,
+                        runs.c.status,
+                        runs.c.approval_deadline,
                     ).where(
-                        runs.c.status.in_(("running", "awaiting_approval")),
-                        runs.c.updated_at < changed_before,
+                        or_(
+                            and_(runs.c.status == "running", runs.c.updated_at < changed_before),
+                            and_(waiting, runs.c.approval_deadline < changed_before),
+                            # Waiting since before deadlines were stored (migration 0004).
+                            and_(
+                                waiting,
+                                runs.c.approval_deadline.is_(None),
+                                runs.c.updated_at < changed_before,
+                            ),
+                        )
                     )
                 )
             )

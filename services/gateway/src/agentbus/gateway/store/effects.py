@@ -7,7 +7,7 @@ transaction (`store/events.py`) both write these same values.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from agentbus.contracts import events as ev
@@ -27,6 +27,7 @@ RUN_COLUMNS = (
     "completed_at",
     "duration",
     "approval",
+    "approval_deadline",
     "last_seq",
     "updated_at",
 )
@@ -62,6 +63,7 @@ def apply_event(run: dict[str, Any], event: ev.Event) -> bool:
         case ev.ApprovalRequired():
             run["plan"] = event.data.plan
             run["approval"] = None  # a new plan version waits for its own decision
+            run["approval_deadline"] = event.timestamp + timedelta(seconds=event.data.timeout_s)
         case ev.RevisionRequested():
             run["approval"] = run.get("approval") or {
                 "approved": False,
@@ -135,6 +137,7 @@ class RunChange(NamedTuple):
     completed_at: datetime | None
     duration: float | None
     approval: Any
+    approval_deadline: datetime | None
     last_seq: int
     updated_at: datetime
 

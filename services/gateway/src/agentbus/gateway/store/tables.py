@@ -68,6 +68,7 @@ runs = Table(
     Column("completed_at", UTCDateTime),
     Column("duration", Float),
     Column("approval", JSONType),
+    Column("approval_deadline", UTCDateTime),  # while awaiting approval: when it times out
     Column("labels", JSONType),
     Column("last_seq", Integer, nullable=False, default=0),
     Column("created_at", UTCDateTime, nullable=False),
@@ -76,6 +77,7 @@ runs = Table(
     Index("ix_runs_task_created", "task_id", "created_at"),
     Index("ix_runs_status_created", "status", "created_at"),
     Index("ix_runs_created", "created_at"),
+    Index("ix_runs_status_deadline", "status", "approval_deadline"),
 )
 
 run_events = Table(
