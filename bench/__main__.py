@@ -52,6 +52,7 @@ ALL = (
     "runs",
     "runner-events",
     "lists",
+    "parked",
     "memory",
     "startup",
 )
@@ -381,6 +382,44 @@ class Bench:
         self.row("create-to-completion p50 at 100 runs/s", db, runs, "p50_ms", "ms", 20, higher=False)
         self.row("create-to-completion p99 at 100 runs/s", db, runs, "p99_ms", "ms", 100, higher=False)
 
+    def parked(self, db: str) -> None:
+        """Waiting costs nothing: runs parked awaiting approval slow no new run, and drain fast."""
+        a = self.a
+        n = a.parked
+
+        def measure(system: System) -> dict:
+            return scenarios.parked(system, n, a.run_count, a.repeats, a.duration)
+
+        runs = self.once(f"{n:,} parked", measure)
+        self.row("runs/s, none parked", db, runs, "none_runs_per_s", "runs/s")
+        self.row(f"runs/s, {n:,} parked", db, runs, "parked_runs_per_s", "runs/s")
+        self.row(f"runs/s {n:,} parked / none", db, runs, "throughput_ratio", "%", 90, scale=100)
+        self.row(
+            f"create-to-completion p50 at 100 runs/s, {n:,} parked / none",
+            db,
+            runs,
+            "p50_ratio",
+            "%",
+            110,
+            higher=False,
+            scale=100,
+        )
+        self.row(
+            f"runs held by the runner while {n:,} are parked", db, runs, "runner_active_while_parked", ""
+        )
+        self.row(
+            f"runner RSS with {n:,} parked",
+            db,
+            runs,
+            "runner_rss_kb",
+            "MB",
+            120,
+            higher=False,
+            scale=1 / 1024,
+        )
+        self.row(f"drain: {n:,} approved, runs/s", db, runs, "drain_runs_per_s", "runs/s")
+        self.row(f"drain / plain runs/s ({n:,} approved)", db, runs, "drain_ratio", "%", 80, scale=100)
+
     def run_db(self, db: str, pg_admin: str | None) -> None:
         print(f"\n== {db}", flush=True)
         with ExitStack() as stack:
@@ -438,6 +477,8 @@ class Bench:
             self.runner_events(db)
         if self.wants("lists"):
             self.lists(db)
+        if self.wants("parked"):
+            self.parked(db)
         if self.wants("memory"):
             mem = self.once("runner memory", lambda s: scenarios.runner_memory(s, 100))
             self.row(
@@ -511,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stalled", type=int, default=10)
     p.add_argument("--fanout-rate", type=float, default=51.0, help="events/s published in the fan-out case")
     p.add_argument("--run-count", type=int, default=1000)
+    p.add_argument("--parked", type=int, default=10_000, help="runs parked awaiting approval (parked case)")
     p.add_argument(
         "--seed-rows", type=int, default=1_000_000, help="tasks and runs seeded for the lists case"
     )
@@ -534,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.quick:
         a.repeats, a.duration, a.run_count, a.clients = 1, 2.0, 200, 200
+        a.parked = min(a.parked, 500)
         a.seed_rows = min(a.seed_rows, 20_000)
         a.stalled = min(a.stalled, 2)
     a.only = [x.strip() for x in a.only.split(",") if x.strip()]

@@ -1,12 +1,18 @@
 """Park runs awaiting approval, then approve them all and time the drain.
 
     python -m bench.parkload BASE_URL --task T park --count N --out FILE
-    python -m bench.parkload BASE_URL approve --ids FILE --concurrency C
+    python -m bench.parkload BASE_URL --task T approve --ids FILE --concurrency C
 
 `park` creates N runs of a task that needs approval (C concurrent callers) and returns once every
-one has announced `approval_required` on `/ws/stream` (the runner parks a run right after it); the
-run ids go to FILE. `approve` approves every run in FILE (C concurrent callers) and times, on
-`/ws/stream`, from the first approval to the last of their `completion` events (`runs_per_s`).
+one is `awaiting_approval` (the runner parks a run as soon as it asks); the run ids go to FILE.
+`approve` approves every run in FILE (C concurrent callers) and times the drain: from the first
+approval to the last run's `completed_at` (the runner's own completion time, read back once all
+have completed) gives `runs_per_s`.
+
+Both wait by reading the task's run totals twice a second (`?task_id=&status=`, counted from kept
+totals, so the reads cost nothing measurable). Not a stream: one stream client would fall behind
+the burst of events that 10,000 approvals cause while its process also sends the approvals, and be
+cut off (1013).
 """
 
 from __future__ import annotations
@@ -16,21 +22,32 @@ import asyncio
 import json
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import msgspec
 
 from bench.httpload import build_request, connect
-from bench.streams import head_decoder, open_stream
 
 
 class Created(msgspec.Struct):
     id: str
 
 
+class Done(msgspec.Struct):
+    completed_at: datetime | None = None
+
+
+class Page(msgspec.Struct):
+    items: list[Done]
+    total: int
+    next_cursor: str | None = None
+
+
 _created = msgspec.json.Decoder(Created)
-ENDED = ("completion", "failure", "cancelled", "timeout", "rejected")
+_page = msgspec.json.Decoder(Page)
 
 
 async def _callers(host: str, port: int, requests: list[bytes], concurrency: int) -> list[tuple[int, bytes]]:
@@ -48,74 +65,66 @@ async def _callers(host: str, port: int, requests: list[bytes], concurrency: int
     return answers
 
 
+async def _until_total(http: httpx.AsyncClient, task_id: str, status: str, n: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = await http.get("/api/runs", params={"task_id": task_id, "status": status, "limit": 1})
+        total = _page.decode(r.content).total
+        if total >= n or time.monotonic() > deadline:
+            return total
+        await asyncio.sleep(0.5)
+
+
 async def park(base: str, task_id: str, count: int, concurrency: int) -> tuple[dict, list[str]]:
     parts = urlsplit(base)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    waiting: set[str] = set()
-    created: set[str] = set()
-    all_waiting = asyncio.Event()
-
-    def on_event(raw: bytes) -> None:
-        head = head_decoder.decode(raw)
-        if head.event_type == "approval_required":
-            waiting.add(head.run_id)
-            if len(waiting) >= count and created <= waiting:
-                all_waiting.set()
-
-    stream = await open_stream(host, port, "/ws/stream", on_event)
     body = json.dumps({"task_id": task_id}).encode()
     t0 = time.perf_counter()
     answers = await _callers(
         host, port, [build_request("POST", f"{host}:{port}", "/api/runs", body)] * count, concurrency
     )
-    created.update(_created.decode(b).id for status, b in answers if status == 201)
-    if created <= waiting:
-        all_waiting.set()
-    try:
-        await asyncio.wait_for(all_waiting.wait(), timeout=600)
-    except TimeoutError:
-        pass
-    stream.close()
+    created = [_created.decode(b).id for status, b in answers if status == 201]
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        waiting = await _until_total(http, task_id, "awaiting_approval", len(created), 1200)
     result = {
         "created": len(created),
-        "parked": len(created & waiting),
+        "parked": waiting,
         "errors": count - len(created),
-        "park_per_s": len(created & waiting) / (time.perf_counter() - t0),
+        "park_per_s": waiting / (time.perf_counter() - t0),
     }
-    return result, sorted(created)
+    return result, created
 
 
-async def approve(base: str, ids: list[str], concurrency: int) -> dict:
+async def approve(base: str, task_id: str, ids: list[str], concurrency: int) -> dict:
     parts = urlsplit(base)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    wanted = set(ids)
-    done: dict[str, float] = {}
-    all_done = asyncio.Event()
-
-    def on_event(raw: bytes) -> None:
-        head = head_decoder.decode(raw)
-        if head.event_type in ENDED and head.run_id in wanted:
-            done[head.run_id] = time.perf_counter()
-            if len(done) >= len(wanted):
-                all_done.set()
-
-    stream = await open_stream(host, port, "/ws/stream", on_event)
     body = b'{"approved": true}'
     requests = [build_request("POST", f"{host}:{port}", f"/api/runs/{i}/approve", body) for i in ids]
+    started = datetime.now().astimezone()
     t0 = time.perf_counter()
     answers = await _callers(host, port, requests, concurrency)
     approved_span = time.perf_counter() - t0
-    try:
-        await asyncio.wait_for(all_done.wait(), timeout=600)
-    except TimeoutError:
-        pass
-    stream.close()
-    last = max(done.values(), default=t0)
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        completed = await _until_total(http, task_id, "completed", len(ids), 1200)
+        last = started
+        cursor: str | None = None
+        while True:  # every completed run of the task: the last completion time
+            params = {"task_id": task_id, "status": "completed", "limit": 100}
+            page = _page.decode(
+                (
+                    await http.get("/api/runs", params={**params, "cursor": cursor} if cursor else params)
+                ).content
+            )
+            last = max([last, *(r.completed_at for r in page.items if r.completed_at is not None)])
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+    span = (last - started).total_seconds()
     return {
         "approved": sum(1 for status, _ in answers if status == 200),
-        "completed": len(done),
+        "completed": completed,
         "approve_per_s": len(ids) / approved_span,
-        "runs_per_s": len(done) / (last - t0) if done else 0.0,
+        "runs_per_s": completed / span if span > 0 else 0.0,
     }
 
 
@@ -124,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("base")
-    p.add_argument("--task")
+    p.add_argument("--task", required=True)
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--out", type=Path)
@@ -135,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         result, ids = uvloop.run(park(a.base, a.task, a.count, a.concurrency))
         a.out.write_text("\n".join(ids))
     else:
-        result = uvloop.run(approve(a.base, a.ids.read_text().split(), a.concurrency))
+        result = uvloop.run(approve(a.base, a.task, a.ids.read_text().split(), a.concurrency))
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
 

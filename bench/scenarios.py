@@ -339,6 +339,60 @@ def runner_memory(system: System, in_flight: int) -> dict:
     return {"before_kb": before, "during_kb": during, "active": active}
 
 
+def parked(system: System, count: int, run_count: int, repeats: int, duration: float) -> dict:
+    """New runs with none parked, then with `count` runs parked awaiting approval on the one runner,
+    and the drain when all of those are approved, in one go on one system (medians of `repeats`)."""
+    import statistics
+    import tempfile
+
+    def plain() -> tuple[float, float]:
+        throughput = run_throughput(system, run_count, 32)
+        latency = run_latency(system, 100, duration)
+        return throughput["runs_per_s"], latency["p50_ms"]
+
+    before = [plain() for _ in range(repeats)]
+    task = create_task(system, agent_config=FAST_RUN, require_approval=True, approval_timeout_s=86_400)
+    with tempfile.TemporaryDirectory() as tmp:
+        ids = Path(tmp) / "parked.txt"
+        park = tool(
+            "parkload",
+            system.base_url,
+            "--task",
+            task["id"],
+            "--count",
+            str(count),
+            "--out",
+            str(ids),
+            "park",
+            timeout=1200,
+        )
+        rss = rss_kb(system.runners[0].proc.pid)  # type: ignore[union-attr]
+        active = asyncio.run(_runner_active(system.nats.url))
+        during = [plain() for _ in range(repeats)]
+        drain = tool(
+            "parkload", system.base_url, "--task", task["id"], "--ids", str(ids), "approve", timeout=1200
+        )
+    none_rps = statistics.median(r for r, _ in before)
+    parked_rps = statistics.median(r for r, _ in during)
+    none_p50 = statistics.median(p for _, p in before)
+    parked_p50 = statistics.median(p for _, p in during)
+    return {
+        "parked": park["parked"],
+        "park_per_s": park["park_per_s"],
+        "runner_active_while_parked": active,
+        "runner_rss_kb": rss,
+        "none_runs_per_s": none_rps,
+        "parked_runs_per_s": parked_rps,
+        "throughput_ratio": parked_rps / none_rps,
+        "none_p50_ms": none_p50,
+        "parked_p50_ms": parked_p50,
+        "p50_ratio": parked_p50 / none_p50,
+        "drained": drain["completed"],
+        "drain_runs_per_s": drain["runs_per_s"],
+        "drain_ratio": drain["runs_per_s"] / none_rps,
+    }
+
+
 # --- start-up ----------------------------------------------------------------------------------------
 
 

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 
+import msgspec
+import nats
 import pytest
 
+from agentbus.contracts import encode, subjects
+from agentbus.contracts import events as ev
 from tests.support.client import TERMINAL, Api, assert_gapless, events_until, next_event
 from tests.support.system import System
 from tests.support.waiting import eventually
@@ -297,3 +302,47 @@ async def test_an_idle_connection_outlives_client_pool_timeouts(system: System) 
             await asyncio.sleep(idle)  # the idleness under test: longer than uvicorn's default keep-alive
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("same_message_id", [True, False], ids=["same-msg-id", "no-msg-id"])
+async def test_an_event_its_runner_did_not_publish_does_not_wedge_the_run(
+    api: Api, system: System, same_message_id: bool
+) -> None:
+    """Something on the bus publishes the run's next seq before its runner does (with the runner's
+    message id, which makes JetStream drop the runner's own event as its duplicate, or with none).
+    The conflicting duplicate is dead-lettered, the stored log keeps the runner's events, and the
+    run completes."""
+    task = await api.task(require_approval=False, agent_config={"steps": 3, "step_delay_ms": 400})
+    run = await api.run(task["id"])
+    nc = await nats.connect(system.nats.url)
+    try:
+        dead = await nc.subscribe(subjects.EVENTS_DEAD)
+        await nc.flush()
+        async with api.ws(f"/ws/runs/{run['id']}?since=0") as ws:
+            seen = await events_until(ws, lambda e: e["event_type"] == "progress")
+        seq = seen[-1]["seq"] + 1  # the runner's next, due in 400 ms
+        forged = ev.Progress(
+            id="forger/1",
+            seq=seq,
+            timestamp=datetime.now(UTC),
+            task_id=task["id"],
+            run_id=run["id"],
+            message="forged",
+            data=ev.ProgressData(step=9, total_steps=9, progress_percent=100.0, current_phase="forged"),
+        )
+        headers = {"Nats-Msg-Id": subjects.event_msg_id(run["id"], seq)} if same_message_id else None
+        await nc.jetstream().publish(
+            subjects.run_event(task["id"], run["id"], "progress"), encode(forged), headers=headers
+        )
+        final = await api.wait_status(run["id"], *TERMINAL_STATUSES, timeout=20)
+        assert final["status"] == "completed", final
+        msg = await dead.next_msg(timeout=10)
+        assert "conflicting duplicate" in msg.headers["Agentbus-Error"]
+        assert msgspec.json.decode(msg.data)["id"] == "forger/1"
+    finally:
+        await nc.close()
+    logs = await api.logs(run["id"])
+    assert [e["seq"] for e in logs] == list(range(1, len(logs) + 1))
+    assert not [e for e in logs if e["id"].startswith("forger/")]
+    assert [e["event_type"] for e in logs][-1] == "completion"
+    assert [e["data"]["step"] for e in logs if e["event_type"] == "progress"] == [1, 2, 3]

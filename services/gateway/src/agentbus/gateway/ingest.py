@@ -22,8 +22,9 @@ from agentbus.common.bus import retrying_setup
 from agentbus.common.db import is_poison
 from agentbus.contracts import decode_event, subjects
 from agentbus.gateway.bus import Bus
+from agentbus.gateway.conflicts import Conflicts, Verdict
 from agentbus.gateway.store import GatewayStore
-from agentbus.gateway.store.effects import Batch
+from agentbus.gateway.store.effects import Batch, Stored
 
 log = logging.getLogger(__name__)
 # Marks this process's live announcements, so its own hub skips them (it had them from on_stored).
@@ -37,6 +38,7 @@ class EventIngest:
     ) -> None:
         self.store = store
         self.bus = bus
+        self.conflicts = Conflicts(store, bus)
         self.on_stored = on_stored
         self.origin = {ORIGIN_HEADER: origin}
         self.batch = batch
@@ -122,13 +124,23 @@ class EventIngest:
 
     async def _handle(self, msgs: list[Msg]) -> None:
         decoded: Batch = []
+        sent_by: dict[bytes, Msg] = {}
         for m in msgs:
             try:
                 decoded.append((decode_event(m.data), m.data))
+                sent_by[m.data] = m
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 log.warning("dropping an event on %s that does not decode: %s", m.subject, exc)
                 await self.bus.nc.publish(subjects.EVENTS_DEAD, m.data)
-        stored = await self.store.store_events(decoded) if decoded else []
+        result = await self.store.store_events(decoded) if decoded else Stored([], [])
+        stored = list(result.events)
+        later: set[int] = set()  # ids of the messages of conflicts to decide on a later delivery
+        for conflict in result.conflicts:
+            m = sent_by[conflict.raw]
+            verdict, replaced = await self.conflicts.resolve(conflict, m.metadata.num_delivered)
+            stored += replaced
+            if verdict is Verdict.LATER:
+                later.add(id(m))
         if stored:
             # Committed: this process's stream clients get the events directly, the other gateway
             # copies through events.live (they tell theirs from ours by the origin header).
@@ -138,4 +150,7 @@ class EventIngest:
                     subjects.live_event(event.task_id, event.run_id), raw, headers=self.origin
                 )
         for m in msgs:
-            await m.ack()
+            if id(m) in later:
+                await m.nak(delay=0.5)
+            else:
+                await m.ack()

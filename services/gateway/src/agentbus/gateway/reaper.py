@@ -167,7 +167,7 @@ class Reaper:
         else:
             error = f"runner lost: no runner held this run for {waited}s (it was {row.status})"
         event = Failure(
-            id=uuid.uuid4().hex,
+            id=f"reaper:{self.instance}/{uuid.uuid4().hex}",  # the fence's runner_id first, as runners do
             seq=seq,
             timestamp=now,
             task_id=row.task_id,

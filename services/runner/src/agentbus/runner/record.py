@@ -8,6 +8,7 @@ run at the next seq.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -30,6 +31,8 @@ from agentbus.contracts import (
 from agentbus.contracts.events import ArtifactData, CancelledData, FailureData
 from agentbus.runner.agents import AgentContext, ArtifactLimitError
 from agentbus.runner.store import Checkpoint, RunStore, retrying
+
+log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -213,7 +216,7 @@ class RunRecord:
             data = data(self._stats(cp, now))
         fields: dict[str, Any] = {} if data is None else {"data": data}
         event = cls(
-            id=uuid.uuid4().hex,
+            id=f"{self.runner_id}/{uuid.uuid4().hex}",  # the holder's name first: see _publish_and_save
             seq=cp.seq,
             timestamp=now,
             task_id=self.start.task_id,
@@ -251,9 +254,26 @@ class RunRecord:
         subject = subjects.run_event(self.start.task_id, self.run_id, str(event_type))
         payload = encode(event)
         headers = {"Nats-Msg-Id": subjects.event_msg_id(self.run_id, event.seq)}
-        await retrying(
-            lambda: self.js.publish(subject, payload, headers=headers), f"publish {event_type} #{event.seq}"
-        )
+        tries = 0
+
+        def publish() -> Any:
+            nonlocal tries
+            tries += 1
+            return self.js.publish(subject, payload, headers=headers)
+
+        ack = await retrying(publish, f"publish {event_type} #{event.seq}")
+        if ack.duplicate and tries == 1:
+            # Another event already holds this seq's message id (a lost holder's, or one this runner
+            # never published): ours was dropped as its duplicate. Publish it under a message id of
+            # its own, so the gateway sees both and keeps the holder's (named in the checkpoint).
+            log.warning(
+                "run %s: seq %d was taken by another event; publishing ours beside it", self.run_id, event.seq
+            )
+            alt = {"Nats-Msg-Id": f"{headers['Nats-Msg-Id']}:{self.runner_id}"}
+            await retrying(
+                lambda: self.js.publish(subject, payload, headers=alt),
+                f"publish {event_type} #{event.seq} again",
+            )
         await self.durable()
         if cp.phase == "finished":
             await self.store.save(cp)  # finished only once its checkpoint is stored

@@ -299,7 +299,7 @@ class Runner:
             return  # written meanwhile: whoever wrote it acts on the run
         error = f"unusable stored state: {exc}"
         event = Failure(
-            id=uuid.uuid4().hex,
+            id=f"{self.settings.runner_id}/{uuid.uuid4().hex}",  # the fence's runner_id first
             seq=seq,
             timestamp=datetime.now(UTC),
             task_id=work.task_id,

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection
 from agentbus.common.db import make_engine, migrate, read_then_write, redact, wait_for_database
 from agentbus.contracts.status import TERMINAL_RUN_STATUSES
 from agentbus.gateway.store import lists
-from agentbus.gateway.store.effects import Batch
+from agentbus.gateway.store.effects import Batch, Stored
 from agentbus.gateway.store.events import PgEventBatch, SqliteEventBatch
 from agentbus.gateway.store.lists import BadCursor, Page
 from agentbus.gateway.store.reads import RowReader
@@ -302,9 +302,14 @@ class GatewayStore:
 
     # --- events --------------------------------------------------------------------------------
 
-    async def store_events(self, batch: Batch) -> Batch:
-        """Store new events and their effects in one transaction; returns the ones not seen before."""
+    async def store_events(self, batch: Batch) -> Stored:
+        """Store new events and their effects in one transaction: the ones not seen before, and the
+        conflicting duplicates (a stored (run_id, seq) with other content), which are not stored."""
         return await self.events.store(batch)
+
+    async def replace_event(self, event: Any, raw: bytes) -> Stored:
+        """Store `event` in place of the one stored at its (run_id, seq), with its effects."""
+        return await self.events.store([(event, raw)], replace=True)
 
     async def logs(self, run_id: str, since: int, limit: int) -> tuple[list[str], int]:
         """The run's stored events with seq > since, in seq order (at most `limit`), and their total."""

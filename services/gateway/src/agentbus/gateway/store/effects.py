@@ -188,6 +188,39 @@ def new_candidates(
     return fresh
 
 
+class Conflict(NamedTuple):
+    """An event whose (run_id, seq) is stored already with other content: a conflicting duplicate."""
+
+    event: ev.Event
+    raw: bytes
+    stored: str  # the payload stored at that (run_id, seq)
+
+
+class Stored(NamedTuple):
+    """What a batch stored: the new events (with their effects applied), and its conflicts."""
+
+    events: Batch
+    conflicts: list[Conflict]
+
+
+def duplicates(
+    fresh: dict[tuple[str, int], tuple[ev.Event, bytes]], inserted: set[tuple[str, int]]
+) -> list[tuple[str, int]]:
+    """The (run_id, seq) of the batch's events that were stored already (a redelivery, or not)."""
+    return [key for key in fresh if key not in inserted]
+
+
+def conflicts_of(
+    fresh: dict[tuple[str, int], tuple[ev.Event, bytes]], stored: dict[tuple[str, int], str]
+) -> list[Conflict]:
+    """The duplicates whose stored payload is not theirs: a redelivery has the very same bytes."""
+    return [
+        Conflict(event, raw, stored[key])
+        for key, (event, raw) in fresh.items()
+        if key in stored and stored[key] != raw.decode()
+    ]
+
+
 class Effects(NamedTuple):
     """What the newly stored events of a batch change."""
 

@@ -21,12 +21,21 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, select, tuple_
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from agentbus.gateway.store.effects import RUN_COLUMNS, Batch, Effects, event_row, new_candidates
+from agentbus.gateway.store.effects import (
+    RUN_COLUMNS,
+    Batch,
+    Effects,
+    Stored,
+    conflicts_of,
+    duplicates,
+    event_row,
+    new_candidates,
+)
 from agentbus.gateway.store.tables import artifacts, run_events, runs, tasks
 from agentbus.gateway.store.writer import Writer
 
@@ -55,6 +64,12 @@ class SqliteEventBatch:
         .returning(run_events.c.run_id, run_events.c.seq)
     )
     _UPSERT_ARTIFACTS = _sqlite_upsert_artifacts()
+    _STORED = select(run_events.c.run_id, run_events.c.seq, run_events.c.payload).where(
+        tuple_(run_events.c.run_id, run_events.c.seq).in_(bindparam("keys", expanding=True))
+    )
+    _DELETE_EVENT = run_events.delete().where(
+        run_events.c.run_id == bindparam("b_run_id"), run_events.c.seq == bindparam("b_seq")
+    )
     # Bound as b_<field> of the typed values: SQLAlchemy reserves column names for SET values.
     _UPDATE_RUN = (
         runs.update()
@@ -82,17 +97,24 @@ class SqliteEventBatch:
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
 
-    async def store(self, batch: Batch) -> Batch:
-        return await self.writer(lambda conn: self._store(conn, batch))
+    async def store(self, batch: Batch, replace: bool = False) -> Stored:
+        return await self.writer(lambda conn: self._store(conn, batch, replace))
 
-    def _store(self, conn: Connection, batch: Batch) -> Batch:
+    def _store(self, conn: Connection, batch: Batch, replace: bool) -> Stored:
         ids = sorted({e.run_id for e, _ in batch})
         rows = {r.id: r._asdict() for r in conn.execute(self._RUNS, {"ids": ids})}
         fresh = new_candidates(rows, batch)
         if not fresh:
-            return []
+            return Stored([], [])
+        if replace:  # the events stored at these seqs give way to these
+            conn.execute(self._DELETE_EVENT, [{"b_run_id": r, "b_seq": q} for r, q in fresh])
         result = conn.execute(self._INSERT_EVENTS, [event_row(e, raw)._asdict() for e, raw in fresh.values()])
-        effects = Effects.of(rows, fresh, {(r.run_id, r.seq) for r in result})
+        inserted = {(r.run_id, r.seq) for r in result}
+        conflicts = []
+        if dupes := duplicates(fresh, inserted):
+            stored = conn.execute(self._STORED, {"keys": dupes})
+            conflicts = conflicts_of(fresh, {(r.run_id, r.seq): r.payload for r in stored})
+        effects = Effects.of(rows, fresh, inserted)
         if effects.artifacts:
             conn.execute(self._UPSERT_ARTIFACTS, [a._asdict() for a in effects.artifacts])
         if effects.runs:
@@ -100,7 +122,7 @@ class SqliteEventBatch:
             conn.execute(self._UPDATE_TASK_STATUS, _binds(effects.task_statuses))
         if effects.task_counters:
             conn.execute(self._UPDATE_TASK_COUNTERS, _binds(effects.task_counters))
-        return effects.stored
+        return Stored(effects.stored, conflicts)
 
     async def close(self) -> None:
         pass  # the writer belongs to the store
@@ -135,6 +157,13 @@ class PgEventBatch:
         + ", ".join(f"{c} = ${i + 2}" for i, c in enumerate(RUN_COLUMNS))
         + " WHERE id = $1"
     )
+    STORED = (
+        "SELECT run_id, seq, payload FROM run_events "
+        "WHERE (run_id, seq) IN (SELECT * FROM unnest($1::varchar[], $2::int[]))"
+    )
+    DELETE_EVENTS = (
+        "DELETE FROM run_events WHERE (run_id, seq) IN (SELECT * FROM unnest($1::varchar[], $2::int[]))"
+    )
     UPDATE_TASK_STATUS = "UPDATE tasks SET status = $3, updated_at = $4 WHERE id = $1 AND latest_run_id = $2"
     UPDATE_TASK_COUNTERS = (
         "UPDATE tasks SET total_runs = total_runs + 1, successful_runs = successful_runs + $2, "
@@ -156,25 +185,31 @@ class PgEventBatch:
     async def close(self) -> None:
         await self.engine.dispose()
 
-    async def store(self, batch: Batch) -> Batch:
+    async def store(self, batch: Batch, replace: bool = False) -> Stored:
         async with self.engine.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
             try:
                 async with raw.transaction():
-                    return await self._store(raw, batch)
+                    return await self._store(raw, batch, replace)
             except Exception as exc:
                 if not _is_server_error(exc):  # the connection itself failed: never reuse it
                     await _invalidate(conn)
                 raise
 
-    async def _store(self, db: Any, batch: Batch) -> Batch:
+    async def _store(self, db: Any, batch: Batch, replace: bool) -> Stored:
         ids = sorted({e.run_id for e, _ in batch})
         rows = {r["id"]: dict(r) for r in await db.fetch(self.SELECT_RUNS, ids)}
         fresh = new_candidates(rows, batch)
         if not fresh:
-            return []
+            return Stored([], [])
+        if replace:  # the events stored at these seqs give way to these
+            await db.execute(self.DELETE_EVENTS, *(list(c) for c in zip(*fresh, strict=True)))
         columns = [list(c) for c in zip(*(event_row(e, raw) for e, raw in fresh.values()), strict=True)]
         inserted = {(r["run_id"], r["seq"]) for r in await db.fetch(self.INSERT_EVENTS, *columns)}
+        conflicts = []
+        if dupes := duplicates(fresh, inserted):
+            stored = await db.fetch(self.STORED, *(list(c) for c in zip(*dupes, strict=True)))
+            conflicts = conflicts_of(fresh, {(r["run_id"], r["seq"]): r["payload"] for r in stored})
         effects = Effects.of(rows, fresh, inserted)
         if effects.artifacts:
             await db.executemany(self.UPSERT_ARTIFACTS, effects.artifacts)
@@ -183,7 +218,7 @@ class PgEventBatch:
             await db.executemany(self.UPDATE_TASK_STATUS, effects.task_statuses)
         if effects.task_counters:
             await db.executemany(self.UPDATE_TASK_COUNTERS, effects.task_counters)
-        return effects.stored
+        return Stored(effects.stored, conflicts)
 
 
 def _pg_run(change: tuple[Any, ...]) -> list[Any]:
