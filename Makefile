@@ -50,11 +50,12 @@ reliability: install
 	AGENTBUS_RELIABILITY_RESULTS=var/reliability-results.jsonl $(PY) -m pytest -q -m faults tests/e2e/test_faults.py
 	$(PY) scripts/reliability_report.py var/reliability-results.jsonl docs/reliability.md "make reliability"
 
-# The long variant: 1,000 runs per fault (minutes). Not part of `make test`.
+# The long variant: 1,000 runs per fault (tens of minutes), its own section of docs/reliability.md.
+# Not part of `make test`.
 soak: install
 	rm -f var/soak-results.jsonl
 	AGENTBUS_SOAK=1 AGENTBUS_RELIABILITY_RESULTS=var/soak-results.jsonl $(PY) -m pytest -q -m faults tests/e2e/test_faults.py
-	$(PY) scripts/reliability_report.py var/soak-results.jsonl var/soak-report.md "make soak"
+	$(PY) scripts/reliability_report.py var/soak-results.jsonl docs/reliability.md "make soak"
 
 clean:
 	rm -rf $(VENV) $(TOOLS) var .pytest_cache .ruff_cache

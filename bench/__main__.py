@@ -395,6 +395,17 @@ class Bench:
         self.row(f"runs/s, {n:,} parked", db, runs, "parked_runs_per_s", "runs/s")
         self.row(f"runs/s {n:,} parked / none", db, runs, "throughput_ratio", "%", 90, scale=100)
         self.row(
+            "create-to-completion p50 at 100 runs/s, none parked", db, runs, "none_p50_ms", "ms", higher=False
+        )
+        self.row(
+            f"create-to-completion p50 at 100 runs/s, {n:,} parked",
+            db,
+            runs,
+            "parked_p50_ms",
+            "ms",
+            higher=False,
+        )
+        self.row(
             f"create-to-completion p50 at 100 runs/s, {n:,} parked / none",
             db,
             runs,

@@ -17,11 +17,14 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import nats
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from agentbus.contracts import subjects
 from tests.support.client import TERMINAL, Api, next_event
 from tests.support.faults import SOAK, Workload, check_invariants, seeded
+from tests.support.netns import NetnsCluster
 from tests.support.servers import LocalPostgres, NatsCluster, create_database
 from tests.support.system import System, start_system
 from tests.support.waiting import eventually
@@ -29,6 +32,7 @@ from tests.support.waiting import eventually
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
 N = 1000 if SOAK else 12
+TERMINAL_STATUSES = ("completed", "failed", "rejected", "cancelled", "timeout")
 FAULT_ENV = {
     "RUNNER_ACK_WAIT_S": "3",
     "RUNNER_HEARTBEAT_S": "1",
@@ -263,3 +267,96 @@ async def test_nats_cluster_node_killed() -> None:
         cluster.nodes[victim].stop(kill=True)
         await check_invariants(f"3-node NATS cluster (R3), node {victim} SIGKILL", apis[0], work)
         await work.stop()
+
+
+async def _js_answers(js: Any) -> bool:
+    """A write through this client is stored: it needs a quorum of the cluster (the test's own R3
+    stream, so no data of the services is touched)."""
+    try:
+        await js.publish("probe.write", b"x")
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(
+    not NetnsCluster.available(), reason="partitioning a node needs root and iproute2 (ip netns)"
+)
+async def test_nats_cluster_node_partitioned() -> None:
+    """A node cut off from the other two under load (its route link down, in a network namespace
+    of its own): nothing is lost; a client of the minority side sees errors, and recovers once
+    the partition heals."""
+    rng = seeded()
+    cluster = NetnsCluster(tempfile.mkdtemp(prefix="agentbus-netns-")).start()
+    try:
+        async with running(runners=2, nats=cluster, env={"NATS_REPLICAS": "3"}) as (_system, apis):
+            minority = await nats.connect(cluster.nodes[2].url, max_reconnect_attempts=-1)
+            majority = await nats.connect(cluster.nodes[0].url, max_reconnect_attempts=-1)
+            js, js_majority = minority.jetstream(timeout=1), majority.jetstream(timeout=2)
+            try:
+                await js_majority.add_stream(name="PROBE", subjects=["probe.>"], num_replicas=3, max_msgs=10)
+                assert await eventually(lambda: _js_answers(js), what="a write from node 2")
+                work = Workload(apis)
+                await work.start(N)
+                await some_progress(apis[0], work, rng)
+                cluster.partition(2)
+                await eventually(
+                    lambda: _not(_js_answers(js)), timeout=30, what="errors on the minority side"
+                )
+                # The majority goes on without it: every stream has a leader on its side.
+                await eventually(
+                    lambda: _led_without(js_majority, "n2"), timeout=60, what="leaders on n0, n1"
+                )
+                cluster.heal(2)
+                await eventually(lambda: _js_answers(js), timeout=60, what="the minority side recovered")
+                await check_invariants(
+                    "3-node NATS cluster (R3), node 2 partitioned, then healed", apis[0], work
+                )
+                await work.stop()
+            finally:
+                await minority.close()
+                await majority.close()
+    finally:
+        cluster.stop()
+
+
+async def _not(check: Any) -> bool:
+    return not await check
+
+
+async def _led_without(js: Any, node: str) -> bool:
+    streams = (subjects.EVENTS_STREAM, subjects.RUN_COMMANDS_STREAM, f"KV_{subjects.RUN_STATE_BUCKET}")
+    try:
+        leaders = [(await js.stream_info(name)).cluster.leader for name in streams]
+    except Exception:  # an election under way
+        return False
+    return all(leader and leader != node for leader in leaders)
+
+
+@pytest.mark.parametrize("key", ["start", "state", "decision", "cancel"])
+async def test_whatever_a_key_holds_every_run_ends_and_says_why(key: str) -> None:
+    """Garbage written into one of a run's keys, while it executes and while it is parked: every run
+    still ends in a terminal state within the reaper's bound, and GET /api/runs/{id} says why."""
+    async with running(runners=1) as (system, apis):
+        api = apis[0]
+        busy = await api.task(require_approval=False, agent_config={"steps": 40, "step_delay_ms": 150})
+        waiting = await api.task(approval_timeout_s=4, agent_config={"steps": 1, "step_delay_ms": 0})
+        runs = [await api.run(busy["id"]), await api.run(waiting["id"])]
+        await api.wait_status(runs[0]["id"], "running")
+        await api.wait_status(runs[1]["id"], "awaiting_approval")
+        nc = await nats.connect(system.nats.url)
+        try:
+            kv = await nc.jetstream().key_value(subjects.RUN_STATE_BUCKET)
+            for run in runs:
+                await kv.put(f"{run['id']}.{key}", b"\x00{not json")
+        finally:
+            await nc.close()
+        for run in runs:
+            final = await api.wait_status(run["id"], *TERMINAL_STATUSES, timeout=40)
+            if final["status"] != "completed":
+                assert final["error_message"], final
+            logs = await api.logs(run["id"])
+            assert [e["seq"] for e in logs] == list(range(1, len(logs) + 1))
+            assert logs[-1]["event_type"] in TERMINAL
+            if key == "state":  # nothing can go on from a checkpoint that does not decode
+                assert final["status"] == "failed" and "does not decode" in final["error_message"]

@@ -159,7 +159,7 @@ class RunService:
                 run_id,
                 type(exc).__name__,
             )
-        return run_out(await self.load(run_id))
+        return run_out(run._replace(approval=approval, updated_at=decided_at))
 
     async def cancel(self, run_id: str, reason: str | None) -> Run:
         run = await self.load(run_id)

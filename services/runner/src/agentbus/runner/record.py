@@ -78,6 +78,7 @@ class RunRecord:
         self.handing_back = False  # the runner is stopping and gives this run to another runner
         self.waiting_for_human = False
         self._decision: asyncio.Future[RunControl] | None = None
+        self._prefetched: list[RunControl | None] | None = None  # stored cancel and decision
         self._saving: asyncio.Future[None] | None = None  # the checkpoint being written
 
     @property

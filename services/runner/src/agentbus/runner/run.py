@@ -91,14 +91,19 @@ class RunExecution(RunRecord):
 
     # --- the run -----------------------------------------------------------------------------------
 
-    async def run(self, loaded: Checkpoint | None, stored: RunControl | None) -> None:
-        """Drive the run to a terminal event (or find it finished), from its stored checkpoint and
-        cancel (`RunStore.load_all`).
+    async def run(
+        self, loaded: Checkpoint | None, stored: RunControl | None, decision: RunControl | None = None
+    ) -> None:
+        """Drive the run to a terminal event (or find it finished), from its stored checkpoint,
+        cancel and decision (`RunStore.load_all`).
 
         Raises CancelledError when the runner hands the run back (shutdown), RunLostError when another
         runner took it over, BusError when NATS stayed unreachable: in all three the run is not finished.
         Raises RunParked when it waits for a person: parked, held by no one.
         """
+        # Read just now: the first wait for a decision need not read them again (a decision stored
+        # since is found by the read after parking, see _wait_for_decision).
+        self._prefetched = [stored, decision]
         if loaded is not None:
             self.cp = loaded
             if self.finished:
@@ -288,7 +293,10 @@ class RunExecution(RunRecord):
             while True:
                 # Read the stored keys after registering the future: a decision made while no runner
                 # held the run (or before we got here) is applied, and none can slip between.
-                stored_keys = await asyncio.gather(self.store.stored_cancel(), self.store.stored_decision())
+                stored_keys = self._prefetched or await asyncio.gather(
+                    self.store.stored_cancel(), self.store.stored_decision()
+                )
+                self._prefetched = None
                 for stored in stored_keys:
                     if stored is not None:
                         self.offer_decision(stored)

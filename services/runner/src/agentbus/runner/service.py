@@ -377,7 +377,7 @@ class Runner:
         hand_back = True
         parked: float | None = None
         try:
-            await execution.run(stored.checkpoint, stored.cancel)
+            await execution.run(stored.checkpoint, stored.cancel, stored.decision)
         except RunParked as exc:
             parked = exc.delay
             log.info("run %s parked: waiting for a decision, at most %.0fs", run_id, exc.delay)
@@ -411,8 +411,9 @@ class Runner:
         try:
             if parked is not None:
                 # The message becomes the run's deadline: JetStream hands it to a runner then (a
-                # whole second late at most, so the deadline has passed when it is read).
-                await held.msg.nak(delay=parked + 1.0)
+                # hair late, so the deadline has passed when it is read; one read early parks the
+                # run again for what is left).
+                await held.msg.nak(delay=parked + 0.05)
             elif held.execution.finished:
                 await held.msg.ack()
             elif hand_back:

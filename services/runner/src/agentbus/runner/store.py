@@ -116,6 +116,7 @@ class Stored(NamedTuple):
     start_raw: bytes | None
     checkpoint: Checkpoint | None
     cancel: RunControl | None
+    decision: RunControl | None
 
 
 class RunStore:
@@ -138,12 +139,15 @@ class RunStore:
         return await retrying(op, f"read {key}")
 
     async def load_all(self) -> Stored:
-        """The run's record, checkpoint and stored cancel, in one round trip.
+        """The run's record, checkpoint, stored cancel and stored decision, in one round trip.
 
         Raises UnusableRunError for a record or checkpoint that does not decode.
         """
-        raw, cp, cancel = await asyncio.gather(
-            self._get(subjects.start_key(self.run_id)), self._load_raw(), self.stored_cancel()
+        raw, cp, cancel, decision = await asyncio.gather(
+            self._get(subjects.start_key(self.run_id)),
+            self._load_raw(),
+            self.stored_cancel(),
+            self.stored_decision(),
         )
         try:
             checkpoint = None if cp is None else _checkpoint.decode(cp)
@@ -159,7 +163,7 @@ class RunStore:
             raise UnusableRunError(
                 f"run {self.run_id}: its stored record names run {start.run_id}", checkpoint
             )
-        return Stored(start, raw, checkpoint, cancel)
+        return Stored(start, raw, checkpoint, cancel, decision)
 
     async def fence(self, head: bytes) -> bool:
         """Replace the checkpoint with `head`, compare-and-set on the revision last read; False when

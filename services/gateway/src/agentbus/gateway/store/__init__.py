@@ -330,15 +330,8 @@ class GatewayStore:
             return list(payloads.scalars())
 
     async def last_event_payload(self, run_id: str, event_type: str) -> str | None:
-        async with self.engine.connect() as conn:
-            return (
-                await conn.execute(
-                    select(run_events.c.payload)
-                    .where(run_events.c.run_id == run_id, run_events.c.event_type == event_type)
-                    .order_by(run_events.c.seq.desc())
-                    .limit(1)
-                )
-            ).scalar()
+        rows = await self.reader.fetch(lists.LAST_EVENT, (run_id, event_type))
+        return rows[0].payload if rows else None
 
     async def replay(self, run_id: str | None, task_id: str | None, since: int) -> list[Any]:
         """(run_id, task_id, seq, event_type, payload) of a run's (or a task's runs') events with

@@ -123,6 +123,12 @@ LOG = Query(
     [Column("payload", Text)],
     [run_events.c.run_id, run_events.c.seq, None],
 )
+LAST_EVENT = Query(
+    "run_last_event",
+    'SELECT "payload" FROM "run_events" WHERE "run_id" = ? AND "event_type" = ? ORDER BY "seq" DESC LIMIT 1',
+    [Column("payload", Text)],
+    [run_events.c.run_id, run_events.c.event_type],
+)
 LOG_TOTAL = Query(
     "run_log_total",
     'SELECT count(*) AS n FROM "run_events" WHERE "run_id" = ? AND "seq" > ?',
