@@ -272,6 +272,21 @@ class Runner:
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(lambda _: self._release(lane))
 
+    async def _wake_held(self, held: Held, msg: Msg) -> None:
+        """A wake for a run this runner holds: a stored cancel is applied to it here (in case its
+        `run.control` message was missed); a run about to park gets the wake back in a moment,
+        when it is parked and the wake can claim it; otherwise the holder has what it needs."""
+        execution = held.execution
+        cancel = await execution.store.stored_cancel()
+        if cancel is not None:
+            if execution.request_cancel(cancel.reason):
+                held.task.cancel()
+            await _settle_quietly(msg.ack(), execution.run_id)
+        elif execution.waiting_for_human:
+            await _settle_quietly(msg.nak(delay=0.2), execution.run_id)
+        else:
+            await _settle_quietly(msg.ack(), execution.run_id)
+
     async def _dead_letter(self, msg: Msg, error: str) -> None:
         """Terminate a work message (never redelivered) and publish it on `events.dead` with why."""
         error = error.replace("\r", " ").replace("\n", " ")[:500]
@@ -325,8 +340,8 @@ class Runner:
                 # and answer the newest delivery.
                 log.warning("run %s redelivered while held here; keeping the running execution", run_id)
                 held.msg = msg
-            else:  # a wake for a run held here: its holder reads the stored decision itself
-                await _settle_quietly(msg.ack(), run_id)
+            else:
+                await self._wake_held(held, msg)
             return
         store = RunStore(self.kv, run_id)
         try:
