@@ -1,11 +1,18 @@
-"""The runner service: pulls `run.start.<kind>` work, holds runs, routes controls to them, answers pings.
+"""The runner service: pulls `run.start.<kind>` and `run.wake.<kind>` work, holds runs, routes
+controls to them, answers pings.
 
 Work comes from durable pull consumers shared by every runner copy, one per
-agent kind (`run.start.<kind>`, pulled only by runners serving the kind, within
-its concurrency limit), so each run is held by exactly one runner at a time. A
-held run is kept alive with `in_progress()` heartbeats; when its holder dies,
-JetStream redelivers it after ack_wait and the next holder resumes it from its
-checkpoint.
+agent kind (pulled only by runners serving the kind, within its concurrency
+limit), so each run is held by exactly one runner at a time. A held run is kept
+alive with `in_progress()` heartbeats; when its holder dies, JetStream
+redelivers it after ack_wait and the next holder resumes it from its checkpoint.
+
+A message only names a run: the runner acts on the run's stored record
+(`<run_id>.start`, written by the gateway) and checkpoint, and only when the
+message may act on it (`_verdict`). A run waiting for a decision is parked and
+released (`RunParked`): its message goes back to JetStream with a delay that
+ends at the deadline, and a `run.wake` claims it earlier for a decision or a
+cancel (see docs/architecture.md).
 """
 
 from __future__ import annotations
