@@ -101,9 +101,10 @@ class RunExecution(RunRecord):
         runner took it over, BusError when NATS stayed unreachable: in all three the run is not finished.
         Raises RunParked when it waits for a person: parked, held by no one.
         """
-        # Read just now: the first wait for a decision need not read them again (a decision stored
-        # since is found by the read after parking, see _wait_for_decision).
-        self._prefetched = [stored, decision]
+        # Read just now, for a run that was waiting: its first wait for a decision need not read them
+        # again (a decision stored since is found by the read after parking, see _wait_for_decision).
+        waiting = loaded is not None and loaded.phase == "awaiting_approval"
+        self._prefetched = [stored, decision] if waiting else None
         if loaded is not None:
             self.cp = loaded
             if self.finished:

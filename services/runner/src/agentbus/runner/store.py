@@ -139,15 +139,13 @@ class RunStore:
         return await retrying(op, f"read {key}")
 
     async def load_all(self) -> Stored:
-        """The run's record, checkpoint, stored cancel and stored decision, in one round trip.
+        """The run's record, checkpoint and stored cancel in one round trip, and the stored decision
+        of a run that waits for one.
 
         Raises UnusableRunError for a record or checkpoint that does not decode.
         """
-        raw, cp, cancel, decision = await asyncio.gather(
-            self._get(subjects.start_key(self.run_id)),
-            self._load_raw(),
-            self.stored_cancel(),
-            self.stored_decision(),
+        raw, cp, cancel = await asyncio.gather(
+            self._get(subjects.start_key(self.run_id)), self._load_raw(), self.stored_cancel()
         )
         try:
             checkpoint = None if cp is None else _checkpoint.decode(cp)
@@ -163,6 +161,9 @@ class RunStore:
             raise UnusableRunError(
                 f"run {self.run_id}: its stored record names run {start.run_id}", checkpoint
             )
+        # Only a run waiting for a decision has one to read (a run taken at its start has none yet).
+        waiting = checkpoint is not None and checkpoint.phase == "awaiting_approval"
+        decision = await self.stored_decision() if waiting else None
         return Stored(start, raw, checkpoint, cancel, decision)
 
     async def fence(self, head: bytes) -> bool:
