@@ -492,3 +492,41 @@ async def test_a_parked_run_past_its_deadline_is_woken_then_ended(
 
         body = await eventually(ended, what="the run ended")
         assert "no runner applied the approval deadline" in body["error_message"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/tasks?skip=9223372036854775808",
+        "/api/runs?skip=9223372036854775808",
+        "/api/runs/{run}/logs?since=99999999999999999999",
+        "/api/runs/{run}/events?since=99999999999999999999",
+    ],
+)
+async def test_integers_past_what_the_database_stores_are_a_400(client: AsyncTestClient, path: str) -> None:
+    task = await new_task(client)
+    run = await new_run(client, task["id"])
+    r = await client.get(path.format(run=run["id"]))
+    assert r.status_code == 400, r.text
+    assert r.json()["status_code"] == 400 and r.json()["detail"]
+
+
+async def test_huge_numbers_in_range_and_last_event_id_are_ignored_not_500(
+    client: AsyncTestClient,
+    js,  # type: ignore[no-untyped-def]
+) -> None:
+    task = await new_task(client)
+    run = await new_run(client, task["id"])
+    e = Emitter(js, task["id"], run["id"])
+    store = await js.object_store(subjects.ARTIFACTS_BUCKET)
+    await store.put(f"{run['id']}/out.txt", b"0123456789")
+    await e.emit(ev.ArtifactCreated, data=ev.ArtifactData(name="out.txt", size=10, content_type="text/plain"))
+    await eventually(lambda: _log_count(client, run["id"], 1))
+    r = await client.get(
+        f"/api/runs/{run['id']}/artifacts/out.txt", headers={"Range": "bytes=" + "9" * 5000 + "-"}
+    )
+    assert r.status_code == 200 and r.content == b"0123456789"  # a malformed range is ignored
+    await e.emit(ev.Failure, data=ev.FailureData(error="x"))  # ends the run: the SSE stream ends
+    await eventually(lambda: _log_count(client, run["id"], 2))
+    r = await client.get(f"/api/runs/{run['id']}/events", headers={"Last-Event-ID": "9" * 5000})
+    assert r.status_code == 200 and "id: 1" in r.text  # not a seq of ours: from the start

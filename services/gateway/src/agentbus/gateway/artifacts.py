@@ -21,7 +21,8 @@ from nats.js.errors import NotFoundError, ObjectNotFoundError
 
 from agentbus.contracts import subjects
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# Up to 18 digits: any real offset; a longer number is a malformed header, ignored like one.
+_RANGE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")
 CHUNK_WAIT_S = 10.0  # one chunk taking longer than this to arrive is an error, not a hang
 
 

@@ -11,7 +11,10 @@ from litestar.params import Parameter
 
 from agentbus.gateway.store import BadCursor
 
-Skip = Annotated[int, Parameter(ge=0, description="items to skip")]
+# The largest integer the databases store (a bigger one is a 400, not an overflow in the driver).
+BIG = 2**63 - 1
+
+Skip = Annotated[int, Parameter(ge=0, le=BIG, description="items to skip")]
 Limit = Annotated[int, Parameter(ge=1, le=100, description="page size, at most 100")]
 Cursor = Annotated[
     str | None,
@@ -23,13 +26,15 @@ Cursor = Annotated[
 ]
 LogLimit = Annotated[int, Parameter(ge=1, le=1000, description="at most 1000")]
 # A run's log: events with seq > since (0: from the first).
-LogSince = Annotated[int, Parameter(ge=0, description="return events with seq > since")]
+LogSince = Annotated[int, Parameter(ge=0, le=BIG, description="return events with seq > since")]
 # A stream: replay the stored events with seq > since first (absent: live only).
 StreamSince = Annotated[
-    int | None, Parameter(ge=0, description="replay stored events with seq > since first")
+    int | None, Parameter(ge=0, le=BIG, description="replay stored events with seq > since first")
 ]
 # Server-Sent Events: start after this seq (a `Last-Event-ID` header wins).
-SseSince = Annotated[int | None, Parameter(ge=0, description="start after this seq (Last-Event-ID wins)")]
+SseSince = Annotated[
+    int | None, Parameter(ge=0, le=BIG, description="start after this seq (Last-Event-ID wins)")
+]
 
 
 def checked_cursor(cursor: str | None, skip: int) -> str | None:

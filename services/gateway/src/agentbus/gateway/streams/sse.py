@@ -30,8 +30,9 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 def resume_point(last_event_id: str | None, since: int | None) -> int:
     """Where the stream starts: after `Last-Event-ID` when it is a seq, else after `since`, else 0."""
-    if last_event_id is not None and last_event_id.strip().isdigit():
-        return int(last_event_id.strip())
+    seq = (last_event_id or "").strip()
+    if seq.isdigit() and len(seq) <= 18:  # a longer one is no seq of ours: ignored like any other
+        return int(seq)
     return since or 0
 
 
