@@ -530,3 +530,18 @@ async def test_huge_numbers_in_range_and_last_event_id_are_ignored_not_500(
     await eventually(lambda: _log_count(client, run["id"], 2))
     r = await client.get(f"/api/runs/{run['id']}/events", headers={"Last-Event-ID": "9" * 5000})
     assert r.status_code == 200 and "id: 1" in r.text  # not a seq of ours: from the start
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"[" * 1000 + b"]" * 1000, "application/json"),  # nested far deeper than any real body
+        (b'{"name": "\xff\xfe"}', "application/json"),  # not UTF-8
+        (b'{"name": "ok", "config": ' + b'{"a": ' * 2000 + b"1" + b"}" * 2000 + b"}", "application/json"),
+    ],
+    ids=["deep-array", "bad-utf8", "deep-config"],
+)
+async def test_hostile_bodies_are_a_4xx(client: AsyncTestClient, body: bytes, content_type: str) -> None:
+    r = await client.post("/api/tasks", content=body, headers={"content-type": content_type})
+    assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
+    assert r.json()["detail"]

@@ -25,7 +25,7 @@ from agentbus.gateway import __version__
 from agentbus.gateway.agents import AgentController, Discovery
 from agentbus.gateway.auth import token_middleware
 from agentbus.gateway.bus import Bus
-from agentbus.gateway.errors import EXCEPTION_HANDLERS, unexpected
+from agentbus.gateway.errors import EXCEPTION_HANDLERS, GatewayRequest, unexpected
 from agentbus.gateway.health import health, ready
 from agentbus.gateway.ingest import EventIngest
 from agentbus.gateway.lifecycle import Lifecycle
@@ -112,6 +112,7 @@ class Gateway:
             },
             lifespan=[self.lifespan],
             exception_handlers={**EXCEPTION_HANDLERS, Exception: unexpected},
+            request_class=GatewayRequest,
             middleware=[token_middleware(s.api_token)] if s.api_token else [],
             request_max_body_size=s.max_body_bytes,
             cors_config=CORSConfig(allow_origins=["*"]) if not s.api_token else None,

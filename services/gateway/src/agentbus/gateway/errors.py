@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from litestar import Request, Response
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ValidationException
 from nats.errors import ConnectionClosedError, NoServersError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import APIError as JetStreamAPIError
@@ -13,6 +14,20 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 log = logging.getLogger(__name__)
+
+
+class GatewayRequest(Request):  # type: ignore[type-arg]
+    """Litestar's request, with a body that is not JSON it can decode answered as the client's
+    mistake (400) whatever the decoder raised: text that is not UTF-8, or nesting deeper than the
+    decoder recurses."""
+
+    async def json(self) -> Any:
+        try:
+            return await super().json()
+        except UnicodeDecodeError:
+            raise ValidationException("the body is not valid JSON: it is not UTF-8") from None
+        except RecursionError:
+            raise ValidationException("the body is not valid JSON: it is nested too deep") from None
 
 
 class ServiceUnavailable(HTTPException):
