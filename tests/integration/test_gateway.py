@@ -545,3 +545,29 @@ async def test_hostile_bodies_are_a_4xx(client: AsyncTestClient, body: bytes, co
     r = await client.post("/api/tasks", content=body, headers={"content-type": content_type})
     assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
     assert r.json()["detail"]
+
+
+async def test_a_run_too_large_for_the_broker_is_refused_before_anything_is_stored(
+    tmp_path,
+    database_url: str,  # type: ignore[no-untyped-def]
+) -> None:
+    conf = tmp_path / "nats.conf"
+    conf.write_text("max_payload: 32768\n")
+    server = NatsServer(str(tmp_path / "nats"), extra=["-c", str(conf)]).start()
+    runner = FakeRunnerInfo(server.url).start()
+    try:
+        settings = Settings(nats_url=server.url, database_url=database_url, request_timeout_s=0.5)
+        async with AsyncTestClient(app=create_app(settings)) as client:
+            big = {"text": "x" * 20_000}
+            task = await new_task(client, config=big, agent_config=big)
+            r = await client.post("/api/runs", json={"task_id": task["id"]})
+            assert r.status_code == 413, r.text
+            assert "max_payload" in r.json()["detail"] and "32256 bytes" in r.json()["detail"]
+            assert (await client.get(f"/api/runs?task_id={task['id']}")).json()["total"] == 0
+            after = (await client.get(f"/api/tasks/{task['id']}")).json()
+            assert (after["total_runs"], after["status"], after["last_run_at"]) == (0, "pending", None)
+            small = await new_task(client)  # the same broker takes a run of ordinary size
+            assert (await client.post("/api/runs", json={"task_id": small["id"]})).status_code == 201
+    finally:
+        runner.stop()
+        server.stop()

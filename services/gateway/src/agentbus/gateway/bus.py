@@ -45,6 +45,11 @@ class Bus:
         self.objects = await common_bus.artifacts_store(self.js, replicas=self.replicas)
 
     @property
+    def max_payload(self) -> int:
+        """The largest message the broker takes (its `max_payload`, 1 MiB by default)."""
+        return self.nc.max_payload
+
+    @property
     def connected(self) -> bool:
         return hasattr(self, "nc") and self.nc.is_connected
 

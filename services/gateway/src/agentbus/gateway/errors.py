@@ -30,6 +30,10 @@ class GatewayRequest(Request):  # type: ignore[type-arg]
             raise ValidationException("the body is not valid JSON: it is nested too deep") from None
 
 
+class PayloadTooLarge(HTTPException):
+    status_code = 413
+
+
 class ServiceUnavailable(HTTPException):
     status_code = 503
 

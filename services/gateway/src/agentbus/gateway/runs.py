@@ -11,14 +11,14 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.exceptions import NotFoundException, ValidationException
 
-from agentbus.contracts import RunStart
+from agentbus.contracts import RunStart, encode
 from agentbus.contracts.status import TERMINAL_RUN_STATUSES, RunStatus
 from agentbus.gateway import plans
 from agentbus.gateway.agents import Discovery
 from agentbus.gateway.artifacts import serve as serve_artifact
 from agentbus.gateway.bus import Bus
 from agentbus.gateway.convert import artifact_out, decision_of, run_out
-from agentbus.gateway.errors import Conflict, ServiceUnavailable
+from agentbus.gateway.errors import Conflict, PayloadTooLarge, ServiceUnavailable
 from agentbus.gateway.lifecycle import Lifecycle
 from agentbus.gateway.params import Cursor, Limit, LogLimit, LogSince, Skip, checked_cursor, page_input
 from agentbus.gateway.schemas import (
@@ -69,6 +69,34 @@ class RunService:
         run_id = uuid.uuid4().hex
         require_approval = task.require_approval if data.require_approval is None else data.require_approval
         agent_config = task.agent_config if data.agent_config is None else data.agent_config
+
+        def start_of(run_number: int) -> RunStart:
+            return RunStart(
+                run_id=run_id,
+                task_id=task.id,
+                run_number=run_number,
+                task_name=task.name,
+                task_description=task.description,
+                task_config=task.config or {},
+                agent=task.agent,
+                agent_config=agent_config or {},
+                require_approval=require_approval,
+                approval_timeout_s=task.approval_timeout_s,
+                timeout_s=task.timeout_s,
+                max_rounds=task.max_rounds,
+                max_revision_rounds=task.max_revision_rounds,
+                created_at=ts,
+            )
+
+        # The record goes to the broker whole (KV and the work queue): one over its message size
+        # limit is refused here, before anything is stored (a run number of ten digits at most, and
+        # room for the message's headers).
+        size, limit = len(encode(start_of(2**31))), self.bus.max_payload - 512
+        if size > limit:
+            raise PayloadTooLarge(
+                f"the run's start message would be {size} bytes, over the broker's limit of {limit} "
+                "bytes (NATS max_payload): make the task's config and agent_config smaller"
+            )
         try:
             row = await self.store.create_run(
                 {
@@ -89,22 +117,7 @@ class RunService:
         except TaskGone:
             raise NotFoundException(f"task {task.id} not found") from None  # deleted a moment ago
         # Stored first, queued second: a runner's first event always finds the run.
-        cmd = RunStart(
-            run_id=run_id,
-            task_id=task.id,
-            run_number=row.run_number,
-            task_name=task.name,
-            task_description=task.description,
-            task_config=task.config or {},
-            agent=task.agent,
-            agent_config=agent_config or {},
-            require_approval=require_approval,
-            approval_timeout_s=task.approval_timeout_s,
-            timeout_s=task.timeout_s,
-            max_rounds=task.max_rounds,
-            max_revision_rounds=task.max_revision_rounds,
-            created_at=ts,
-        )
+        cmd = start_of(row.run_number)
         try:
             await self.bus.start_run(cmd)
         except Exception as exc:
