@@ -571,3 +571,35 @@ async def test_a_run_too_large_for_the_broker_is_refused_before_anything_is_stor
     finally:
         runner.stop()
         server.stop()
+
+
+async def test_artifacts_are_never_a_page_and_bad_index_entries_are_refused(
+    client: AsyncTestClient,
+    js,  # type: ignore[no-untyped-def]
+) -> None:
+    task = await new_task(client)
+    run = await new_run(client, task["id"])
+    store = await js.object_store(subjects.ARTIFACTS_BUCKET)
+    await store.put(f"{run['id']}/evil.html", b"<script>alert(1)</script>")
+    e = Emitter(js, task["id"], run["id"])
+    await e.emit(
+        ev.ArtifactCreated, data=ev.ArtifactData(name="evil.html", size=25, content_type="text/html")
+    )
+    for name, size, content_type in [
+        ("../../x", 1, "text/plain"),
+        ("neg.txt", -5, "text/plain"),
+        ("crlf.txt", 1, "text/plain\r\nSet-Cookie: a=b"),
+        ("ctl\x01.txt", 1, "text/plain"),
+    ]:
+        await e.emit(
+            ev.ArtifactCreated, data=ev.ArtifactData(name=name, size=size, content_type=content_type)
+        )
+    await eventually(lambda: _log_count(client, run["id"], 5))  # every event is in the log...
+    listed = (await client.get(f"/api/runs/{run['id']}/artifacts")).json()
+    assert [a["name"] for a in listed] == ["evil.html"]  # ...and only the valid entry in the index
+    r = await client.get(f"/api/runs/{run['id']}/artifacts/evil.html")
+    assert r.status_code == 200 and r.content == b"<script>alert(1)</script>"
+    assert r.headers["content-disposition"].startswith("attachment;")
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert "sandbox" in r.headers["content-security-policy"]
+    assert "default-src 'none'" in r.headers["content-security-policy"]

@@ -20,9 +20,12 @@ from litestar.response import Stream
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 
 from agentbus.contracts import subjects
+from agentbus.contracts.artifacts import valid_content_type
 
 # Up to 18 digits: any real offset; a longer number is a malformed header, ignored like one.
-_RANGE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")
+_RANGE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})\Z")
+# Types shown in the browser rather than downloaded: data that no browser runs.
+INLINE = frozenset({"text/plain", "application/json", "image/png", "image/jpeg", "image/gif", "image/webp"})
 CHUNK_WAIT_S = 10.0  # one chunk taking longer than this to arrive is an error, not a hang
 
 
@@ -69,9 +72,16 @@ async def serve(bus: Any, run_id: str, name: str, content_type: str, range_heade
     except (ObjectNotFoundError, NotFoundError):
         raise NotFoundException(f"artifact {name} of run {run_id} not found") from None
     size = int(info.size or 0)
+    if not valid_content_type(content_type):
+        content_type = "application/octet-stream"
+    # Never a page on the gateway's own origin: only plain data is shown inline, everything else is
+    # a download, the browser may not guess another type, and nothing in it may run.
+    disposition = "inline" if content_type.split(";")[0].strip().lower() in INLINE else "attachment"
     headers = {
         "Accept-Ranges": "bytes",
-        "Content-Disposition": f"inline; filename*=UTF-8''{quote(name)}",
+        "Content-Disposition": f"{disposition}; filename*=UTF-8''{quote(name)}",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
     }
     if info.digest:
         headers["ETag"] = f'"{info.digest}"'

@@ -67,7 +67,7 @@ except PackageNotFoundError:  # running from a source tree
     VERSION = "0.0.0"
 
 # Ids become subject tokens and KV keys: keep to characters valid in both.
-_ID = re.compile(r"^[A-Za-z0-9_=-]{1,200}$")
+_ID = re.compile(r"^[A-Za-z0-9_=-]{1,200}\Z")  # \Z: a trailing newline is not allowed either
 _start_decoder = msgspec.json.Decoder(RunStart)
 _wake_decoder = msgspec.json.Decoder(RunWake)
 _control_decoder = msgspec.json.Decoder(RunControl)

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from agentbus.contracts import events as ev
+from agentbus.contracts.artifacts import valid_artifact_name, valid_content_type
 from agentbus.contracts.status import TERMINAL_RUN_STATUSES, next_status
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,10 @@ class ArtifactRow(NamedTuple):
     created_at: datetime
 
 
+def valid_artifact(d: ev.ArtifactData) -> bool:
+    return valid_artifact_name(d.name) and d.size >= 0 and valid_content_type(d.content_type)
+
+
 def event_row(e: ev.Event, raw: bytes) -> EventRow:
     return EventRow(e.run_id, e.task_id, e.seq, e.__struct_config__.tag, e.timestamp, raw.decode())
 
@@ -253,9 +258,16 @@ class Effects(NamedTuple):
             dirty[run["id"]] = run
             if isinstance(event, ev.ArtifactCreated):
                 d = event.data
-                artifacts.append(
-                    ArtifactRow(event.run_id, event.task_id, d.name, d.size, d.content_type, event.timestamp)
-                )
+                if valid_artifact(d):
+                    artifacts.append(
+                        ArtifactRow(
+                            event.run_id, event.task_id, d.name, d.size, d.content_type, event.timestamp
+                        )
+                    )
+                else:  # the event stays in the log; the index takes no path, no negative size
+                    log.warning(
+                        "run %s: artifact %r not indexed: invalid name, size or type", event.run_id, d.name
+                    )
         return cls(
             stored=stored,
             runs=[RunChange(r["id"], *(r[c] for c in RUN_COLUMNS)) for r in dirty.values()],

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, TypeVar
 import msgspec
 
 from agentbus.contracts import RunStart
+from agentbus.contracts.artifacts import valid_artifact_name, valid_content_type
 
 T = TypeVar("T")
 ArtifactWriter = Callable[[str, bytes, str], Awaitable[None]]
@@ -74,8 +75,12 @@ class AgentContext:
         self, name: str, data: bytes, content_type: str = "application/octet-stream"
     ) -> None:
         """Store `data` as this run's artifact `name` (and announce it with an `artifact` event)."""
-        if not name or "/" in name or name in (".", ".."):
-            raise AgentError(f"invalid artifact name {name!r}")
+        if not valid_artifact_name(name):
+            raise AgentError(
+                f"invalid artifact name {name!r}: 1-200 characters, no / or \\, no control characters"
+            )
+        if not valid_content_type(content_type):
+            raise AgentError(f"invalid artifact content type {content_type!r}: `type/subtype`, one line")
         if self._artifact_writer is None:
             raise AgentError("this context cannot store artifacts")
         await self._artifact_writer(name, bytes(data), content_type)
