@@ -277,15 +277,21 @@ async def test_failed_and_timed_out_runs_count_as_failures(client: AsyncTestClie
     assert runs["total"] == 1 and runs["items"][0]["error_message"] == "timed out while waiting for approval"
 
 
-async def test_artifacts_index_and_download(client: AsyncTestClient, js) -> None:  # type: ignore[no-untyped-def]
+async def run_with_artifact(client: AsyncTestClient, js, name: str, data: bytes, content_type: str):  # type: ignore[no-untyped-def]
+    """A new run whose runner stored one artifact (its bytes, then its `artifact` event)."""
     task = await new_task(client)
     run = await new_run(client, task["id"])
     store = await js.object_store(subjects.ARTIFACTS_BUCKET)
-    await store.put(f"{run['id']}/result.json", b'{"answer": 42}')
+    await store.put(f"{run['id']}/{name}", data)
     e = Emitter(js, task["id"], run["id"])
     await e.emit(
-        ev.ArtifactCreated, data=ev.ArtifactData(name="result.json", size=14, content_type="application/json")
+        ev.ArtifactCreated, data=ev.ArtifactData(name=name, size=len(data), content_type=content_type)
     )
+    return run, store, e
+
+
+async def test_artifacts_index_and_download(client: AsyncTestClient, js) -> None:  # type: ignore[no-untyped-def]
+    run, store, _ = await run_with_artifact(client, js, "result.json", b'{"answer": 42}', "application/json")
 
     async def listed():  # type: ignore[no-untyped-def]
         return (await client.get(f"/api/runs/{run['id']}/artifacts")).json()
@@ -515,12 +521,7 @@ async def test_huge_numbers_in_range_and_last_event_id_are_ignored_not_500(
     client: AsyncTestClient,
     js,  # type: ignore[no-untyped-def]
 ) -> None:
-    task = await new_task(client)
-    run = await new_run(client, task["id"])
-    e = Emitter(js, task["id"], run["id"])
-    store = await js.object_store(subjects.ARTIFACTS_BUCKET)
-    await store.put(f"{run['id']}/out.txt", b"0123456789")
-    await e.emit(ev.ArtifactCreated, data=ev.ArtifactData(name="out.txt", size=10, content_type="text/plain"))
+    run, _, e = await run_with_artifact(client, js, "out.txt", b"0123456789", "text/plain")
     await eventually(lambda: _log_count(client, run["id"], 1))
     r = await client.get(
         f"/api/runs/{run['id']}/artifacts/out.txt", headers={"Range": "bytes=" + "9" * 5000 + "-"}
@@ -577,14 +578,7 @@ async def test_artifacts_are_never_a_page_and_bad_index_entries_are_refused(
     client: AsyncTestClient,
     js,  # type: ignore[no-untyped-def]
 ) -> None:
-    task = await new_task(client)
-    run = await new_run(client, task["id"])
-    store = await js.object_store(subjects.ARTIFACTS_BUCKET)
-    await store.put(f"{run['id']}/evil.html", b"<script>alert(1)</script>")
-    e = Emitter(js, task["id"], run["id"])
-    await e.emit(
-        ev.ArtifactCreated, data=ev.ArtifactData(name="evil.html", size=25, content_type="text/html")
-    )
+    run, _, e = await run_with_artifact(client, js, "evil.html", b"<script>alert(1)</script>", "text/html")
     for name, size, content_type in [
         ("../../x", 1, "text/plain"),
         ("neg.txt", -5, "text/plain"),

@@ -1,12 +1,12 @@
-"""Which work messages a runner acts on: the decision table of `_verdict`, without a broker."""
+"""Which work messages a runner acts on: the decision table of `work.verdict`, without a broker."""
 
 from __future__ import annotations
 
 import pytest
 
 from agentbus.contracts import RunStart
-from agentbus.runner.service import Work, _verdict
 from agentbus.runner.store import Checkpoint, Stored
+from agentbus.runner.work import Work, verdict
 
 START = RunStart(run_id="r1", task_id="t1", run_number=1, task_name="x")
 
@@ -43,8 +43,8 @@ def stored(start: RunStart | None = START, cp: Checkpoint | None = None) -> Stor
     ],
 )
 def test_verdict(work: Work, state: Stored, expected: str | None) -> None:
-    verdict = _verdict(work, state, token=9)
+    why = verdict(work, state, token=9)
     if expected is None:
-        assert verdict is None
+        assert why is None
     else:
-        assert verdict is not None and expected in verdict
+        assert why is not None and expected in why

@@ -45,7 +45,7 @@ from agentbus.runner.agents import (
 )
 from agentbus.runner.progress import ProgressReporter
 from agentbus.runner.record import RunRecord, since, utcnow
-from agentbus.runner.store import BusError, Checkpoint, RunLostError, RunStore
+from agentbus.runner.store import BusError, Checkpoint, RunLostError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,24 +69,11 @@ class RunParked(Exception):
 
 
 class RunExecution(RunRecord):
-    def __init__(
-        self,
-        start: RunStart,
-        *,
-        js: Any,
-        kv: Any,
-        obs: Any,
-        registry: AgentRegistry,
-        runner_id: str,
-        settings: Any = None,
-        token: int = 0,
-        store: RunStore | None = None,
-    ) -> None:
-        super().__init__(
-            start, js=js, kv=kv, obs=obs, runner_id=runner_id, settings=settings, token=token, store=store
-        )
+    def __init__(self, start: RunStart, *, registry: AgentRegistry, **record: Any) -> None:
+        """`record`: what `RunRecord` takes (js, kv, obs, runner_id, settings, token, store)."""
+        super().__init__(start, **record)
         self.registry = registry
-        self.progress = ProgressReporter(self, getattr(settings, "progress_interval_s", 0.1))
+        self.progress = ProgressReporter(self, getattr(self.settings, "progress_interval_s", 0.1))
         self.ctx._progress = self.progress
 
     # --- the run -----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ redelivers it after ack_wait and the next holder resumes it from its checkpoint.
 
 A message only names a run: the runner acts on the run's stored record
 (`<run_id>.start`, written by the gateway) and checkpoint, and only when the
-message may act on it (`_verdict`). A run waiting for a decision is parked and
+message may act on it (`work.verdict`). A run waiting for a decision is parked and
 released (`RunParked`): its message goes back to JetStream with a delay that
 ends at the deadline, and a `run.wake` claims it earlier for a decision or a
 cancel (see docs/architecture.md).
@@ -19,45 +19,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import BadRequestError
 
 from agentbus.common.bus import artifacts_store, connect_with_retry, ensure_streams, guarded, run_state_kv
 from agentbus.contracts import (
     Ping,
     Pong,
-    RunCheckpointHead,
     RunControl,
     RunnerHeartbeat,
     RunnerInfo,
-    RunStart,
-    RunWake,
     encode,
     subjects,
 )
-from agentbus.contracts.events import Failure, FailureData, RunStats
 from agentbus.runner.agents import Agent, AgentRegistry
+from agentbus.runner.lanes import Lane, Puller
 from agentbus.runner.run import RunExecution, RunParked
 from agentbus.runner.settings import Settings
-from agentbus.runner.store import (
-    BusError,
-    RunDeletedError,
-    RunLostError,
-    RunStore,
-    Stored,
-    UnusableRunError,
-)
+from agentbus.runner.store import BusError, RunDeletedError, RunLostError, RunStore, UnusableRunError
+from agentbus.runner.work import Work, dead_letter, end_unusable, settle_quietly, start_decoder, verdict
 
 log = logging.getLogger(__name__)
 
@@ -66,22 +52,7 @@ try:
 except PackageNotFoundError:  # running from a source tree
     VERSION = "0.0.0"
 
-# Ids become subject tokens and KV keys: keep to characters valid in both.
-_ID = re.compile(r"^[A-Za-z0-9_=-]{1,200}\Z")  # \Z: a trailing newline is not allowed either
-_start_decoder = msgspec.json.Decoder(RunStart)
-_wake_decoder = msgspec.json.Decoder(RunWake)
 _control_decoder = msgspec.json.Decoder(RunControl)
-
-
-@dataclass
-class Lane:
-    """One work queue consumer this runner pulls from: the one of an agent kind it serves (its starts
-    and its wakes)."""
-
-    consumer: str
-    subjects: list[str]
-    slots: asyncio.Semaphore | None  # the kind's limit on this runner (RUNNER_AGENT_CONCURRENCY)
-    psub: Any = None
 
 
 @dataclass
@@ -89,14 +60,6 @@ class Held:
     msg: Msg  # the latest delivery of the run's work message: the one we ack or nak
     execution: RunExecution
     task: asyncio.Task[None]
-
-
-class Work(NamedTuple):
-    """What a work message names: a run to start (`run.start.<kind>`) or to wake (`run.wake.<kind>`)."""
-
-    run_id: str
-    task_id: str
-    wake: bool
 
 
 class Runner:
@@ -107,22 +70,11 @@ class Runner:
     ) -> None:
         self.settings = settings
         self.registry = AgentRegistry(agents, plugins=plugins, only=settings.agents)
-        self.lanes = [
-            Lane(
-                subjects.kind_consumer(kind),
-                [subjects.run_start(kind), subjects.run_wake(kind)],
-                asyncio.Semaphore(settings.agent_concurrency[kind])
-                if kind in settings.agent_concurrency
-                else None,
-            )
-            for kind in self.registry.kinds()
-        ]
         self.held: dict[str, Held] = {}  # run_id -> the run this runner is executing
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
-        self._slots = asyncio.Semaphore(settings.max_concurrency)
+        self.puller = Puller(settings, self.registry.kinds(), self._accept, self._stopping)
         self._subs: list[Any] = []
-        self._pull_task: asyncio.Task[None] | None = None
         self._announce_task: asyncio.Task[None] | None = None
         self.nc: Any = None
 
@@ -137,147 +89,41 @@ class Runner:
         await ensure_streams(self.js, s.replicas)
         self.kv = await run_state_kv(self.js, s.replicas)
         self.obs = await artifacts_store(self.js, s.replicas)
-        for lane in self.lanes:
-            await self._ensure_consumer(lane)
-            lane.psub = await self.js.pull_subscribe_bind(
-                durable=lane.consumer, stream=subjects.RUN_COMMANDS_STREAM
-            )
+        await self.puller.bind(self.js)
         self._subs = [
             await self.nc.subscribe(
                 subjects.RUN_CONTROL_ALL, cb=guarded(subjects.RUN_CONTROL_ALL, self._on_control)
             ),
             await self.nc.subscribe(subjects.RUN_PING, cb=guarded(subjects.RUN_PING, self._on_ping)),
             await self.nc.subscribe(subjects.RUN_INFO, cb=guarded(subjects.RUN_INFO, self._on_info)),
-            *(lane.psub for lane in self.lanes),  # unsubscribed with the others on stop
+            *(lane.psub for lane in self.puller.lanes),  # unsubscribed with the others on stop
         ]
         # Make sure the subscriptions exist at the server once start() returns. Not flush(): nats-py
         # writes its PING ahead of still-queued commands. A request to our own ping subject is queued
         # after the SUBs, so any answer means the server has processed them.
         await self.nc.request(subjects.RUN_PING, encode(Ping()), timeout=10)
-        self._pull_task = asyncio.create_task(self._pull_loop(), name="runner-pull")
+        self.puller.start()
         self._announce_task = asyncio.create_task(self._announce_loop(), name="runner-announce")
         log.info(
             "runner %s ready: agents %s, capacity %d", s.runner_id, self.registry.kinds(), s.max_concurrency
         )
         return self
 
-    async def _ensure_consumer(self, lane: Lane) -> None:
-        config = ConsumerConfig(
-            durable_name=lane.consumer,
-            filter_subjects=lane.subjects,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self.settings.ack_wait_s,
-            max_deliver=-1,  # a run is never dropped: it is redelivered until some runner finishes it
-            max_ack_pending=-1,  # capacity is bounded by each runner's slots, not by the server
-        )
-        try:  # create, or update an existing one to this config
-            await self.js.add_consumer(subjects.RUN_COMMANDS_STREAM, config)
-        except BadRequestError as exc:  # e.g. a field that cannot be changed: use the consumer as it is
-            log.warning("keeping the existing %s consumer: %s", lane.consumer, exc)
-
-    # --- pulling work ------------------------------------------------------------------------------
-
-    async def _pull_loop(self) -> None:
-        # return_exceptions: on stop, wait for every lane to let its lingering pull request end (without
-        # it, gather returns as soon as the first lane is cancelled and leaves the others running).
-        await asyncio.gather(*(self._supervised(lane) for lane in self.lanes), return_exceptions=True)
-
-    async def _supervised(self, lane: Lane) -> None:
-        try:
-            await self._lane_loop(lane)
-        except Exception:
-            log.exception("pulling %s stopped after an unexpected error", lane.consumer)
-            raise
-
-    async def _lane_loop(self, lane: Lane) -> None:
-        """Pull one run at a time from the lane while its kind has a free slot here.
-
-        The runner-wide slot is taken after the fetch, not before: a lane's lingering pull request
-        must not hold a slot another kind's run could use. So each lane holds at most one fetched
-        run waiting for a slot (kept ours with in_progress()); the rest wait in the queue, in order.
-        """
-        while not self._stopping.is_set():
-            if lane.slots is not None:
-                await lane.slots.acquire()  # cancelling here loses nothing
-            fetch = asyncio.ensure_future(self._fetch_one(lane))
-            try:
-                msg = await asyncio.shield(fetch)
-            except asyncio.CancelledError:
-                # stop(): let the lingering pull request end, so no run is delivered to a dead inbox.
-                self._release(lane, runner_slot=False)
-                msg = await fetch
-                if msg is not None:
-                    with suppress(Exception):
-                        await msg.nak()
-                raise
-            if msg is None:
-                self._release(lane, runner_slot=False)
-                continue
-            try:
-                await self._wait_for_slot(msg)
-            except asyncio.CancelledError:
-                self._release(lane, runner_slot=False)
-                with suppress(Exception):
-                    await msg.nak()
-                raise
-            if self._stopping.is_set():
-                self._release(lane)
-                with suppress(Exception):
-                    await msg.nak()
-            else:
-                await self._accept(msg, lane)
-
-    def _release(self, lane: Lane, runner_slot: bool = True) -> None:
-        if runner_slot:
-            self._slots.release()
-        if lane.slots is not None:
-            lane.slots.release()
-
-    async def _wait_for_slot(self, msg: Msg) -> None:
-        acquire = asyncio.ensure_future(self._slots.acquire())
-        try:
-            while True:
-                done, _ = await asyncio.wait({acquire}, timeout=self.settings.ack_wait_s / 3)
-                if done:
-                    return
-                with suppress(Exception):
-                    await msg.in_progress()  # still ours: not redelivered while it waits
-        except asyncio.CancelledError:
-            if acquire.done() and not acquire.cancelled():
-                self._slots.release()
-            acquire.cancel()
-            raise
-
-    async def _fetch_one(self, lane: Lane) -> Msg | None:
-        # One message per request: a batch > 1 makes nats-py wait for the whole batch or the timeout.
-        try:
-            return (await lane.psub.fetch(1, timeout=self.settings.fetch_timeout_s))[0]
-        except TimeoutError:
-            return None
-        except Exception as exc:  # broker down or reconnecting: back off, never crash the loop
-            log.warning("fetching work failed: %r", exc)
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), 1.0)
-            return None
-
     async def _accept(self, msg: Msg, lane: Lane) -> None:
-        wake = msg.subject.startswith(subjects.RUN_WAKE_KIND_PREFIX + ".")
         try:
-            named = (_wake_decoder if wake else _start_decoder).decode(msg.data)
-            if not (_ID.match(named.run_id) and _ID.match(named.task_id)):
-                raise ValueError("run_id and task_id must match [A-Za-z0-9_=-]{1,200}")
+            work = Work.of(msg)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-            what = "RunWake" if wake else "RunStart"
-            log.error("dropping a message on %s that is not a valid %s: %s", msg.subject, what, exc)
-            self._release(lane)
-            await self._dead_letter(msg, str(exc))
+            log.error(
+                "dropping a message on %s that is not a valid RunStart or RunWake: %s", msg.subject, exc
+            )
+            self.puller.release(lane)
+            await dead_letter(self.nc, msg, str(exc))
             return
-        work = Work(named.run_id, named.task_id, wake)
         task = asyncio.create_task(self._hold(msg, work, lane), name=f"run-{work.run_id}")
         self._tasks.add(task)
         # Release the slots however the task ends, even if it is cancelled before it starts.
         task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(lambda _: self._release(lane))
+        task.add_done_callback(lambda _: self.puller.release(lane))
 
     async def _wake_held(self, held: Held, msg: Msg) -> None:
         """A wake for a run this runner holds: a stored cancel is applied to it here (in case its
@@ -288,52 +134,11 @@ class Runner:
         if cancel is not None:
             if execution.request_cancel(cancel.reason):
                 held.task.cancel()
-            await _settle_quietly(msg.ack(), execution.run_id)
+            await settle_quietly(msg.ack(), execution.run_id)
         elif execution.waiting_for_human:
-            await _settle_quietly(msg.nak(delay=0.2), execution.run_id)
+            await settle_quietly(msg.nak(delay=0.2), execution.run_id)
         else:
-            await _settle_quietly(msg.ack(), execution.run_id)
-
-    async def _dead_letter(self, msg: Msg, error: str) -> None:
-        """Terminate a work message (never redelivered) and publish it on `events.dead` with why."""
-        error = error.replace("\r", " ").replace("\n", " ")[:500]
-        try:
-            await msg.term()
-            await self.nc.publish(subjects.EVENTS_DEAD, msg.data, headers={"Agentbus-Error": error})
-        except Exception as bus_exc:  # not terminated: it comes back after ack_wait and is dropped then
-            log.warning("could not terminate the bad message: %r", bus_exc)
-
-    async def _end_unusable(self, work: Work, store: RunStore, exc: UnusableRunError) -> None:
-        """End a run whose stored state does not decode: fence its checkpoint (compare-and-set on the
-        revision read), then publish a `failure` with the next seq, as the gateway's reaper does."""
-        cp = exc.checkpoint
-        if cp is not None and cp.phase == "finished":
-            return
-        if cp is not None:
-            seq = cp.seq + 1
-        else:  # the checkpoint is what is unreadable: the run's log in the stream says how far it got
-            info = await self.js.stream_info(
-                subjects.EVENTS_STREAM, subjects_filter=subjects.run_event("*", work.run_id, ">")
-            )
-            seq = sum((info.state.subjects or {}).values()) + 1
-        head = RunCheckpointHead(phase="finished", seq=seq, runner_id=self.settings.runner_id)
-        if not await store.fence(encode(head)):
-            return  # written meanwhile: whoever wrote it acts on the run
-        error = f"unusable stored state: {exc}"
-        event = Failure(
-            id=f"{self.settings.runner_id}/{uuid.uuid4().hex}",  # the fence's runner_id first
-            seq=seq,
-            timestamp=datetime.now(UTC),
-            task_id=work.task_id,
-            run_id=work.run_id,
-            message=f"Run failed: {error}",
-            data=FailureData(error=error, stats=RunStats(duration=0.0)),
-        )
-        await self.js.publish(
-            subjects.run_event(work.task_id, work.run_id, "failure"),
-            encode(event),
-            headers={"Nats-Msg-Id": subjects.event_msg_id(work.run_id, seq)},
-        )
+            await settle_quietly(msg.ack(), execution.run_id)
 
     async def _hold(self, msg: Msg, work: Work, lane: Lane) -> None:
         run_id = work.run_id
@@ -356,25 +161,25 @@ class Runner:
         except UnusableRunError as exc:
             log.error("%s; ending the run", exc)
             try:
-                await self._end_unusable(work, store, exc)
+                await end_unusable(self.js, store, work, exc, self.settings.runner_id)
             except Exception as end_exc:  # the reaper ends it instead
                 log.warning("run %s: could not end it: %r", run_id, end_exc)
-            await self._dead_letter(msg, str(exc))
+            await dead_letter(self.nc, msg, str(exc))
             return
         except BusError as exc:
             log.error("run %s handed back: %s", run_id, exc)
-            await _settle_quietly(msg.nak(delay=min(30, 2 * msg.metadata.num_delivered)), run_id)
+            await settle_quietly(msg.nak(delay=min(30, 2 * msg.metadata.num_delivered)), run_id)
             return
-        verdict = _verdict(work, stored, token)
-        if verdict is not None:
-            if verdict.startswith("stale"):
-                log.debug("run %s: %s", run_id, verdict)
-                await _settle_quietly(msg.ack(), run_id)
+        why = verdict(work, stored, token)
+        if why is not None:
+            if why.startswith("stale"):
+                log.debug("run %s: %s", run_id, why)
+                await settle_quietly(msg.ack(), run_id)
             else:
-                log.error("run %s: %s; dropping its work", run_id, verdict)
-                await self._dead_letter(msg, f"run {run_id}: {verdict}")
+                log.error("run %s: %s; dropping its work", run_id, why)
+                await dead_letter(self.nc, msg, f"run {run_id}: {why}")
             return
-        start = stored.start or _start_decoder.decode(msg.data)  # see _verdict: a run from before records
+        start = stored.start or start_decoder.decode(msg.data)  # see work.verdict: a run from before records
         if stored.start_raw is not None and not work.wake and stored.start_raw != msg.data:
             log.warning("run %s: its start message differs from its stored record; using the record", run_id)
         log.info(
@@ -416,7 +221,7 @@ class Runner:
             hand_back = False
             if execution.cp.holder != token or execution.cp.parked:
                 # Another message's holder claimed it: this message is stale for good.
-                await _settle_quietly(held.msg.ack(), run_id)
+                await settle_quietly(held.msg.ack(), run_id)
         except BusError as exc:
             log.error("run %s handed back: %s", run_id, exc)
         except Exception:
@@ -525,9 +330,8 @@ class Runner:
         grace = self.settings.grace_s if grace_s is None else grace_s
         if self._announce_task is not None:
             self._announce_task.cancel()
-        if self._pull_task is not None:
-            # It winds down (its lingering pull request may take fetch_timeout_s) while runs finish.
-            self._pull_task.cancel()
+        # It winds down (its lingering pull request may take fetch_timeout_s) while runs finish.
+        self.puller.cancel()
         # A run only waiting for a human has nothing to finish: hand it back at once.
         for held in list(self.held.values()):
             if held.execution.waiting_for_human:
@@ -545,8 +349,7 @@ class Runner:
                 _, stuck = await asyncio.wait(pending, timeout=10)
                 if stuck:  # an agent that ignores cancellation: JetStream redelivers after ack_wait
                     log.error("%d runs did not stop; leaving them to redelivery", len(stuck))
-        if self._pull_task is not None:
-            await asyncio.gather(self._pull_task, return_exceptions=True)
+        await self.puller.wait()
         # Unsubscribe rather than drain these: nats-py's drain of a pull subscription waits forever
         # on messages that fetch() consumed without marking them done.
         for sub in self._subs:
@@ -558,36 +361,6 @@ class Runner:
             except Exception as exc:
                 log.warning("draining the NATS connection failed: %r", exc)
         log.info("runner %s stopped", self.settings.runner_id)
-
-
-def _verdict(work: Work, stored: Stored, token: int) -> str | None:
-    """Why this work message must not be acted on, or None when it must.
-
-    A reason starting with "stale" means the message is simply obsolete (acked); any other means it
-    names something that cannot be run (dead-lettered).
-    """
-    cp = stored.checkpoint
-    if stored.start is None:
-        # Runs queued before records were stored have a checkpoint once started; a run with
-        # neither was never created by a gateway (or was deleted since).
-        if cp is None or work.wake:
-            return "no stored record of this run (never created, or deleted)"
-    elif stored.start.task_id != work.task_id:
-        return f"the message names task {work.task_id}, its record task {stored.start.task_id}"
-    if cp is None:
-        return None  # not started yet: a start, or a cancel's wake, starts it
-    if cp.phase == "finished":
-        return "stale: the run has ended"
-    if cp.parked or cp.holder in (0, token):
-        return None  # woken, or its holder is gone and this is the holder's message again
-    return f"stale: held by the holder of message {cp.holder}"
-
-
-async def _settle_quietly(ack: Awaitable[Any], run_id: str) -> None:
-    try:
-        await ack
-    except Exception as exc:  # JetStream redelivers after ack_wait, and it is settled then
-        log.warning("could not settle a message of run %s: %r", run_id, exc)
 
 
 @asynccontextmanager
