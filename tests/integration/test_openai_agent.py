@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -191,7 +192,7 @@ async def test_5xx_and_dropped_connections_are_retried_then_give_up(server: Fake
     try:
         assert (await client.complete([{"role": "user", "content": "x"}], model="m")).text == "ok"
         server.script(*[Reply.error(502, "bad gateway")] * 3)
-        with pytest.raises(ModelError, match=r"HTTP 502: bad gateway \(gave up after 3 attempts\)"):
+        with pytest.raises(ModelError, match=r"HTTP 502 Bad Gateway \(gave up after 3 attempts\)$"):
             await ChatClient(server.url, KEY, max_retries=2, backoff_base_s=0.01, http=client._http).complete(
                 [{"role": "user", "content": "x"}], model="m"
             )
@@ -212,11 +213,95 @@ async def test_client_errors_fail_at_once_and_never_show_the_key(server: FakeOpe
     with pytest.raises(ModelError) as err:
         await client.complete([{"role": "user", "content": "x"}], model="m")
     await client.aclose()
-    assert (
-        str(err.value)
-        == f"model server 127.0.0.1:{server.port} answered HTTP 401: Incorrect API key provided: ***"
-    )
+    assert str(err.value) == f"model server 127.0.0.1:{server.port} answered HTTP 401 Unauthorized"
     assert len(server.chat_requests()) == 1, "a 401 is not retried"
+
+
+MARKER = "MARKER-internal-7f3a"
+
+
+@pytest.mark.parametrize(
+    ("replies", "error"),
+    [
+        (
+            [Reply.error(403, MARKER, reason=MARKER, headers={"X-Data": MARKER})],
+            "answered HTTP 403 Forbidden$",
+        ),
+        ([Reply.error(599, MARKER, reason=MARKER)], "answered HTTP 599$"),
+        (
+            [Reply.error(503, MARKER, reason=MARKER)] * 2,
+            r"HTTP 503 Service Unavailable \(gave up after 2 attempts\)$",
+        ),
+        (
+            [Reply.error(200, MARKER)],
+            r"^model server sent an unreadable completion \(not a chat completion\)$",
+        ),
+        (
+            [Reply.stream(json.dumps({"error": {"message": MARKER}}))],
+            "^model server reported an error while streaming$",
+        ),
+        (
+            [Reply.stream(f"<html>{MARKER}</html>")],
+            r"^model server sent an unreadable stream chunk \(not JSON\)$",
+        ),
+        (
+            [Reply.raw(f"SSH-2.0-{MARKER}\r\n\r\n")] * 2,
+            r"unreachable: RemoteProtocolError \(gave up after 2 attempts\)$",
+        ),
+    ],
+    ids=[
+        "status",
+        "unknown-status",
+        "retried",
+        "not-a-completion",
+        "stream-error",
+        "stream-garbage",
+        "not-http",
+    ],
+)
+async def test_what_a_server_answers_is_never_quoted(
+    server: FakeOpenAI, replies: list[Reply], error: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task may point the client at any service: its answer reaches errors and logs as a status only."""
+    caplog.set_level(logging.DEBUG)
+    server.script(*replies)
+    client = ChatClient(server.url, KEY, max_retries=1, backoff_base_s=0.01)
+    with pytest.raises(ModelError, match=error) as err:
+        await client.complete([{"role": "user", "content": "x"}], model="m")
+    await client.aclose()
+    assert MARKER not in str(err.value) and MARKER not in caplog.text
+    assert KEY not in str(err.value) and KEY not in caplog.text
+
+
+async def test_a_usage_count_that_is_no_number_counts_zero(server: FakeOpenAI) -> None:
+    usage = {"prompt_tokens": 3, "completion_tokens": MARKER}
+    server.script(Reply.stream(json.dumps({"choices": [{"delta": {"content": "hi"}}], "usage": usage})))
+    client = ChatClient(server.url, KEY)
+    done = await client.complete([{"role": "user", "content": "x"}], model="m")
+    await client.aclose()
+    assert (done.text, done.prompt_tokens, done.completion_tokens) == ("hi", 3, 0)
+
+
+async def test_a_task_naming_another_server_gets_the_runner_key_only_if_allowed(server: FakeOpenAI) -> None:
+    other = "http://localhost:1/v1"  # never contacted: the run is refused first
+    settings = Settings(model=ModelDefaults(base_url=server.url, api_key="sk-runner-key", model="m"))
+    with pytest.raises(
+        AgentConfigError, match=r"^agent_config\.base_url is not a model API the runner sends"
+    ):
+        await OpenAIAgent().plan(
+            make_ctx(server, Recorder(), settings=settings, base_url=other, api_key=None)
+        )
+    assert server.requests == []
+    server.script(Reply.plan("One"))
+    same = server.url + "/"  # the same server, spelled differently
+    await OpenAIAgent().plan(make_ctx(server, Recorder(), settings=settings, base_url=same, api_key=None))
+    assert server.chat_requests()[0].headers["authorization"] == "Bearer sk-runner-key"
+    # A runner without a key has none to protect: the task's server is asked without one.
+    server.reset()
+    server.script(Reply.plan("One"))
+    bare = Settings(model=ModelDefaults(model="m"))
+    await OpenAIAgent().plan(make_ctx(server, Recorder(), settings=bare, api_key=None))
+    assert "authorization" not in server.chat_requests()[0].headers
 
 
 async def test_a_hanging_server_times_out(server: FakeOpenAI) -> None:

@@ -52,13 +52,15 @@ class Request:
 class Reply:
     """What the server does with one request."""
 
-    kind: str  # chat | error | hang | drip
+    kind: str  # chat | error | hang | drip | raw | events
     text: str = ""
     status: int = 200
+    reason: str = "X"  # the reason phrase of the status line
     headers: dict[str, str] = field(default_factory=dict)
     usage: tuple[int, int] | None = (11, 7)
     chunk_chars: int = 4
     delay_s: float = 0.0  # between streamed chunks (chat), or between drips
+    events: tuple[str, ...] = ()  # the `data:` of each server-sent event (events)
 
     @classmethod
     def chat(
@@ -73,10 +75,27 @@ class Reply:
         return cls.chat(json.dumps({"steps": steps}), usage=usage)
 
     @classmethod
-    def error(cls, status: int, message: str = "scripted error", retry_after: str | None = None) -> Reply:
-        headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    def error(
+        cls,
+        status: int,
+        message: str = "scripted error",
+        retry_after: str | None = None,
+        reason: str = "X",
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        headers = {**(headers or {}), **({"Retry-After": retry_after} if retry_after is not None else {})}
         body = json.dumps({"error": {"message": message, "type": "scripted"}})
-        return cls("error", text=body, status=status, headers=headers)
+        return cls("error", text=body, status=status, headers=headers, reason=reason)
+
+    @classmethod
+    def stream(cls, *events: str) -> Reply:
+        """A 200 event stream of exactly these `data:` payloads (an error event, garbage)."""
+        return cls("events", events=events)
+
+    @classmethod
+    def raw(cls, data: str) -> Reply:
+        """Send `data` as it is instead of an HTTP answer (a service that speaks another protocol)."""
+        return cls("raw", text=data)
 
     @classmethod
     def hang(cls) -> Reply:
@@ -207,10 +226,19 @@ class FakeOpenAI:
             writer.close()
 
     async def _send(
-        self, writer: asyncio.StreamWriter, status: int, body: str, headers: dict[str, str] | None = None
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        body: str,
+        headers: dict[str, str] | None = None,
+        reason: str = "X",
     ) -> None:
         data = body.encode()
-        head = [f"HTTP/1.1 {status} X", "Content-Type: application/json", f"Content-Length: {len(data)}"]
+        head = [
+            f"HTTP/1.1 {status} {reason}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(data)}",
+        ]
         head += [f"{k}: {v}" for k, v in (headers or {}).items()]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
         await writer.drain()
@@ -220,8 +248,12 @@ class FakeOpenAI:
     ) -> bool:
         """Answer; False when the connection is done with."""
         if reply.kind == "error":
-            await self._send(writer, reply.status, reply.text, reply.headers)
+            await self._send(writer, reply.status, reply.text, reply.headers, reply.reason)
             return True
+        if reply.kind == "raw":
+            writer.write(reply.text.encode())
+            await writer.drain()
+            return False
         if reply.kind == "hang":
             await reader.read()  # until the client closes
             self.disconnects.append(time.monotonic())
@@ -266,6 +298,12 @@ class FakeOpenAI:
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             }
 
+        if reply.kind == "events":
+            for data in reply.events:
+                await event(data)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            return True
         if reply.kind == "drip":
             closed = asyncio.ensure_future(reader.read())
             try:

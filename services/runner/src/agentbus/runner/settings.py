@@ -18,6 +18,7 @@ MiB = 1024 * 1024
 
 PRICES_ALLOWED = 'a JSON object like {"gpt-4o-mini": {"prompt": 0.15, "completion": 0.6}, "llama": [0, 0]}'
 LIMITS_ALLOWED = "kind=limit pairs like openai=4,team=2, each limit an integer >= 1"
+URLS_ALLOWED = "comma-separated http:// or https:// URLs"
 
 
 def _prices(raw: str) -> dict[str, tuple[float, float]]:
@@ -73,6 +74,13 @@ def _kinds(raw: str) -> tuple[str, ...]:
     return kinds
 
 
+def _urls(raw: str) -> tuple[str, ...]:
+    urls = tuple(u.strip() for u in raw.split(",") if u.strip())
+    if not urls:
+        raise ValueError("no URL named")
+    return urls
+
+
 class ModelDefaults(EnvSettings, frozen=True, kw_only=True):
     """What the `openai` agent (and agents built on its client) use when agent_config leaves it out."""
 
@@ -85,6 +93,19 @@ class ModelDefaults(EnvSettings, frozen=True, kw_only=True):
             allowed="an http:// or https:// URL",
         ),
     ] = "https://api.openai.com/v1"
+    # Where else the runner's api_key may go (OPENAI_BASE_URL always may): a task naming any
+    # other base_url must bring its own key, so the runner's cannot be sent to a server it names.
+    allowed_base_urls: Annotated[
+        tuple[Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s,]+$")], ...],
+        env(
+            "OPENAI_ALLOWED_BASE_URLS",
+            "model APIs besides `OPENAI_BASE_URL` that `OPENAI_API_KEY` may be sent to; a task naming "
+            "another base_url must bring its own api_key",
+            parse=_urls,
+            allowed=URLS_ALLOWED,
+            default_doc="unset (`OPENAI_BASE_URL` only)",
+        ),
+    ] = ()
     # never in a repr, a log or an event
     api_key: (
         Annotated[

@@ -5,6 +5,11 @@ with exponential backoff and jitter (honouring `Retry-After`), bounds every
 request with a timeout, and aborts the HTTP request at once when the calling
 task is cancelled. The API key is sent in the Authorization header only: it is
 never logged and is scrubbed from every error message.
+
+What a server answers reaches an error, a log line or an event only as its
+status code and the standard phrase for it (`answered HTTP 401 Unauthorized`):
+never its body, headers or reason phrase, since a task may point the client at
+a server it should not be able to read (issue 12).
 """
 
 from __future__ import annotations
@@ -12,12 +17,16 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import os
 import random
+import re
+import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit
+from http import HTTPStatus
+from typing import Any, NamedTuple
 
 import httpx
 import msgspec
@@ -25,10 +34,17 @@ import msgspec
 from agentbus.runner.agents.base import AgentError
 
 log = logging.getLogger(__name__)
+# httpx logs every request at INFO with its URL (query included) and the reason phrase the server
+# sent, httpcore the server's headers at DEBUG: quiet unless configured otherwise.
+for _name in ("httpx", "httpcore"):
+    if logging.getLogger(_name).level == logging.NOTSET:
+        logging.getLogger(_name).setLevel(logging.WARNING)
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 TextCallback = Callable[[str], Awaitable[None]]
+DEFAULT_PORTS = {"http": 80, "https": 443}
 _json = msgspec.json.Decoder()
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
 class ModelError(AgentError):
@@ -47,6 +63,75 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     usage_reported: bool  # False: the server sent no usage and the counts are estimates
+
+
+class BaseURL(NamedTuple):
+    """A base URL as the HTTP client reads it: two that compare equal reach the same server the same way."""
+
+    scheme: str
+    host: str  # lowercase, IDNA-encoded
+    port: int  # the scheme's default when the URL names none
+    path: str  # without trailing slashes
+    userinfo: str
+    query: str
+    fragment: str
+
+
+def base_url_key(url: str) -> BaseURL | None:
+    """`url` normalised by httpx's own parser (the one that sends the request); None when it is no
+    http(s) URL with a host. `https://API.example.com:443/v1/` == `https://api.example.com/v1`."""
+    try:
+        u = httpx.URL(url)
+        if u.scheme not in DEFAULT_PORTS or not u.raw_host:
+            return None
+        return BaseURL(
+            u.scheme,
+            u.raw_host.decode("ascii").lower(),
+            u.port or DEFAULT_PORTS[u.scheme],
+            u.path.rstrip("/"),
+            u.userinfo.decode("ascii"),
+            u.query.decode("ascii"),
+            u.fragment,
+        )
+    except (httpx.InvalidURL, TypeError, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+
+
+def same_base_url(url: str, other: str) -> bool:
+    """Whether both name the same server and path: never by prefix, so `https://api.example.com.evil`,
+    `https://api.example.com@evil` or another scheme or port is not `https://api.example.com`."""
+    key = base_url_key(url)
+    return key is not None and key == base_url_key(other)
+
+
+def status_line(code: int) -> str:
+    """`401 Unauthorized`: the code and its standard phrase, never the reason phrase the server sent."""
+    try:
+        return f"{code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return str(code)
+
+
+def printable(text: str, limit: int = 120) -> str:
+    """`text` on one line of printable ASCII, at most `limit` characters."""
+    text = _UNPRINTABLE.sub("?", text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def unreachable_reason(exc: BaseException) -> str:
+    """Why a connection failed, in the fixed words of the OS or OpenSSL (never text a server sent)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS {printable(cause.reason or 'error', 60)}"
+        if isinstance(cause, socket.gaierror):
+            return printable(str(cause.strerror or "name not resolved"), 60)
+        if isinstance(cause, OSError) and isinstance(cause.errno, int) and cause.errno > 0:
+            return os.strerror(cause.errno)
+        cause = cause.__cause__ or cause.__context__
+    return ""
 
 
 def retry_after_s(headers: httpx.Headers, now: float | None = None) -> float | None:
@@ -98,7 +183,7 @@ class ChatClient:
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
-        self.host = urlsplit(base_url).netloc or base_url
+        self.host = _host(base_url)
         self._key = api_key
         self.timeout_s = timeout_s
         self.max_retries = max_retries
@@ -167,8 +252,8 @@ class ChatClient:
             # the connection when the body was not read to the end: the server sees it at once.
             async with self._http.stream("POST", self.url, json=body, headers=headers) as resp:
                 if resp.status_code != 200:
-                    detail = _error_detail(await _read_some(resp))
-                    message = f"model server {self.host} answered HTTP {resp.status_code}: {detail}"
+                    # The status only: the body (and the reason phrase) may be another service's data.
+                    message = f"model server {self.host} answered HTTP {status_line(resp.status_code)}"
                     if resp.status_code in RETRY_STATUSES:
                         raise _Retryable(message, retry_after_s(resp.headers))
                     raise ModelError(self.scrub(message))
@@ -179,30 +264,23 @@ class ChatClient:
             kind = "connecting" if isinstance(exc, httpx.ConnectTimeout) else "waiting for an answer"
             raise _Retryable(f"model server {self.host} timed out {kind} ({self.timeout_s:g}s)") from None
         except httpx.TransportError as exc:
-            raise _Retryable(f"model server {self.host} unreachable: {type(exc).__name__}: {exc}") from None
+            # Not str(exc): a protocol error quotes the bytes the server sent.
+            reason = unreachable_reason(exc)
+            what = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+            raise _Retryable(f"model server {self.host} unreachable: {what}") from None
+        except httpx.HTTPError as exc:  # an undecodable body (DecodingError) and the like
+            raise ModelError(
+                f"model server {self.host} sent an unreadable answer ({type(exc).__name__})"
+            ) from None
 
 
-async def _read_some(resp: httpx.Response, limit: int = 64 * 1024) -> bytes:
-    data = b""
-    async for chunk in resp.aiter_bytes():
-        data += chunk
-        if len(data) >= limit:
-            break
-    return data[:limit]
-
-
-def _error_detail(raw: bytes) -> str:
+def _host(base_url: str) -> str:
+    """`host:port` of a base URL for messages: no user info, path or query."""
     try:
-        doc = _json.decode(raw)
-    except msgspec.DecodeError:
-        return raw.decode(errors="replace").strip()[:500] or "(no body)"
-    if isinstance(doc, dict):
-        err = doc.get("error", doc)
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return err["message"][:500]
-        if isinstance(err, str):
-            return err[:500]
-    return raw.decode(errors="replace")[:500]
+        netloc = httpx.URL(base_url).netloc.decode("ascii")
+    except (httpx.InvalidURL, TypeError, ValueError, UnicodeDecodeError):
+        netloc = ""
+    return printable(netloc or "(invalid URL)", 100)
 
 
 def _prompt_chars(messages: list[dict[str, Any]]) -> str:
@@ -212,7 +290,8 @@ def _prompt_chars(messages: list[dict[str, Any]]) -> str:
 def _usage(doc: dict[str, Any]) -> tuple[int, int] | None:
     usage = doc.get("usage")
     if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
-        return usage["prompt_tokens"], int(usage.get("completion_tokens") or 0)
+        completion = usage.get("completion_tokens")
+        return usage["prompt_tokens"], completion if isinstance(completion, int) else 0
     return None
 
 
@@ -228,7 +307,9 @@ def _read_json(raw: bytes, messages: list[dict[str, Any]]) -> Completion:
         choice = doc["choices"][0]
         text = choice["message"].get("content") or ""
     except (msgspec.DecodeError, KeyError, IndexError, TypeError, AttributeError):
-        raise ModelError(f"model server sent an unreadable completion: {raw[:200]!r}") from None
+        text = None
+    if not isinstance(text, str):  # what it sent is not quoted: it may be another service's data
+        raise ModelError("model server sent an unreadable completion (not a chat completion)")
     return _completion(text, _usage(doc), messages)
 
 
@@ -247,15 +328,16 @@ async def _read_stream(
         try:
             doc = _json.decode(data)
         except msgspec.DecodeError:
-            raise ModelError(f"model server sent an unreadable stream chunk: {data[:200]!r}") from None
+            raise ModelError("model server sent an unreadable stream chunk (not JSON)") from None
         if not isinstance(doc, dict):
             continue
         if "error" in doc:
-            raise ModelError(f"model server failed while streaming: {_error_detail(data.encode())}")
+            raise ModelError("model server reported an error while streaming")
         usage = _usage(doc) or usage
-        for choice in doc.get("choices") or []:
-            delta = choice.get("delta") or {}
-            if isinstance(delta.get("content"), str) and delta["content"]:
+        choices = doc.get("choices")
+        for choice in choices if isinstance(choices, list) else []:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict) and isinstance(delta.get("content"), str) and delta["content"]:
                 parts.append(delta["content"])
                 # Joining on every token would be quadratic: hand out the text at most every interval.
                 if on_text is not None and time.monotonic() - last >= interval:

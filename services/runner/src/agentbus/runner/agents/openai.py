@@ -19,7 +19,7 @@ import msgspec
 from msgspec import Meta
 
 from agentbus.runner.agents.base import Agent, AgentConfigError, AgentContext, AgentError, convert_config
-from agentbus.runner.agents.llm import ChatClient, Completion
+from agentbus.runner.agents.llm import ChatClient, Completion, same_base_url
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,25 @@ def resolve(cfg: Any, defaults: Any) -> ModelSetup:
     timeout = cfg.timeout_s or getattr(defaults, "timeout_s", None) or 120.0
     retries = cfg.max_retries if cfg.max_retries is not None else getattr(defaults, "max_retries", 4)
     price = defaults.price(model) if defaults is not None else None
-    return ModelSetup(
-        base_url, cfg.api_key or getattr(defaults, "api_key", None), model, timeout, retries, price
+    return ModelSetup(base_url, cfg.api_key or runner_key(base_url, defaults), model, timeout, retries, price)
+
+
+def runner_key(base_url: str, defaults: Any) -> str | None:
+    """The runner's OPENAI_API_KEY, for `base_url` only if it is the runner's model API (OPENAI_BASE_URL
+    or one of OPENAI_ALLOWED_BASE_URLS): a task naming another server cannot have the key sent there,
+    it brings its own. Refused before any request is made."""
+    key: str | None = getattr(defaults, "api_key", None)
+    if not key:
+        return None  # nothing to protect: the request goes without one, as before
+    allowed = (
+        getattr(defaults, "base_url", None) or DEFAULT_BASE_URL,
+        *getattr(defaults, "allowed_base_urls", ()),
+    )
+    if any(same_base_url(base_url, url) for url in allowed):
+        return key
+    raise AgentConfigError(
+        "agent_config.base_url is not a model API the runner sends its OPENAI_API_KEY to "
+        "(OPENAI_BASE_URL, OPENAI_ALLOWED_BASE_URLS): set agent_config.api_key for that server"
     )
 
 
