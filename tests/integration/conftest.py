@@ -12,6 +12,9 @@ from agentbus.gateway.settings import Settings
 from tests.support.fake_runner import FakeRunnerInfo
 from tests.support.servers import NatsServer, nats_server
 
+# The gateway serves loopback names only (a Host check against DNS rebinding).
+LOCAL = "http://127.0.0.1"
+
 
 @pytest.fixture(scope="module")
 def own_nats() -> Iterator[NatsServer]:
@@ -35,5 +38,5 @@ async def client(
     settings = Settings(
         nats_url=own_nats.url, database_url=database_url, max_body_bytes=64 * 1024, request_timeout_s=0.5
     )
-    async with AsyncTestClient(app=create_app(settings)) as c:
+    async with AsyncTestClient(app=create_app(settings), base_url=LOCAL) as c:
         yield c

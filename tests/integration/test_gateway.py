@@ -22,6 +22,7 @@ from agentbus.contracts import events as ev
 from agentbus.gateway.app import create_app
 from agentbus.gateway.settings import Settings
 from agentbus.gateway.store.tables import runs
+from tests.integration.conftest import LOCAL
 from tests.support.fake_runner import FakeRunnerInfo
 from tests.support.servers import NatsServer
 from tests.support.waiting import eventually
@@ -124,7 +125,11 @@ async def test_bad_json_query_and_size_limits(client: AsyncTestClient) -> None:
         r = await client.get(f"/api/tasks?{query}")
         assert r.status_code == 400, query
         assert r.json()["detail"]
-    r = await client.post("/api/tasks", content=b'{"name": "' + b"x" * 70_000 + b'"}')
+    r = await client.post(
+        "/api/tasks",
+        content=b'{"name": "' + b"x" * 70_000 + b'"}',
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413 and r.json()["status_code"] == 413
     r = await client.post("/api/runs", json={"task_id": "nope"})
     assert r.status_code == 404 and "nope" in r.json()["detail"]
@@ -392,7 +397,7 @@ async def test_a_stored_decision_the_bus_never_got_is_handed_over_again(
     settings = Settings(
         nats_url=own_nats.url, database_url=database_url, request_timeout_s=0.5, reaper_interval_s=0.2
     )
-    async with AsyncTestClient(app=create_app(settings)) as client:
+    async with AsyncTestClient(app=create_app(settings), base_url=LOCAL) as client:
         task = await new_task(client)
         run = await new_run(client, task["id"])
         e = Emitter(js, task["id"], run["id"])
@@ -446,7 +451,9 @@ async def test_the_reaper_fences_an_unreadable_checkpoint(
     js,  # type: ignore[no-untyped-def]
 ) -> None:
     """No runner holds the run and its checkpoint is garbage: fenced by revision all the same."""
-    async with AsyncTestClient(app=create_app(reaping_settings(own_nats, database_url))) as client:
+    async with AsyncTestClient(
+        app=create_app(reaping_settings(own_nats, database_url)), base_url=LOCAL
+    ) as client:
         task = await new_task(client)
         run = await new_run(client, task["id"])
         e = Emitter(js, task["id"], run["id"])
@@ -474,7 +481,9 @@ async def test_a_parked_run_past_its_deadline_is_woken_then_ended(
 ) -> None:
     """A parked run is held by no runner by design; when its deadline passes and no runner applies
     it, the reaper wakes it once more, and ends it if that goes unanswered too."""
-    async with AsyncTestClient(app=create_app(reaping_settings(own_nats, database_url))) as client:
+    async with AsyncTestClient(
+        app=create_app(reaping_settings(own_nats, database_url)), base_url=LOCAL
+    ) as client:
         task = await new_task(client)
         run = await new_run(client, task["id"])
         e = Emitter(js, task["id"], run["id"])
@@ -558,7 +567,7 @@ async def test_a_run_too_large_for_the_broker_is_refused_before_anything_is_stor
     runner = FakeRunnerInfo(server.url).start()
     try:
         settings = Settings(nats_url=server.url, database_url=database_url, request_timeout_s=0.5)
-        async with AsyncTestClient(app=create_app(settings)) as client:
+        async with AsyncTestClient(app=create_app(settings), base_url=LOCAL) as client:
             big = {"text": "x" * 20_000}
             task = await new_task(client, config=big, agent_config=big)
             r = await client.post("/api/runs", json={"task_id": task["id"]})

@@ -70,7 +70,7 @@ def main() -> None:
         loop = "asyncio"
     gateway = Gateway(settings)
     config = uvicorn.Config(
-        gateway.app,
+        gateway.asgi,
         host=settings.host,
         port=settings.port,
         loop=loop,

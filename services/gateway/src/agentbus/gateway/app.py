@@ -1,8 +1,9 @@
-"""`create_app()`: the gateway's pieces, built once and wired together, and the Litestar app.
+"""`create_app()`: the gateway's pieces, built once and wired together, and the app that serves them.
 
 `Gateway` builds every piece from the settings (nothing connects yet), hands them to each other
 by explicit callbacks, and to route handlers by dependency injection; the app's lifespan starts
-them in order and stops them in reverse.
+them in order and stops them in reverse. What is served (`Gateway.asgi`) is the Litestar app
+behind the checks of `guard.py`, which run before routing.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from agentbus.gateway.agents import AgentController, Discovery
 from agentbus.gateway.auth import token_middleware
 from agentbus.gateway.bus import Bus
 from agentbus.gateway.errors import EXCEPTION_HANDLERS, GatewayRequest, unexpected
+from agentbus.gateway.guard import Guard, Methods
 from agentbus.gateway.health import health, ready
 from agentbus.gateway.ingest import EventIngest
 from agentbus.gateway.lifecycle import Lifecycle
@@ -66,6 +68,7 @@ class Gateway:
         self.tasks = TaskService(self.store, self.lifecycle, s.default_agent)
         self.runs = RunService(self.store, self.bus, self.discovery, self.lifecycle, self.tasks)
         self.app = self._app()
+        self.asgi = Guard(Methods(self.app), s.served_hosts(), s.cors_origins)
 
     @asynccontextmanager
     async def lifespan(self, _: Litestar) -> AsyncIterator[None]:
@@ -115,7 +118,7 @@ class Gateway:
             request_class=GatewayRequest,
             middleware=[token_middleware(s.api_token)] if s.api_token else [],
             request_max_body_size=s.max_body_bytes,
-            cors_config=CORSConfig(allow_origins=["*"]) if not s.api_token else None,
+            cors_config=_cors(s.cors_origins),
             openapi_config=OpenAPIConfig(
                 title="agentbus",
                 version=__version__,
@@ -128,5 +131,18 @@ class Gateway:
         )
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    return Gateway(settings or Settings.from_env()).app
+def _cors(origins: tuple[str, ...]) -> CORSConfig | None:
+    """CORS headers for the listed origins only (none by default: no page reads the gateway)."""
+    if not origins:
+        return None
+    return CORSConfig(
+        allow_origins=list(origins),
+        allow_methods=["GET", "POST", "PATCH", "DELETE"],
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Range"],
+        expose_headers=["Content-Range", "Content-Disposition", "Retry-After"],
+    )
+
+
+def create_app(settings: Settings | None = None) -> Any:
+    """The gateway as an ASGI app (what uvicorn serves)."""
+    return Gateway(settings or Settings.from_env()).asgi

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
+import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from nats.errors import ConnectionClosedError, NoServersError, OutboundBufferLimitError
@@ -19,15 +21,37 @@ log = logging.getLogger(__name__)
 class GatewayRequest(Request):  # type: ignore[type-arg]
     """Litestar's request, with a body that is not JSON it can decode answered as the client's
     mistake (400) whatever the decoder raised: text that is not UTF-8, or nesting deeper than the
-    decoder recurses."""
+    decoder recurses. A body is also held to its route's type strictly: Litestar converts leniently
+    (`0` for false, `"5"` for 5), and a client that sends the wrong type should hear so."""
 
     async def json(self) -> Any:
         try:
-            return await super().json()
+            value = await super().json()
         except UnicodeDecodeError:
             raise ValidationException("the body is not valid JSON: it is not UTF-8") from None
         except RecursionError:
             raise ValidationException("the body is not valid JSON: it is nested too deep") from None
+        field = self.route_handler.parsed_data_field
+        if field is not None:
+            try:
+                msgspec.convert(value, field.annotation, strict=True)
+            except msgspec.ValidationError as exc:
+                raise body_error(str(exc)) from None
+        return value
+
+
+_AT = re.compile(r"^(.*) - at `\$\.?([^`]*)`$", re.DOTALL)
+
+
+def body_error(text: str) -> ValidationException:
+    """msgspec's `Expected ... - at `$.field...`` as Litestar words its own: the field named in
+    `extra` (`message`, `key`, `source`)."""
+    match = _AT.match(text)
+    message, path = (match.group(1), match.group(2)) if match else (text, "")
+    key = re.split(r"[.\[]", path, maxsplit=1)[0]
+    return ValidationException(
+        f"invalid body: {text}", extra=[{"message": message, "key": key, "source": "body"}]
+    )
 
 
 class PayloadTooLarge(HTTPException):

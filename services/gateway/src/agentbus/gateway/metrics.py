@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from litestar import Controller, Response, get
 
 from agentbus.contracts import MetricsGet, MetricsQuery, MetricsSummaryQuery, subjects
 from agentbus.gateway.bus import Bus
-from agentbus.gateway.params import Limit, Skip
+from agentbus.gateway.params import Instant, Limit, Skip, instant
 
 JSON = "application/json"
 
@@ -24,13 +22,19 @@ class MetricsController(Controller):
         task_id: str | None = None,
         run_id: str | None = None,
         name: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: Instant = None,
+        until: Instant = None,
         skip: Skip = 0,
         limit: Limit = 10,
     ) -> Response[bytes]:
         query = MetricsQuery(
-            task_id=task_id, run_id=run_id, name=name, since=since, until=until, skip=skip, limit=limit
+            task_id=task_id,
+            run_id=run_id,
+            name=name,
+            since=instant("since", since),
+            until=instant("until", until),
+            skip=skip,
+            limit=limit,
         )
         return Response(await bus.request(subjects.METRICS_QUERY, query), media_type=JSON)
 

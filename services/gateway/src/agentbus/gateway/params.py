@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Annotated
 
+import msgspec
 from litestar.exceptions import ValidationException
 from litestar.params import Parameter
 
@@ -27,14 +29,26 @@ Cursor = Annotated[
 LogLimit = Annotated[int, Parameter(ge=1, le=1000, description="at most 1000")]
 # A run's log: events with seq > since (0: from the first).
 LogSince = Annotated[int, Parameter(ge=0, le=BIG, description="return events with seq > since")]
-# A stream: replay the stored events with seq > since first (absent: live only).
-StreamSince = Annotated[
-    int | None, Parameter(ge=0, le=BIG, description="replay stored events with seq > since first")
-]
 # Server-Sent Events: start after this seq (a `Last-Event-ID` header wins).
 SseSince = Annotated[
     int | None, Parameter(ge=0, le=BIG, description="start after this seq (Last-Event-ID wins)")
 ]
+
+# A point in time, as RFC 3339 text (`2026-12-06T10:00:00Z`): a number is not one, though Litestar
+# would read it as a Unix time.
+Instant = Annotated[
+    str | None,
+    Parameter(max_length=64, description="an RFC 3339 time like 2026-12-06T10:00:00Z"),
+]
+
+
+def instant(name: str, text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return msgspec.convert(text, datetime)
+    except msgspec.ValidationError:
+        raise ValidationException(f"`{name}` must be an RFC 3339 time like 2026-12-06T10:00:00Z") from None
 
 
 def checked_cursor(cursor: str | None, skip: int) -> str | None:

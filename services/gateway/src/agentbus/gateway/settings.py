@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from typing import Annotated
 
@@ -20,6 +21,36 @@ from agentbus.common.settings import (
 
 # What an Authorization header can carry: visible ASCII, no spaces.
 TOKEN_PATTERN = r"^[!-~]+$"
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+_ORIGIN = re.compile(r"https?://[a-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9a-f:.]+\](:[0-9]{1,5})?")
+_HOST = re.compile(r"[a-z0-9.\-]+|[0-9a-f:.]+")
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    """`https://app.example:8443, http://localhost:5173` -> the origins, lowercased."""
+    out = []
+    for item in raw.split(","):
+        origin = item.strip().lower().rstrip("/")
+        if not origin:
+            continue
+        if origin == "*" or not _ORIGIN.fullmatch(origin):
+            raise ValueError(f"{item.strip()!r} is not an origin like https://app.example:8443")
+        out.append(origin)
+    return tuple(out)
+
+
+def _hosts(raw: str) -> tuple[str, ...]:
+    """`agentbus.example, 10.0.0.5` -> the host names; `*` alone: any."""
+    out = []
+    for item in raw.split(","):
+        host = item.strip().lower().strip("[]")
+        if host == "*" or (host and _HOST.fullmatch(host)):
+            out.append(host)
+        elif host:
+            raise ValueError(f"{item.strip()!r} is not a host name (no scheme, no port)")
+    if "*" in out and len(out) > 1:
+        raise ValueError("`*` (any host) stands alone")
+    return tuple(out)
 
 
 def is_loopback(host: str) -> bool:
@@ -57,6 +88,30 @@ class Settings(EnvSettings, frozen=True, kw_only=True):
                 secret=True,
                 pattern=TOKEN_PATTERN,
                 allowed="printable ASCII without spaces",
+            ),
+        ]
+        | None
+    ) = None
+    cors_origins: Annotated[
+        tuple[str, ...],
+        env(
+            "GATEWAY_CORS_ORIGINS",
+            "web origins whose pages may use the gateway: they get CORS headers and may send writes "
+            "and open streams; unset: none but the gateway's own pages",
+            parse=_origins,
+            allowed="comma-separated origins like https://app.example:8443",
+        ),
+    ] = ()
+    allowed_hosts: (
+        Annotated[
+            tuple[str, ...],
+            env(
+                "GATEWAY_ALLOWED_HOSTS",
+                "the host names a request's `Host` header may name (`*`: any); others get 400, "
+                "which stops DNS rebinding",
+                parse=_hosts,
+                allowed="comma-separated host names without port, or *",
+                default_doc="loopback names and GATEWAY_HOST; any when AGENTBUS_API_TOKEN is set",
             ),
         ]
         | None
@@ -146,6 +201,15 @@ class Settings(EnvSettings, frozen=True, kw_only=True):
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         return load(cls, env, defaults={"instance": default_instance()})
+
+    def served_hosts(self) -> tuple[str, ...] | None:
+        """The host names a request may name; None: any."""
+        if self.allowed_hosts is not None:
+            return None if self.allowed_hosts == ("*",) else self.allowed_hosts
+        if self.api_token:
+            return None  # a page cannot authenticate: rebinding reaches nothing
+        own = () if self.host in ("0.0.0.0", "::") else (self.host.lower().strip("[]"),)
+        return LOOPBACK_NAMES + own
 
     def check(self) -> None:
         """Refuse to listen beyond loopback without authentication."""

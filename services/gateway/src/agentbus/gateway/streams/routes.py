@@ -4,33 +4,51 @@ from __future__ import annotations
 
 from litestar import WebSocket, websocket
 
-from agentbus.gateway.params import StreamSince
+from agentbus.gateway.params import BIG
 from agentbus.gateway.store import GatewayStore
 from agentbus.gateway.streams.hub import Hub
 
+CLOSE_BAD_REQUEST = 4400
 CLOSE_NOT_FOUND = 4404
+
+
+async def accepted(socket: WebSocket, since: str | None) -> tuple[bool, int | None]:
+    """Accept the stream, then check `since` (replay stored events with seq > since first; absent:
+    live only). A bad value is closed with 4400 and says why: refused before accepting, a browser
+    would only see the handshake fail."""
+    await socket.accept()
+    if since is None:
+        return True, None
+    if since.isascii() and since.isdigit() and len(since) <= 19 and int(since) <= BIG:
+        return True, int(since)
+    await socket.close(code=CLOSE_BAD_REQUEST, reason=f"since must be an integer from 0 to {BIG}")
+    return False, None
 
 
 @websocket("/ws/runs/{run_id:str}")
 async def run_stream(
-    socket: WebSocket, run_id: str, store: GatewayStore, hub: Hub, since: StreamSince = None
+    socket: WebSocket, run_id: str, store: GatewayStore, hub: Hub, since: str | None = None
 ) -> None:
-    await socket.accept()
+    ok, start = await accepted(socket, since)
+    if not ok:
+        return
     if await store.run(run_id) is None:
         await socket.close(code=CLOSE_NOT_FOUND, reason="run not found")
         return
-    await hub.serve(socket, run_id=run_id, since=since)
+    await hub.serve(socket, run_id=run_id, since=start)
 
 
 @websocket("/ws/tasks/{task_id:str}")
 async def task_stream(
-    socket: WebSocket, task_id: str, store: GatewayStore, hub: Hub, since: StreamSince = None
+    socket: WebSocket, task_id: str, store: GatewayStore, hub: Hub, since: str | None = None
 ) -> None:
-    await socket.accept()
+    ok, start = await accepted(socket, since)
+    if not ok:
+        return
     if await store.task(task_id) is None:
         await socket.close(code=CLOSE_NOT_FOUND, reason="task not found")
         return
-    await hub.serve(socket, task_id=task_id, since=since)
+    await hub.serve(socket, task_id=task_id, since=start)
 
 
 @websocket("/ws/stream")
