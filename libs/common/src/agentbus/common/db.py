@@ -56,14 +56,22 @@ def normalize_url(url: str) -> str:
     return url
 
 
+# Raised before a value reaches the database (asyncpg's own DataError is a ValueError too).
+_UNSENDABLE = OverflowError | ValueError | RecursionError
+
+
 def is_poison(exc: BaseException) -> bool:
     """An error no retry can fix: the data itself cannot be stored (e.g. a NUL in a PostgreSQL string).
 
     asyncpg's data errors reach us as plain DBAPIErrors, so look at the SQLSTATE
-    class too: 22 (data exception) and 23 (integrity violation). Anything else
-    (a refused connection, a server shutting down) is worth retrying.
+    class too: 22 (data exception) and 23 (integrity violation). A value the driver cannot even
+    send is one too: an int too big for the column, a date out of range once in UTC (SQLAlchemy
+    wraps those in a StatementError), text that is not valid, nesting deeper than the JSON encoder
+    recurses. Anything else (a refused connection, a server shutting down) is worth retrying.
     """
-    if isinstance(exc, DataError | IntegrityError):
+    if isinstance(exc, DataError | IntegrityError | _UNSENDABLE):
+        return True
+    if isinstance(exc, StatementError) and isinstance(exc.orig, _UNSENDABLE):
         return True
     # Through SQLAlchemy the driver's error is `exc.orig`; a raw asyncpg error carries its own.
     sqlstate = getattr(

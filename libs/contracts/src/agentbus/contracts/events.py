@@ -7,11 +7,15 @@ never changes (msgspec schema evolution rules).
 """
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 PROTOCOL_VERSION = 1
+# A run's event numbers: stored in INTEGER columns (32 bits on PostgreSQL), so a bigger one is
+# refused when decoded instead of failing (or overflowing) where it is stored.
+SEQ_MAX = 2**31 - 1
+Seq = Annotated[int, msgspec.Meta(ge=0, le=SEQ_MAX)]
 
 
 class RunStats(msgspec.Struct, omit_defaults=True):
@@ -28,7 +32,7 @@ class RunStats(msgspec.Struct, omit_defaults=True):
 
 class Event(msgspec.Struct, tag_field="event_type", kw_only=True):
     id: str
-    seq: int
+    seq: Seq
     timestamp: datetime
     task_id: str
     run_id: str

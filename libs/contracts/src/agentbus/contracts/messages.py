@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from agentbus.contracts.events import PROTOCOL_VERSION
+from agentbus.contracts.events import PROTOCOL_VERSION, Seq
 
 
 class RunStart(msgspec.Struct, kw_only=True):
@@ -78,7 +78,7 @@ class RunCheckpointHead(msgspec.Struct, kw_only=True):
     """
 
     phase: str = "new"
-    seq: int = 0
+    seq: Seq = 0
     runner_id: str = ""
     parked: bool = False  # waiting for a decision or its deadline, held by no runner
     v: int = PROTOCOL_VERSION

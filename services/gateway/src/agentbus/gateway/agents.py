@@ -18,13 +18,14 @@ from litestar import Controller, get
 from litestar.exceptions import NotFoundException
 
 from agentbus.contracts import Ping, RunnerInfo, encode, subjects
+from agentbus.contracts.codec import decoder
 from agentbus.gateway.bus import Bus
 from agentbus.gateway.errors import Conflict, ServiceUnavailable
 from agentbus.gateway.schemas import AgentKindOut, AgentPage, AgentRunner
 from agentbus.gateway.store import GatewayStore
 
 log = logging.getLogger(__name__)
-_info = msgspec.json.Decoder(RunnerInfo)
+_info = decoder(RunnerInfo)
 
 
 class Discovery:

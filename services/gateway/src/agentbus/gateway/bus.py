@@ -14,13 +14,14 @@ from nats.js import JetStreamContext
 
 from agentbus.common import bus as common_bus
 from agentbus.contracts import Pong, ResourceDeleted, RunControl, RunStart, RunWake, encode, subjects
+from agentbus.contracts.codec import decoder
 from agentbus.contracts.messages import ERROR_HEADER, Ping, ServiceError
 from agentbus.gateway.errors import ServiceUnavailable, UpstreamError
 
 log = logging.getLogger(__name__)
 
-_pong = msgspec.json.Decoder(Pong)
-_service_error = msgspec.json.Decoder(ServiceError)
+_pong = decoder(Pong)
+_service_error = decoder(ServiceError)
 
 
 class Bus:
@@ -99,7 +100,12 @@ class Bus:
         except (TimeoutError, NoRespondersError, NatsTimeoutError) as exc:
             raise ServiceUnavailable(f"no answer on {subject}: is the service running?") from exc
         if msg.headers and msg.headers.get(ERROR_HEADER):
-            err = _service_error.decode(msg.data)
+            try:
+                err = _service_error.decode(msg.data)
+            except msgspec.DecodeError:
+                err = ServiceError(502, f"undecodable error answer on {subject}")
+            if not 400 <= err.status_code <= 599:  # passed on as the HTTP status: only an error one
+                err = ServiceError(502, f"error answer on {subject} with status {err.status_code}")
             raise UpstreamError(err.status_code, err.detail)
         return msg.data
 

@@ -22,6 +22,7 @@ from collections import Counter
 import msgspec
 
 from agentbus.contracts import RunCheckpointHead, subjects
+from agentbus.contracts.codec import decoder
 from agentbus.gateway.bus import Bus
 from agentbus.gateway.store import GatewayStore
 from agentbus.gateway.store.effects import Batch, Conflict
@@ -33,8 +34,8 @@ class EventId(msgspec.Struct):
     id: str = ""
 
 
-_id = msgspec.json.Decoder(EventId)
-_head = msgspec.json.Decoder(RunCheckpointHead)
+_id = decoder(EventId)
+_head = decoder(RunCheckpointHead)
 
 
 class Verdict(enum.Enum):

@@ -34,6 +34,7 @@ import msgspec
 from nats.js.errors import NotFoundError
 
 from agentbus.contracts import RunCheckpointHead, RunnerHeartbeat, RunWake, encode, subjects
+from agentbus.contracts.codec import decoder
 from agentbus.contracts.events import Failure, FailureData, RunStats
 from agentbus.gateway.bus import Bus
 from agentbus.gateway.convert import decision_of
@@ -41,8 +42,8 @@ from agentbus.gateway.store import GatewayStore
 
 log = logging.getLogger(__name__)
 
-_beat = msgspec.json.Decoder(RunnerHeartbeat)
-_head = msgspec.json.Decoder(RunCheckpointHead)
+_beat = decoder(RunnerHeartbeat)
+_head = decoder(RunCheckpointHead)
 
 
 class Reaper:

@@ -145,6 +145,9 @@ class EventsConsumer:
             except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
                 await dead_letter(self._nc, msg, exc)
                 await settle(msg, True)
+            except Exception as exc:  # pure code on the message's values (e.g. an int no float holds)
+                await dead_letter(self._nc, msg, exc, why="unusable")
+                await settle(msg, True)
         try:
             await self._store.insert([row for _, rows in decoded for row in rows])
         except Exception as exc:

@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from agentbus.common.db import is_poison
 from agentbus.contracts import encode, subjects
 from agentbus.contracts.codec import decoder
 from agentbus.contracts.messages import (
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 QUEUE_GROUP = "metrics"
 MAX_LIMIT = 1000
+MAX_SKIP = 2**63 - 1  # the largest OFFSET the databases take
 MAX_CONCURRENT = 64  # requests in flight per copy; beyond that NATS buffers them
 
 
@@ -102,10 +104,14 @@ class RequestHandlers:
             reply = await handler(msg.data)
         except RequestError as exc:
             reply, headers = exc.error, {ERROR_HEADER: "1"}
-        except Exception:
-            log.exception("request on %s failed", msg.subject)
-            reply = ServiceError(status_code=503, detail="metrics store unavailable")
+        except Exception as exc:
             headers = {ERROR_HEADER: "1"}
+            if is_poison(exc):  # a value the database cannot take (a NUL in a PostgreSQL string)
+                log.warning("request on %s refused by the database: %s", msg.subject, type(exc).__name__)
+                reply = ServiceError(status_code=400, detail="invalid request: a value the store cannot take")
+            else:
+                log.exception("request on %s failed", msg.subject)
+                reply = ServiceError(status_code=503, detail="metrics store unavailable")
         if not msg.reply:
             return
         try:
@@ -115,8 +121,8 @@ class RequestHandlers:
 
     async def query(self, data: bytes) -> Any:
         q = _decode(MetricsQuery, data)
-        if q.skip < 0:
-            raise RequestError(400, "skip must be >= 0")
+        if not 0 <= q.skip <= MAX_SKIP:
+            raise RequestError(400, f"skip must be between 0 and {MAX_SKIP}")
         if not 0 <= q.limit <= MAX_LIMIT:
             raise RequestError(400, f"limit must be between 0 and {MAX_LIMIT}")
         return await self._store.page(q)

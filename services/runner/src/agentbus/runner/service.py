@@ -38,6 +38,7 @@ from agentbus.contracts import (
     encode,
     subjects,
 )
+from agentbus.contracts.codec import decoder
 from agentbus.runner.agents import Agent, AgentRegistry
 from agentbus.runner.lanes import Lane, Puller
 from agentbus.runner.run import RunExecution, RunParked
@@ -52,7 +53,7 @@ try:
 except PackageNotFoundError:  # running from a source tree
     VERSION = "0.0.0"
 
-_control_decoder = msgspec.json.Decoder(RunControl)
+_control_decoder = decoder(RunControl)
 
 
 @dataclass

@@ -13,6 +13,7 @@ import nats.errors
 import nats.js.errors
 
 from agentbus.contracts import RunControl, RunStart, encode, subjects
+from agentbus.contracts.codec import decoder
 from agentbus.runner.agents.base import Usage
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,9 @@ class Checkpoint(msgspec.Struct, kw_only=True, omit_defaults=True):
     v: int = 1
 
 
-_checkpoint = msgspec.json.Decoder(Checkpoint)
-_control = msgspec.json.Decoder(RunControl)
-_start = msgspec.json.Decoder(RunStart)
+_checkpoint = decoder(Checkpoint)
+_control = decoder(RunControl)
+_start = decoder(RunStart)
 
 
 class Stored(NamedTuple):

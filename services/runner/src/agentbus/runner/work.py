@@ -15,10 +15,10 @@ from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-import msgspec
 from nats.aio.msg import Msg
 
 from agentbus.contracts import RunCheckpointHead, RunStart, RunWake, encode, subjects
+from agentbus.contracts.codec import decoder
 from agentbus.contracts.events import Failure, FailureData, RunStats
 from agentbus.runner.store import RunStore, Stored, UnusableRunError
 
@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 
 # Ids become subject tokens and KV keys: keep to characters valid in both (\Z: no final newline).
 _ID = re.compile(r"^[A-Za-z0-9_=-]{1,200}\Z")
-start_decoder = msgspec.json.Decoder(RunStart)
-_wake_decoder = msgspec.json.Decoder(RunWake)
+start_decoder = decoder(RunStart)
+_wake_decoder = decoder(RunWake)
 
 
 class Work(NamedTuple):

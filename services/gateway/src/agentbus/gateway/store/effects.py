@@ -172,8 +172,12 @@ class ArtifactRow(NamedTuple):
     created_at: datetime
 
 
+# artifacts.size is an INTEGER column: 32 bits on PostgreSQL.
+_MAX_SIZE = 2**31 - 1
+
+
 def valid_artifact(d: ev.ArtifactData) -> bool:
-    return valid_artifact_name(d.name) and d.size >= 0 and valid_content_type(d.content_type)
+    return valid_artifact_name(d.name) and 0 <= d.size <= _MAX_SIZE and valid_content_type(d.content_type)
 
 
 def event_row(e: ev.Event, raw: bytes) -> EventRow:

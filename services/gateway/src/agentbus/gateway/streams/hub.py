@@ -24,6 +24,8 @@ import msgspec
 from litestar import WebSocket
 from litestar.exceptions import WebSocketDisconnect
 
+from agentbus.contracts.codec import decoder
+from agentbus.contracts.events import Seq
 from agentbus.gateway.ingest import ORIGIN_HEADER
 from agentbus.gateway.store import GatewayStore
 from agentbus.gateway.store.effects import Batch
@@ -50,11 +52,11 @@ class _Head(msgspec.Struct):
 
     run_id: str
     task_id: str
-    seq: int
+    seq: Seq
     event_type: str = ""
 
 
-_head = msgspec.json.Decoder(_Head)
+_head = decoder(_Head)
 
 
 class Hub:
@@ -114,10 +116,11 @@ class Hub:
             return  # stored by this process: delivered already
         try:
             head = _head.decode(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+            text = msg.data.decode()  # fields the head decoder skips are not checked for UTF-8
+        except (msgspec.DecodeError, UnicodeDecodeError):
             log.warning("undecodable live event on %s dropped", msg.subject)
             return
-        self.fan_out([Frame(head.run_id, head.task_id, head.seq, msg.data.decode(), head.event_type)])
+        self.fan_out([Frame(head.run_id, head.task_id, head.seq, text, head.event_type)])
 
     def fan_out(self, frames: list[Frame]) -> None:
         if self._arrivals:
