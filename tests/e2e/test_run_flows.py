@@ -314,9 +314,12 @@ async def test_an_event_its_runner_did_not_publish_does_not_wedge_the_run(
     run completes."""
     task = await api.task(require_approval=False, agent_config={"steps": 3, "step_delay_ms": 400})
     run = await api.run(task["id"])
-    nc = await nats.connect(system.nats.url)
+    # A runner gone astray (the broker lets only a runner, or the gateway, publish run events).
+    nc = await nats.connect(system.nats.url, **system.nats.login("runner"))
+    operator = await nats.connect(system.nats.url, **system.nats.login("operator"))
     try:
-        dead = await nc.subscribe(subjects.EVENTS_DEAD)
+        dead = await operator.subscribe(subjects.EVENTS_DEAD)
+        await operator.flush()
         await nc.flush()
         async with api.ws(f"/ws/runs/{run['id']}?since=0") as ws:
             seen = await events_until(ws, lambda e: e["event_type"] == "progress")
@@ -341,6 +344,7 @@ async def test_an_event_its_runner_did_not_publish_does_not_wedge_the_run(
         assert msgspec.json.decode(msg.data)["id"] == "forger/1"
     finally:
         await nc.close()
+        await operator.close()
     logs = await api.logs(run["id"])
     assert [e["seq"] for e in logs] == list(range(1, len(logs) + 1))
     assert not [e for e in logs if e["id"].startswith("forger/")]

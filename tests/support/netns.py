@@ -21,7 +21,7 @@ import subprocess
 import time
 import uuid
 
-from tests.support.servers import nats_server_binary
+from tests.support.servers import Logins, nats_server_binary
 
 
 def _ip(*args: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -39,7 +39,10 @@ class NetnsNode:
         return f"nats://{self.client_ip}:4222"
 
 
-class NetnsCluster:
+class NetnsCluster(Logins):
+    """Three nats-servers, each in a network namespace of its own, so one can be cut off. Open
+    (no users): the partition test probes the nodes with streams of its own."""
+
     @staticmethod
     def available() -> bool:
         if os.geteuid() != 0 or not shutil.which("ip"):

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from agentbus.common import broker
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -49,12 +51,46 @@ def nats_server_binary() -> str:
     return found
 
 
-class NatsServer:
-    def __init__(self, store_dir: str, port: int | None = None, extra: list[str] | None = None) -> None:
+class Logins:
+    """The users of a secured broker (agentbus.common.broker), as `make run` sets them up."""
+
+    passwords: dict[str, str] | None = None
+
+    def login(self, service: str) -> dict[str, str]:
+        """`nats.connect` arguments to connect as a service would (nothing for an open broker)."""
+        if self.passwords is None:
+            return {}
+        return {
+            "user": service,
+            "password": self.passwords[service],
+            "inbox_prefix": broker.inbox_prefix(service),
+        }
+
+    def credentials(self, service: str) -> dict[str, str]:
+        """NATS_USER and NATS_PASSWORD of a service (none for an open broker)."""
+        if self.passwords is None:
+            return {}
+        return {"NATS_USER": service, "NATS_PASSWORD": self.passwords[service]}
+
+
+def secure(auth_dir: Path) -> tuple[dict[str, str], list[str]]:
+    """The users' passwords, and the nats-server arguments that enforce them."""
+    return broker.write(auth_dir), ["-c", str(auth_dir / "auth.conf")]
+
+
+class NatsServer(Logins):
+    """A nats-server of its own; secured: with the services' users and permissions."""
+
+    def __init__(
+        self, store_dir: str, port: int | None = None, extra: list[str] | None = None, secured: bool = False
+    ) -> None:
         self.port = port or free_port()
         self.store_dir = store_dir
         self.extra = extra or []
         self.proc: subprocess.Popen | None = None
+        if secured:
+            self.passwords, args = secure(Path(store_dir).with_name(Path(store_dir).name + "-auth"))
+            self.extra = [*args, *self.extra]
 
     @property
     def url(self) -> str:
@@ -204,17 +240,20 @@ def create_database(admin_url: str, name: str) -> str:
     return parsed.set(database=name).render_as_string(hide_password=False)
 
 
-class NatsCluster:
-    """Three nats-servers with routes on loopback and clustered JetStream (replicas up to 3)."""
+class NatsCluster(Logins):
+    """Three nats-servers with routes on loopback and clustered JetStream (replicas up to 3), with
+    the services' users as `make run` has them."""
 
     def __init__(self, root: str, size: int = 3) -> None:
         self.root = root
         self.cluster_ports = [free_port() for _ in range(size)]
         routes = ",".join(f"nats://127.0.0.1:{p}" for p in self.cluster_ports)
+        self.passwords, auth = secure(Path(root) / "auth")
         self.nodes = [
             NatsServer(
                 os.path.join(root, f"n{i}"),
                 extra=[
+                    *auth,
                     "--name",
                     f"n{i}",
                     "--cluster_name",

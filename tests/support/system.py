@@ -68,7 +68,8 @@ class System:
         return f"ws://127.0.0.1:{self.gateways[0][1]}"
 
     def _service(self, name: str, module: str, extra: dict[str, str] | None = None) -> Service:
-        env = {**self.env, **(extra or {})}
+        # Each service connects as its own user when the broker is secured (agentbus.common.broker).
+        env = {**self.env, **self.nats.credentials(module.split(".")[1]), **(extra or {})}
         return Service(name, [sys.executable, "-m", module], env, self.root / f"{name}.log").start()
 
     def add_metrics(self) -> Service:
@@ -120,17 +121,26 @@ class System:
         return "\n".join(out)
 
     def stop(self) -> None:
+        """Stop everything; then fail if the broker refused a service something it needed (its
+        permissions, agentbus.common.broker, must allow all that the services do)."""
         for s in [*(g for g, _ in self.gateways), *self.runners, *self.metrics]:
             s.stop()
         self.nats.stop()
+        refused = [
+            line
+            for path in sorted(self.root.glob("*.log"))
+            for line in path.read_text(errors="replace").splitlines()
+            if "permissions violation" in line.lower()
+        ]
         shutil.rmtree(self.root, ignore_errors=True)
+        assert not refused, "the broker refused a service:\n" + "\n".join(refused[:20])
 
 
 def start_system(
     database_url: str | None = None, runners: int = 1, gateways: int = 1, nats: Any = None, **env: str
 ) -> System:
     root = Path(tempfile.mkdtemp(prefix="agentbus-e2e-"))
-    nats = nats or NatsServer(str(root / "nats")).start()
+    nats = nats or NatsServer(str(root / "nats"), secured=True).start()
     base_env = {
         **os.environ,
         "NATS_URL": nats.url,
@@ -140,7 +150,8 @@ def start_system(
         "LOG_LEVEL": "INFO",
         **env,
     }
-    base_env.pop("AGENTBUS_API_TOKEN", None)
+    for name in ("AGENTBUS_API_TOKEN", "NATS_USER", "NATS_PASSWORD"):
+        base_env.pop(name, None)
     system = System(root, nats, base_env)
     try:
         system.add_metrics()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -26,6 +27,8 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 
+from agentbus.common.broker import inbox_prefix
+from agentbus.common.settings import NatsAccess, mask_url
 from agentbus.contracts import subjects
 
 log = logging.getLogger(__name__)
@@ -34,8 +37,21 @@ DAY = 24 * 3600
 T = TypeVar("T")
 
 
-async def connect(url: str, name: str) -> Client:
-    """Connect, and keep reconnecting forever: a broker restart must never kill a service."""
+def tls_context(access: NatsAccess) -> ssl.SSLContext | None:
+    """A context that verifies the broker against NATS_TLS_CA (and offers NATS_TLS_CERT), or None
+    when neither is set (a `tls://` URL then verifies against the system's CAs)."""
+    if access.tls_ca is None and access.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=access.tls_ca)
+    if access.tls_cert is not None:
+        context.load_cert_chain(access.tls_cert, access.tls_key)
+    return context
+
+
+async def connect(url: str, name: str, service: str, access: NatsAccess | None = None) -> Client:
+    """Connect as `service` (its user, its own inbox prefix), and keep reconnecting forever: a
+    broker restart must never kill a service."""
+    access = access or NatsAccess()
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats error: %s", exc)
@@ -57,20 +73,27 @@ async def connect(url: str, name: str) -> Client:
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
         pending_size=64 * 1024 * 1024,
+        inbox_prefix=inbox_prefix(service),
+        user=access.user,
+        password=access.password,
+        tls=tls_context(access),
     )
 
 
-async def connect_with_retry(url: str, name: str, attempts: int = 60) -> Client:
+async def connect_with_retry(
+    url: str, name: str, service: str, access: NatsAccess | None = None, attempts: int = 60
+) -> Client:
     """The broker may start after us (compose, k8s): retry the first connection for a while."""
     last: Exception | None = None
+    shown = ",".join(mask_url(u) or "***" for u in url.split(","))
     for _ in range(attempts):
         try:
-            return await connect(url, name)
+            return await connect(url, name, service, access)
         except Exception as exc:  # nats raises several unrelated types here
             last = exc
-            log.info("waiting for nats at %s: %s", url, exc)
+            log.info("waiting for nats at %s: %s: %s", shown, type(exc).__name__, exc)
             await asyncio.sleep(1)
-    raise RuntimeError(f"could not connect to NATS at {url}: {last}")
+    raise RuntimeError(f"could not connect to NATS at {shown}: {type(last).__name__}: {last}")
 
 
 def transient(exc: BaseException) -> bool:
@@ -98,18 +121,25 @@ async def retrying_setup(what: str, setup: Callable[[], Awaitable[T]], attempts:
     raise AssertionError("unreachable")
 
 
-async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig, update: bool) -> None:
     async def ensure() -> None:
         try:
             await js.add_stream(config)
         except BadRequestError:
-            # Exists with another config (an older version of ours): bring it up to date.
-            await js.update_stream(config)
+            # Exists with another config (an older version of ours): the gateway brings it up to
+            # date; the broker lets no other service change a stream (agentbus.common.broker).
+            if update:
+                await js.update_stream(config)
+            else:
+                log.info("stream %s exists with another configuration; left as it is", config.name)
 
     await retrying_setup(f"stream {config.name}", ensure)
 
 
-async def ensure_streams(js: JetStreamContext, replicas: int = 1, events_max_age_s: float = 7 * DAY) -> None:
+async def ensure_streams(
+    js: JetStreamContext, replicas: int = 1, events_max_age_s: float = 7 * DAY, update: bool = False
+) -> None:
+    """Create the streams that do not exist; `update`: also bring existing ones up to date."""
     await _ensure_stream(
         js,
         StreamConfig(
@@ -120,6 +150,7 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1, events_max_age
             num_replicas=replicas,
             duplicate_window=120,
         ),
+        update,
     )
     await _ensure_stream(
         js,
@@ -133,6 +164,7 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1, events_max_age
             duplicate_window=120,
             discard=DiscardPolicy.OLD,
         ),
+        update,
     )
     await _ensure_stream(
         js,
@@ -144,6 +176,7 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1, events_max_age
             num_replicas=replicas,
             max_age=events_max_age_s,
         ),
+        update,
     )
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "DB_URL_PATTERN",
     "EnvSettings",
     "LogLevel",
+    "NatsAccess",
     "NatsReplicas",
     "NatsUrl",
     "SettingsError",
@@ -173,6 +174,37 @@ class EnvSettings(msgspec.Struct, frozen=True, kw_only=True):
             value = getattr(self, name)
             out.append((name, _secret_repr(value) if name in secret else repr(value)))
         return out
+
+
+class NatsAccess(EnvSettings, frozen=True, kw_only=True):
+    """How a service proves itself to the broker, and how it checks the broker in turn. Every
+    service reads these; `make run` sets the user and password of each (see agentbus.common.broker)."""
+
+    user: Annotated[str, env("NATS_USER", "its NATS user", min_length=1)] | None = None
+    password: (
+        Annotated[str, env("NATS_PASSWORD", "that user's password", secret=True, min_length=1)] | None
+    ) = None
+    tls_ca: (
+        Annotated[
+            str,
+            env(
+                "NATS_TLS_CA",
+                "CA certificate file that the broker's TLS certificate must be signed by; set: TLS "
+                "is required (a `tls://` NATS_URL requires it too, checked against the system's CAs)",
+                min_length=1,
+            ),
+        ]
+        | None
+    ) = None
+    tls_cert: (
+        Annotated[
+            str, env("NATS_TLS_CERT", "client certificate file, for a broker that asks for one", min_length=1)
+        ]
+        | None
+    ) = None
+    tls_key: Annotated[str, env("NATS_TLS_KEY", "the client certificate's key file", min_length=1)] | None = (
+        None
+    )
 
 
 class _Raw:

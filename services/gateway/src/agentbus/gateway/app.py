@@ -55,7 +55,7 @@ class Gateway:
         self.settings = s = settings
         origin = uuid.uuid4().hex  # marks this process's live announcements (its hub skips them)
         self.store = GatewayStore(s.database_url, s.db_pool_size, s.db_read_connections)
-        self.bus = Bus(s.nats_url, f"gateway-{s.instance}", s.nats_replicas, s.request_timeout_s)
+        self.bus = Bus(s.nats_url, f"gateway-{s.instance}", s.nats_replicas, s.request_timeout_s, s.nats)
         self.hub = Hub(self.store, s.ws_heartbeat_s, s.ws_queue_size, origin)
         self.ingest = EventIngest(
             self.store, self.bus, on_stored=self.hub.deliver, origin=origin, batch=s.ingest_batch

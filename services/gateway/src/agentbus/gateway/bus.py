@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
 from agentbus.common import bus as common_bus
+from agentbus.common.settings import NatsAccess
 from agentbus.contracts import Pong, ResourceDeleted, RunControl, RunStart, RunWake, encode, subjects
 from agentbus.contracts.codec import decoder
 from agentbus.contracts.messages import ERROR_HEADER, Ping, ServiceError
@@ -32,16 +34,20 @@ class Bus:
     kv: Any  # the run-state KV bucket (checkpoints, stored decisions)
     objects: Any  # the artifacts object store
 
-    def __init__(self, url: str, name: str, replicas: int, timeout: float) -> None:
+    def __init__(
+        self, url: str, name: str, replicas: int, timeout: float, access: NatsAccess | None = None
+    ) -> None:
         self.url = url
         self.name = name
         self.replicas = replicas
         self.timeout = timeout
+        self.access = access
 
     async def open(self) -> None:
-        self.nc = await common_bus.connect_with_retry(self.url, self.name)
+        self.nc = await common_bus.connect_with_retry(self.url, self.name, "gateway", self.access)
         self.js = self.nc.jetstream()
-        await common_bus.ensure_streams(self.js, replicas=self.replicas)
+        # The gateway brings streams up to date after an upgrade; the others only create them.
+        await common_bus.ensure_streams(self.js, replicas=self.replicas, update=True)
         self.kv = await common_bus.run_state_kv(self.js, replicas=self.replicas)
         self.objects = await common_bus.artifacts_store(self.js, replicas=self.replicas)
 
@@ -53,6 +59,34 @@ class Bus:
     @property
     def connected(self) -> bool:
         return hasattr(self, "nc") and self.nc.is_connected
+
+    async def missing_assets(self, timeout: float = 1.0) -> list[str]:
+        """The streams, buckets and the durable consumer the gateway needs that the broker does
+        not have (or does not answer for within `timeout`)."""
+        js = self.nc.jetstream(timeout=timeout)
+        streams = [
+            subjects.RUN_COMMANDS_STREAM,
+            subjects.EVENTS_STREAM,
+            subjects.LIFECYCLE_STREAM,
+            f"KV_{subjects.RUN_STATE_BUCKET}",
+            f"OBJ_{subjects.ARTIFACTS_BUCKET}",
+        ]
+
+        async def absent(name: str, look: Any) -> str | None:
+            try:
+                await look
+                return None
+            except Exception:  # not found, or no answer: either way it cannot be relied on
+                return name
+
+        found = await asyncio.gather(
+            *(absent(f"stream {name}", js.stream_info(name)) for name in streams),
+            absent(
+                f"consumer {subjects.GATEWAY_EVENTS_CONSUMER}",
+                js.consumer_info(subjects.EVENTS_STREAM, subjects.GATEWAY_EVENTS_CONSUMER),
+            ),
+        )
+        return [name for name in found if name]
 
     async def close(self) -> None:
         if hasattr(self, "nc") and not self.nc.is_closed:

@@ -7,11 +7,14 @@ import re
 from collections.abc import Mapping
 from typing import Annotated
 
+import msgspec
+
 from agentbus.common.settings import (
     DB_URL_ALLOWED,
     DB_URL_PATTERN,
     EnvSettings,
     LogLevel,
+    NatsAccess,
     NatsReplicas,
     NatsUrl,
     default_instance,
@@ -64,6 +67,7 @@ def is_loopback(host: str) -> bool:
 
 class Settings(EnvSettings, frozen=True, kw_only=True):
     nats_url: NatsUrl = "nats://127.0.0.1:4222"
+    nats: NatsAccess = msgspec.field(default_factory=NatsAccess)
     database_url: Annotated[
         str,
         env(

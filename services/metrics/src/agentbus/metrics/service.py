@@ -52,7 +52,7 @@ class MetricsService:
         self.engine = make_engine(s.database_url, pool_size=s.db_pool_size)
         await wait_for_database(self.engine)
         await migrate_with_retry(self.engine)
-        self.nc = await connect_with_retry(s.nats_url, f"metrics-{s.instance}")
+        self.nc = await connect_with_retry(s.nats_url, f"metrics-{s.instance}", "metrics", s.nats)
         js = self.nc.jetstream()
         await ensure_streams(js, replicas=s.nats_replicas)
         store = MetricsStore(self.engine)
@@ -64,7 +64,7 @@ class MetricsService:
         ):
             await part.start()
             self._parts.append(part)
-        log.info("metrics ready on %s", s.nats_url)
+        log.info("metrics ready")
 
     async def stop(self) -> None:
         """Stop taking messages, finish (and ack) what was received, then close; safe after a failed start."""

@@ -12,6 +12,7 @@ from agentbus.common.settings import (
     DB_URL_PATTERN,
     EnvSettings,
     LogLevel,
+    NatsAccess,
     NatsReplicas,
     NatsUrl,
     default_instance,
@@ -21,6 +22,7 @@ from agentbus.common.settings import (
 
 class Settings(EnvSettings, frozen=True, kw_only=True):
     nats_url: NatsUrl = "nats://127.0.0.1:4222"
+    nats: NatsAccess = msgspec.field(default_factory=NatsAccess)
     # secret: the URL may carry a password (a repr shows it masked); log `database_url_redacted`.
     database_url: Annotated[
         str,

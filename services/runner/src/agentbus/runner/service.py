@@ -85,7 +85,7 @@ class Runner:
 
     async def start(self) -> Runner:
         s = self.settings
-        self.nc = await connect_with_retry(s.nats_url, f"agentbus-runner-{s.runner_id}")
+        self.nc = await connect_with_retry(s.nats_url, f"agentbus-runner-{s.runner_id}", "runner", s.nats)
         self.js = self.nc.jetstream()
         await ensure_streams(self.js, s.replicas)
         self.kv = await run_state_kv(self.js, s.replicas)

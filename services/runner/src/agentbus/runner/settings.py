@@ -8,7 +8,15 @@ from typing import Annotated
 
 import msgspec
 
-from agentbus.common.settings import EnvSettings, LogLevel, NatsReplicas, NatsUrl, default_instance, env
+from agentbus.common.settings import (
+    EnvSettings,
+    LogLevel,
+    NatsAccess,
+    NatsReplicas,
+    NatsUrl,
+    default_instance,
+    env,
+)
 
 # What an Authorization header can carry: visible ASCII, no spaces.
 KEY_PATTERN = r"^[!-~]+$"
@@ -152,6 +160,7 @@ class ModelDefaults(EnvSettings, frozen=True, kw_only=True):
 
 class Settings(EnvSettings, frozen=True, kw_only=True):
     nats_url: NatsUrl = "nats://127.0.0.1:4222"
+    nats: NatsAccess = msgspec.field(default_factory=NatsAccess)
     runner_id: Annotated[
         str,
         env(
