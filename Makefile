@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install run test lint format test-only bench clean reliability soak
+.PHONY: install run test lint format test-only bench clean reliability soak broker-users
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -24,6 +24,13 @@ install: $(VENV)/.synced
 
 run: install
 	$(PY) scripts/run.py
+
+# The broker's users (agentbus.common.broker), once, for docker-compose.yml: var/broker/auth.conf
+# for NATS and var/broker/<user>.env for each service. Existing passwords are kept; delete a .env
+# file to change that user's. For Kubernetes, as Secrets on stdout (deploy/README.md):
+#   make -s broker-users BROKER_ARGS=--k8s | kubectl apply -f -
+broker-users: install
+	@$(PY) -m agentbus.common.broker var/broker $(BROKER_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff format --check .

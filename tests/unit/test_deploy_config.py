@@ -9,6 +9,7 @@ tool is installed, and are skipped where it is not.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import shutil
 import subprocess
@@ -20,12 +21,19 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from agentbus.common import broker
+from agentbus.common.settings import NatsAccess
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 SERVICES = ("gateway", "runner", "metrics")
 
 # The environment each service reads. LOG_LEVEL is read by every service (agentbus.common.logs).
-COMMON_ENV = {"NATS_URL", "NATS_REPLICAS", "LOG_LEVEL"}
+# So are its NATS user and password and the TLS files (NatsAccess); the user and password come from
+# var/broker/<service>.env (compose) or the Secret agentbus-nats-<service> (k8s), both written by
+# agentbus.common.broker.
+NATS_ACCESS_ENV = {"NATS_USER", "NATS_PASSWORD", "NATS_TLS_CA", "NATS_TLS_CERT", "NATS_TLS_KEY"}
+COMMON_ENV = {"NATS_URL", "NATS_REPLICAS", "LOG_LEVEL"} | NATS_ACCESS_ENV
 SERVICE_ENV = {
     "gateway": COMMON_ENV | {"DATABASE_URL", "GATEWAY_HOST", "GATEWAY_PORT", "AGENTBUS_API_TOKEN"},
     "runner": COMMON_ENV
@@ -33,6 +41,16 @@ SERVICE_ENV = {
     "metrics": COMMON_ENV | {"METRICS_DATABASE_URL"},
 }
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# Where `make broker-users` writes the broker's users (auth.conf) and each user's <user>.env.
+BROKER_DIR = "./var/broker"
+
+
+def test_nats_access_env_is_what_the_services_read() -> None:
+    assert {v.name for v in NatsAccess.variables()} == NATS_ACCESS_ENV
+
+
+def env_file_keys(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
 
 # --- Dockerfiles -----------------------------------------------------------------------------
@@ -256,6 +274,40 @@ def test_compose_env_names_are_the_services_own() -> None:
         assert "NATS_URL" in env
 
 
+def secret_mounts(spec: dict) -> dict[str, str]:
+    """Where a compose service's secrets are mounted: path -> secret name."""
+    out = {}
+    for entry in spec.get("secrets", []):
+        source = entry if isinstance(entry, str) else entry["source"]
+        target = source if isinstance(entry, str) else entry.get("target", source)
+        out[target if target.startswith("/") else f"/run/secrets/{target}"] = source
+    return out
+
+
+def test_compose_nats_reads_the_users_from_a_secret() -> None:
+    nats = compose()["services"]["nats"]
+    command = nats["command"]
+    assert command.count("-c") == 1, command
+    config = command[command.index("-c") + 1]
+    mounts = secret_mounts(nats)
+    assert config in mounts, f"-c {config}: not a secret mounted in the nats container ({mounts})"
+    assert compose()["secrets"][mounts[config]]["file"] == f"{BROKER_DIR}/auth.conf"
+    # The generated passwords never reach an image.
+    assert dockerignored(f"{BROKER_DIR}/auth.conf".removeprefix("./"))
+
+
+def test_compose_each_service_logs_in_as_its_own_user(tmp_path: Path) -> None:
+    broker.write(tmp_path)
+    for service in SERVICES:
+        spec = compose()["services"][service]
+        assert spec["env_file"] == f"{BROKER_DIR}/{service}.env", service
+        # Set here, they would override the file's.
+        assert not {"NATS_USER", "NATS_PASSWORD"} & set(spec["environment"]), service
+        written = env_file_keys(tmp_path / f"{service}.env")
+        assert set(written) <= SERVICE_ENV[service] and written["NATS_USER"] == service
+        assert dockerignored(spec["env_file"].removeprefix("./"))
+
+
 def test_compose_databases() -> None:
     svc = compose()["services"]
     assert svc["postgres"]["environment"]["POSTGRES_DB"] == "gateway"
@@ -277,14 +329,24 @@ def test_docker_compose_config_parses(tmp_path: Path) -> None:
         or subprocess.run(["docker", "compose", "version"], capture_output=True).returncode
     ):
         pytest.skip("no docker compose plugin here")
-    # An empty env file, so a developer's ./.env does not stand in for the variables under test.
+    # A project directory like the checkout (its entries linked) but with its own var/broker, and
+    # an empty env file, so a developer's ./var and ./.env do not stand in for what is under test.
+    project = tmp_path / "project"
+    project.mkdir()
+    for entry in ROOT.iterdir():
+        if entry.name not in {"var", ".env"}:
+            (project / entry.name).symlink_to(entry)
     (tmp_path / "empty.env").write_text("")
-    args = ["docker", "compose", "--project-directory", str(ROOT), "--env-file", str(tmp_path / "empty.env")]
+    args = ["docker", "compose", "--project-directory", str(project)]
+    args += ["--env-file", str(tmp_path / "empty.env")]
     args += ["-f", str(ROOT / "docker-compose.yml"), "config", "-q"]
     env = {k: v for k, v in os.environ.items() if k != "AGENTBUS_API_TOKEN"}
-    ok = subprocess.run(
-        args, env=env | {"AGENTBUS_API_TOKEN": "t"}, capture_output=True, text=True, timeout=60
-    )
+    token = env | {"AGENTBUS_API_TOKEN": "t"}
+    # Without `make broker-users` compose stops, naming the missing file.
+    no_users = subprocess.run(args, env=token, capture_output=True, text=True, timeout=60)
+    assert no_users.returncode != 0 and re.search(r"var/broker/\w+\.env", no_users.stderr), no_users.stderr
+    broker.write(project / "var" / "broker")
+    ok = subprocess.run(args, env=token, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     no_token = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
     assert no_token.returncode != 0 and "AGENTBUS_API_TOKEN" in no_token.stderr
@@ -317,6 +379,14 @@ def container(deployment: dict) -> dict:
 
 def env_of(c: dict) -> dict[str, dict]:
     return {e["name"]: e for e in c.get("env", [])}
+
+
+@cache
+def broker_secrets() -> dict[str, dict]:
+    """The Secrets `python -m agentbus.common.broker DIR --k8s` prints, by name (applied apart from
+    the kustomization: they hold generated passwords)."""
+    docs = yaml.safe_load_all(broker.k8s_secrets({user: "x" for user in broker.USERS}))
+    return {d["metadata"]["name"]: d for d in docs if d}
 
 
 def test_every_manifest_is_namespaced_and_listed_in_the_kustomization() -> None:
@@ -387,9 +457,18 @@ def test_k8s_env_names_config_and_secrets() -> None:
     for service in SERVICES:
         c = container(one("Deployment", service))
         names = set(env_of(c))
-        for source in c.get("envFrom", []):
-            assert source["configMapRef"]["name"] == "agentbus-config"
-            names |= set(config)
+        sources = c.get("envFrom", [])
+        for source in sources:
+            if "configMapRef" in source:
+                assert source["configMapRef"]["name"] == "agentbus-config"
+                names |= set(config)
+            else:
+                # Its own NATS user: the Secret agentbus.common.broker generates for it.
+                user = broker_secrets()[source["secretRef"]["name"]]
+                assert user["metadata"]["namespace"] == "agentbus"
+                assert user["stringData"]["NATS_USER"] == service
+                names |= set(user["stringData"])
+        assert {"secretRef": {"name": f"agentbus-nats-{service}"}} in sources, service
         assert names <= SERVICE_ENV[service], names - SERVICE_ENV[service]
         for name, entry in env_of(c).items():
             ref = entry.get("valueFrom", {}).get("secretKeyRef")
@@ -414,6 +493,36 @@ def test_secret_template_holds_placeholders_only() -> None:
 
 def nats_conf() -> str:
     return one("ConfigMap", "nats-config")["data"]["nats.conf"]
+
+
+def nats_mounts() -> dict[str, dict]:
+    """The NATS container's mounts by path, each with its volume."""
+    sts = one("StatefulSet", "nats")
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    return {m["mountPath"]: volumes.get(m["name"], {}) for m in container(sts)["volumeMounts"]}
+
+
+def nats_conf_path() -> str:
+    command = container(one("StatefulSet", "nats"))["command"]
+    return command[command.index("--config") + 1]
+
+
+def nats_auth_path() -> str:
+    """Where nats.conf's include of the users points, in the container (relative to nats.conf)."""
+    includes = re.findall(r'^\s*include\s+"?([^"\s;]+)"?', nats_conf(), re.M)
+    assert len(includes) == 1, includes
+    return posixpath.normpath(posixpath.join(posixpath.dirname(nats_conf_path()), includes[0]))
+
+
+def test_nats_reads_the_users_from_secret_nats_auth() -> None:
+    mounts = nats_mounts()
+    config_dir, name = posixpath.split(nats_conf_path())
+    assert mounts[config_dir]["configMap"]["name"] == "nats-config" and name == "nats.conf"
+    auth_dir, key = posixpath.split(nats_auth_path())
+    assert mounts.get(auth_dir, {}).get("secret", {}).get("secretName") == "nats-auth", (auth_dir, mounts)
+    assert key in broker_secrets()["nats-auth"]["stringData"]
+    # Not generated here: kept out of the kustomization (test_kustomize_renders: no Secret).
+    assert "nats-auth" not in {s["metadata"]["name"] for s in objects("Secret")}
 
 
 def test_nats_is_a_three_server_jetstream_cluster() -> None:
@@ -442,13 +551,22 @@ def test_nats_config_is_accepted_by_nats_server(tmp_path: Path) -> None:
         binary = nats_server_binary()
     except RuntimeError:
         pytest.skip("no nats-server here")
-    conf = tmp_path / "nats.conf"
+    # Laid out as in the container, so the include of auth.conf resolves as it does there.
+    conf = tmp_path / nats_conf_path().lstrip("/")
+    conf.parent.mkdir(parents=True)
     conf.write_text(nats_conf())
-    out = subprocess.run(
-        [binary, "-t", "-c", str(conf)],
-        env={"POD_NAME": "nats-0"},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [binary, "-t", "-c", str(conf)],
+            env={"POD_NAME": "nats-0"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    missing = check()
+    assert missing.returncode != 0 and "auth.conf" in missing.stdout + missing.stderr
+    broker.write(tmp_path / posixpath.dirname(nats_auth_path()).lstrip("/"))
+    out = check()
     assert out.returncode == 0, out.stdout + out.stderr
