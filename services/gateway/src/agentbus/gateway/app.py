@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Request, Response
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
-from litestar.exceptions import LitestarDeprecationWarning
+from litestar.exceptions import LitestarDeprecationWarning, MethodNotAllowedException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 
@@ -27,7 +27,7 @@ from agentbus.gateway.agents import AgentController, Discovery
 from agentbus.gateway.auth import token_middleware
 from agentbus.gateway.bus import Bus
 from agentbus.gateway.errors import EXCEPTION_HANDLERS, GatewayRequest, unexpected
-from agentbus.gateway.guard import Guard, Methods
+from agentbus.gateway.guard import Guard, Methods, MethodTable
 from agentbus.gateway.health import health, ready
 from agentbus.gateway.ingest import EventIngest
 from agentbus.gateway.lifecycle import Lifecycle
@@ -68,7 +68,14 @@ class Gateway:
         self.tasks = TaskService(self.store, self.lifecycle, s.default_agent)
         self.runs = RunService(self.store, self.bus, self.discovery, self.lifecycle, self.tasks)
         self.app = self._app()
-        self.asgi = Guard(Methods(self.app), s.served_hosts(), s.cors_origins)
+        self.methods = MethodTable(self.app)
+        self.asgi = Guard(Methods(self.app, self.methods), s.served_hosts(), s.cors_origins)
+
+    def _not_allowed(self, request: Request, exc: MethodNotAllowedException) -> Response:
+        """The router's 405, with `Allow` naming the path's methods."""
+        allow = self.methods.allow_header(request.url.path)
+        body = {"status_code": 405, "detail": f"{request.method} is not allowed here"}
+        return Response(body, status_code=405, headers={"Allow": allow} if allow else None)
 
     @asynccontextmanager
     async def lifespan(self, _: Litestar) -> AsyncIterator[None]:
@@ -114,7 +121,11 @@ class Gateway:
                 "run_service": _provide(self.runs),
             },
             lifespan=[self.lifespan],
-            exception_handlers={**EXCEPTION_HANDLERS, Exception: unexpected},
+            exception_handlers={
+                **EXCEPTION_HANDLERS,
+                MethodNotAllowedException: self._not_allowed,
+                Exception: unexpected,
+            },
             request_class=GatewayRequest,
             middleware=[token_middleware(s.api_token)] if s.api_token else [],
             request_max_body_size=s.max_body_bytes,

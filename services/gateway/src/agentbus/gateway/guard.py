@@ -143,13 +143,10 @@ def _route_pattern(path: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"/?\Z")
 
 
-class Methods:
-    """HEAD, OPTIONS and 405 for the routes of a Litestar app (see the module's docstring).
-    CORS preflights (OPTIONS with `Access-Control-Request-Method`) go to the app, which answers
-    them for the origins it was configured with."""
+class MethodTable:
+    """The HTTP methods of each path of a Litestar app, HEAD and OPTIONS included."""
 
     def __init__(self, app: Litestar) -> None:
-        self.app = app
         table: list[tuple[int, re.Pattern[str], frozenset[str]]] = []
         for route in app.routes:
             if isinstance(route, HTTPRoute):
@@ -166,27 +163,42 @@ class Methods:
                 return methods
         return None
 
+    def allow_header(self, path: str) -> str | None:
+        """`Allow` for a path: its methods, or None for a path the app does not serve."""
+        methods = self.allowed(path)
+        return None if methods is None else ", ".join(sorted(methods))
+
+
+class Methods:
+    """HEAD and OPTIONS for the routes of a Litestar app (see the module's docstring); other
+    methods pass untouched (a 405 from the router gets its `Allow` in the app's exception handler).
+    CORS preflights (OPTIONS with `Access-Control-Request-Method`) go to the app, which answers
+    them for the origins it was configured with."""
+
+    def __init__(self, app: ASGIApp, table: MethodTable) -> None:
+        self.app = app
+        self.table = table
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] not in ("HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        methods = self.allowed(scope["path"])
-        method = scope["method"]
-        if methods is None or (method in methods and method not in ("HEAD", "OPTIONS")):
+        methods = self.table.allowed(scope["path"])
+        if methods is None:  # the app's 404
             await self.app(scope, receive, send)
             return
-        allow = (b"allow", ", ".join(sorted(methods)).encode())
-        if method == "OPTIONS":
+        if scope["method"] == "OPTIONS":
             if any(name == b"access-control-request-method" for name, _ in scope["headers"]):
                 await self.app(scope, receive, send)
                 return
+            allow = (b"allow", ", ".join(sorted(methods)).encode())
             await send({"type": "http.response.start", "status": 204, "headers": [allow]})
             await send({"type": "http.response.body", "body": b""})
             return
-        if method == "HEAD" and "HEAD" in methods:
+        if "HEAD" in methods:
             await self._head(scope, receive, send)
             return
-        await send_error(scope, send, 405, f"{method} is not allowed here", [allow])
+        await self.app(scope, receive, send)  # the router's 405
 
     async def _head(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The GET's status and headers without its body; a streaming GET is told the client left."""
