@@ -16,15 +16,25 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from agentbus.contracts import Progress, encode, subjects
 from agentbus.contracts.events import ProgressData
 
 
+def inbox_of(url: str) -> str:
+    """The inbox prefix of the user named in `url` (a secured broker lets a user read only its
+    own, agentbus.common.broker), or the default one."""
+    from agentbus.common.broker import inbox_prefix
+
+    user = urlsplit(url).username
+    return inbox_prefix(user) if user else "_INBOX"
+
+
 async def publish(url: str, task_id: str, run_id: str, first_seq: int, rate: float, duration: float) -> dict:
     import nats
 
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, inbox_prefix=inbox_of(url))
     js = nc.jetstream()
     subject = subjects.run_event(task_id, run_id, "progress")
     total = int(rate * duration)

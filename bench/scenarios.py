@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.publish import inbox_of
 from bench.services import ROOT, collect, cpu_seconds, free_port, rss_kb, service_pids, start_tool, tool
 from tests.support.system import System
 
@@ -193,7 +194,7 @@ def event_latency(system: System, rate: float, duration: float, sse: bool = Fals
     _wait_line(listener, "ready")
     pub = tool(
         "publish",
-        system.nats.url,
+        system.nats.url_as("runner"),  # type: ignore[attr-defined]
         "--task",
         run["task_id"],
         "--run",
@@ -232,7 +233,7 @@ def fanout(
     cpu_before = cpu_seconds(pid)
     pub = tool(
         "publish",
-        system.nats.url,
+        system.nats.url_as("runner"),  # type: ignore[attr-defined]
         "--task",
         run["task_id"],
         "--run",
@@ -309,7 +310,7 @@ async def _runner_active(nats_url: str) -> int:
     from agentbus.contracts import Ping, encode, subjects
     from agentbus.contracts.messages import Pong
 
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(nats_url, inbox_prefix=inbox_of(nats_url))
     try:
         import msgspec
 
@@ -328,7 +329,7 @@ def runner_memory(system: System, in_flight: int) -> dict:
     deadline = time.monotonic() + 60
     active = 0
     while time.monotonic() < deadline:
-        active = asyncio.run(_runner_active(system.nats.url))
+        active = asyncio.run(_runner_active(system.nats.url_as("runner")))  # type: ignore[attr-defined]
         if active >= in_flight:
             break
         time.sleep(0.2)
@@ -367,7 +368,7 @@ def parked(system: System, count: int, run_count: int, repeats: int, duration: f
             timeout=1200,
         )
         rss = rss_kb(system.runners[0].proc.pid)  # type: ignore[union-attr]
-        active = asyncio.run(_runner_active(system.nats.url))
+        active = asyncio.run(_runner_active(system.nats.url_as("runner")))  # type: ignore[attr-defined]
         during = [plain() for _ in range(repeats)]
         drain = tool(
             "parkload", system.base_url, "--task", task["id"], "--ids", str(ids), "approve", timeout=1200

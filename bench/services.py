@@ -54,6 +54,11 @@ class Code:
     nats_server: str
     env_drop: tuple[str, ...] = ()  # variables not passed on to its services
 
+    @property
+    def secured(self) -> bool:
+        """Its services connect as their own broker users (agentbus.common.broker), as shipped."""
+        return (self.root / "libs/common/src/agentbus/common/broker.py").exists()
+
 
 def current_code() -> Code:
     """This checkout, served by the harness's own environment (what `make bench` always measured)."""
@@ -79,18 +84,33 @@ class _System(System):
     code: Code = field(default_factory=current_code)
 
     def _service(self, name: str, module: str, extra: dict[str, str] | None = None) -> Service:
-        env = {**self.env, **(extra or {})}
+        env = {**self.env, **self.nats.credentials(module.split(".")[1]), **(extra or {})}
         args = [self.code.python, "-m", module]
         return _Service(name, args, env, self.root / f"{name}.log", cwd=self.code.root).start()
 
 
 class _Nats(NatsServer):
-    def __init__(self, store_dir: str, binary: str) -> None:
-        super().__init__(store_dir)
+    def __init__(self, store_dir: str, binary: str, secured: bool) -> None:
+        super().__init__(store_dir, secured=secured)
         self.binary = binary
 
+    def url_as(self, user: str) -> str:
+        """The URL with `user`'s credentials in it, for the harness's own tools."""
+        login = self.login(user)
+        return f"nats://{user}:{login['password']}@127.0.0.1:{self.port}" if login else self.url
+
     def start(self) -> _Nats:
-        args = [self.binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self.store_dir]
+        args = [
+            self.binary,
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-js",
+            "-sd",
+            self.store_dir,
+            *self.extra,
+        ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port, proc=self.proc)
         return self
@@ -99,7 +119,7 @@ class _Nats(NatsServer):
 def start_system(code: Code, database_url: str | None = None, **env: str) -> System:
     """As tests.support.system.start_system (metrics, one runner, one gateway), from `code`."""
     root = Path(tempfile.mkdtemp(prefix="agentbus-bench-"))
-    nats = _Nats(str(root / "nats"), code.nats_server).start()
+    nats = _Nats(str(root / "nats"), code.nats_server, code.secured).start()
     base_env = {
         **os.environ,
         "NATS_URL": nats.url,
