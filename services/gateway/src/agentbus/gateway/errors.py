@@ -9,11 +9,15 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from nats.errors import ConnectionClosedError, NoServersError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import APIError as JetStreamAPIError
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from agentbus.common.db import is_poison
+from agentbus.gateway.schemas import Error
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,32 @@ class GatewayRequest(Request):  # type: ignore[type-arg]
             except msgspec.ValidationError as exc:
                 raise body_error(str(exc)) from None
         return value
+
+
+# What each error status means, for the OpenAPI document (`documented`). A route's 400 (invalid
+# parameters or body) is documented by Litestar itself.
+WHY = {
+    403: "a write, or a stream, from a web page of a foreign origin (GATEWAY_CORS_ORIGINS lists the allowed)",
+    404: "not found",
+    409: "conflicts with the current state",
+    413: "the body is larger than the limit (MAX_BODY_BYTES, 1 MiB by default)",
+    415: "a body not sent as `content-type: application/json`",
+    416: "the range is outside the artifact",
+    502: "the service behind the gateway sent an answer it cannot read",
+    503: "a service it needs (database, message broker, runner, metrics) is unavailable; retry later",
+}
+# A write (checked before routing: guard.py), and a write with a JSON body (also held to the limit).
+WRITE = (403, 503)
+BODY = (403, 413, 415, 503)
+
+
+def documented(*codes: int, why: dict[int, str] | None = None) -> dict[int, ResponseSpec]:
+    """The `responses=` of a route: each error status it can answer, as the gateway's JSON error."""
+    texts = {**WHY, **(why or {})}
+    return {
+        code: ResponseSpec(Error, description=texts[code], generate_examples=False)
+        for code in sorted(set(codes))
+    }
 
 
 _AT = re.compile(r"^(.*) - at `\$\.?([^`]*)`$", re.DOTALL)
@@ -77,6 +107,9 @@ def _json(status: int, detail: str) -> Response:
 
 def database_unavailable(_: Request, exc: Exception) -> Response:
     # Never echo the driver's message: it can carry host names or credentials.
+    if is_poison(exc):  # the input itself cannot be stored (a NUL in PostgreSQL text): no retry helps
+        log.info("input the database cannot store: %s", type(exc).__name__)
+        return _json(400, "invalid input: a value the database cannot store (a NUL character, say)")
     log.warning("database unavailable: %s", type(exc).__name__)
     return _json(503, "database unavailable; retry later")
 

@@ -6,10 +6,12 @@ import asyncio
 from datetime import UTC, datetime
 
 from litestar import Response, get
+from litestar.openapi.datastructures import ResponseSpec
 
 from agentbus.contracts import subjects
 from agentbus.gateway import __version__
 from agentbus.gateway.bus import Bus
+from agentbus.gateway.schemas import NotReady, Ready
 from agentbus.gateway.store import GatewayStore
 
 
@@ -18,7 +20,17 @@ async def health() -> dict[str, str]:
     return {"status": "ok", "version": __version__, "timestamp": datetime.now(UTC).isoformat()}
 
 
-@get("/ready", tags=["health"], summary="Ready: broker, database, a runner and the metrics service answer")
+@get(
+    "/ready",
+    tags=["health"],
+    summary="Ready: broker, database, a runner and the metrics service answer",
+    responses={
+        200: ResponseSpec(Ready, description="ready", generate_examples=False),
+        503: ResponseSpec(
+            NotReady, description="not ready: `checks` names what does not answer", generate_examples=False
+        ),
+    },
+)
 async def ready(store: GatewayStore, bus: Bus) -> Response[dict[str, object]]:
     db, runner, metrics = await asyncio.gather(
         store.ping(), bus.ping(subjects.RUN_PING), bus.ping(subjects.METRICS_PING)

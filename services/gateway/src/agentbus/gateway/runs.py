@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.exceptions import NotFoundException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 
 from agentbus.contracts import RunStart, encode
 from agentbus.contracts.status import TERMINAL_RUN_STATUSES, RunStatus
@@ -18,10 +19,21 @@ from agentbus.gateway.agents import Discovery
 from agentbus.gateway.artifacts import serve as serve_artifact
 from agentbus.gateway.bus import Bus
 from agentbus.gateway.convert import artifact_out, decision_of, run_out
-from agentbus.gateway.errors import Conflict, PayloadTooLarge, ServiceUnavailable
+from agentbus.gateway.errors import BODY, WRITE, Conflict, PayloadTooLarge, ServiceUnavailable, documented
 from agentbus.gateway.lifecycle import Lifecycle
-from agentbus.gateway.params import Cursor, Limit, LogLimit, LogSince, Skip, checked_cursor, page_input
+from agentbus.gateway.params import (
+    Cursor,
+    Filter,
+    Limit,
+    LogLimit,
+    LogSince,
+    Skip,
+    checked_cursor,
+    page_input,
+    whole_numbers,
+)
 from agentbus.gateway.schemas import (
+    REVISE_ONLY_REJECTED,
     ApproveBody,
     ArtifactInfo,
     CancelBody,
@@ -31,6 +43,7 @@ from agentbus.gateway.schemas import (
     RunCreate,
     RunPage,
     RunUpdate,
+    accepts,
 )
 from agentbus.gateway.store import GatewayStore, TaskGone
 from agentbus.gateway.tasks import TaskService
@@ -44,6 +57,10 @@ def now() -> datetime:
 
 def _iso(ts: datetime) -> str:
     return ts.isoformat().replace("+00:00", "Z")
+
+
+# An artifact's bytes, with the content type it was stored with.
+_BYTES = ResponseSpec(Any, media_type="*/*", description="the artifact's bytes", generate_examples=False)
 
 
 class RunService:
@@ -205,15 +222,29 @@ class RunController(Controller):
     path = "/api/runs"
     tags = ["runs"]
 
-    @post("/", summary="Create a run; it is queued for execution at once")
+    @post(
+        "/",
+        summary="Create a run; it is queued for execution at once",
+        responses=documented(
+            404,
+            409,
+            *BODY,
+            why={
+                404: "the task is not found",
+                409: "no runner serves the task's agent kind now",
+                413: "the body, or the run's start message (its config and agent_config), is too large",
+            },
+        ),
+        operation_class=accepts(RunCreate),
+    )
     async def create(self, data: RunCreate, run_service: RunService) -> Run:
         return await run_service.create(data)
 
-    @get("/", summary="List runs, newest first")
+    @get("/", summary="List runs, newest first", responses=documented(503), before_request=whole_numbers)
     async def list_page(
         self,
         run_service: RunService,
-        task_id: str | None = None,
+        task_id: Filter = None,
         status: RunStatus | None = None,
         skip: Skip = 0,
         limit: Limit = 10,
@@ -221,46 +252,83 @@ class RunController(Controller):
     ) -> RunPage:
         return await run_service.page(task_id, status, skip, limit, cursor)
 
-    @get("/{run_id:str}", summary="Get a run")
+    @get("/{run_id:str}", summary="Get a run", responses=documented(404, 503))
     async def retrieve(self, run_id: str, run_service: RunService) -> Run:
         return run_out(await run_service.load(run_id))
 
-    @patch("/{run_id:str}", summary="Change a run's labels (never its status)")
+    @patch(
+        "/{run_id:str}",
+        summary="Change a run's labels (never its status)",
+        responses=documented(404, *BODY),
+        operation_class=accepts(RunUpdate),
+    )
     async def update(self, run_id: str, data: RunUpdate, run_service: RunService) -> Run:
         return await run_service.update(run_id, data)
 
-    @delete("/{run_id:str}", status_code=204, summary="Delete a run; a live run is cancelled first")
+    @delete(
+        "/{run_id:str}",
+        status_code=204,
+        summary="Delete a run; a live run is cancelled first",
+        responses=documented(404, *WRITE),
+    )
     async def remove(self, run_id: str, run_service: RunService, lifecycle: Lifecycle) -> None:
         await lifecycle.delete_run(await run_service.load(run_id))
 
-    @post("/{run_id:str}/approve", status_code=200, summary="Approve or reject the plan of a waiting run")
+    @post(
+        "/{run_id:str}/approve",
+        status_code=200,
+        summary="Approve or reject the plan of a waiting run",
+        responses=documented(
+            404,
+            409,
+            *BODY,
+            why={409: "the run is not awaiting approval, or has no revision rounds left"},
+        ),
+        operation_class=accepts(ApproveBody, REVISE_ONLY_REJECTED),
+    )
     async def approve(self, run_id: str, data: ApproveBody, run_service: RunService) -> Run:
         return await run_service.decide(run_id, data)
 
-    @post("/{run_id:str}/cancel", status_code=202, summary="Cancel a run; the runner stops it")
+    @post(
+        "/{run_id:str}/cancel",
+        status_code=202,
+        summary="Cancel a run; the runner stops it",
+        responses=documented(404, 409, *BODY, why={409: "the run has already ended"}),
+        operation_class=accepts(CancelBody | None),
+    )
     async def cancel(self, run_id: str, run_service: RunService, data: CancelBody | None = None) -> Run:
         return await run_service.cancel(run_id, data.reason if data else None)
 
-    @get("/{run_id:str}/logs", summary="A run's stored events with seq > since, in seq order")
+    @get(
+        "/{run_id:str}/logs",
+        summary="A run's stored events with seq > since, in seq order",
+        responses=documented(404, 503),
+        before_request=whole_numbers,
+    )
     async def logs(
         self, run_id: str, run_service: RunService, since: LogSince = 0, limit: LogLimit = 100
     ) -> EventPage:
         return await run_service.logs(run_id, since, limit)
 
-    @get("/{run_id:str}/artifacts", summary="List a run's artifacts")
+    @get("/{run_id:str}/artifacts", summary="List a run's artifacts", responses=documented(404, 503))
     async def list_artifacts(self, run_id: str, run_service: RunService) -> list[ArtifactInfo]:
         return await run_service.artifacts(run_id)
 
     @get(
         "/{run_id:str}/artifacts/{name:str}",
         summary="Download an artifact (streamed; `Range: bytes=a-b` gets a 206)",
+        responses={200: _BYTES, 206: _BYTES, **documented(404, 416, 503)},
     )
     async def get_artifact(
         self, run_id: str, name: str, request: Request, run_service: RunService
     ) -> Response[Any]:
         return await run_service.artifact(run_id, name, request.headers.get("range"))
 
-    @get("/{run_id:str}/plans", summary="Every version of the run's plan, oldest first, with its decision")
+    @get(
+        "/{run_id:str}/plans",
+        summary="Every version of the run's plan, oldest first, with its decision",
+        responses=documented(404, 503),
+    )
     async def list_plans(
         self, run_id: str, run_service: RunService, store: GatewayStore
     ) -> list[PlanVersion]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
+from litestar.openapi.spec import Operation
 from msgspec import UNSET, Meta, UnsetType
 
 from agentbus.contracts.kinds import AgentKind  # the one agent-kind rule, shared with runner and subjects
@@ -96,6 +98,15 @@ class ApproveBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     feedback: Annotated[str, Meta(max_length=10000)] | None = None
     # With approved: false, send the plan back for a new version instead of ending the run.
     revise: bool = False
+
+
+# What ApproveBody's fields cannot say: `revise: true` goes with `approved: false` (else a 400).
+REVISE_ONLY_REJECTED = {
+    "not": {
+        "required": ["approved", "revise"],
+        "properties": {"approved": {"const": True}, "revise": {"const": True}},
+    }
+}
 
 
 class CancelBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -189,3 +200,69 @@ class ArtifactInfo(msgspec.Struct):
     size: int
     content_type: str
     created_at: datetime
+
+
+class Error(msgspec.Struct, kw_only=True):
+    """Every 4xx and 5xx answer. `extra`: what was wrong, field by field, when the input was."""
+
+    status_code: int
+    detail: str
+    extra: list[dict[str, Any]] | dict[str, Any] | None = None
+
+
+class Ready(msgspec.Struct, kw_only=True):
+    status: str
+    checks: dict[str, bool]
+
+
+class NotReady(msgspec.Struct, kw_only=True):
+    """503 from `/ready`: `checks` names what does not answer."""
+
+    status_code: int
+    detail: str
+    checks: dict[str, bool]
+
+
+def body_schema(tp: Any) -> dict[str, Any]:
+    """msgspec's JSON schema of a request body type, references resolved: what the gateway accepts,
+    exactly. Litestar's own schema of a struct leaves out that unknown fields are refused
+    (`additionalProperties: false`) and writes integer bounds as floats."""
+    schema = msgspec.json.schema(tp)
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(copy.deepcopy(defs[ref.removeprefix("#/$defs/")]))
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
+def accepts(tp: Any, rule: dict[str, Any] | None = None) -> type[Operation]:
+    """The `operation_class` of a route whose JSON body is `tp`: its OpenAPI request body is
+    `body_schema(tp)` (see there) instead of Litestar's rendering of the struct, with `rule` (a
+    constraint between fields) added."""
+    schema = {**body_schema(tp), **(rule or {})}
+    try:
+        msgspec.convert(None, tp)
+        optional = True  # no body, or `null`, is one too
+    except msgspec.ValidationError:
+        optional = False
+
+    class StrictBody(Operation):
+        def to_schema(self) -> dict[str, Any]:
+            out = super().to_schema()
+            body = out.get("requestBody", {})
+            for media in body.get("content", {}).values():
+                media["schema"] = copy.deepcopy(schema)
+            if body:
+                body["required"] = not optional
+            return out
+
+    StrictBody.__name__ = StrictBody.__qualname__ = f"Accepts{getattr(tp, '__name__', 'Body')}"
+    return StrictBody

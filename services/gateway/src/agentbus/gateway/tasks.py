@@ -11,9 +11,10 @@ from litestar import Controller, delete, get, patch, post
 from litestar.exceptions import NotFoundException
 
 from agentbus.gateway.convert import task_out
+from agentbus.gateway.errors import BODY, WRITE, documented
 from agentbus.gateway.lifecycle import Lifecycle
-from agentbus.gateway.params import Cursor, Limit, Skip, checked_cursor, page_input
-from agentbus.gateway.schemas import Task, TaskCreate, TaskPage, TaskStatus, TaskUpdate
+from agentbus.gateway.params import Cursor, Limit, Skip, checked_cursor, page_input, whole_numbers
+from agentbus.gateway.schemas import Task, TaskCreate, TaskPage, TaskStatus, TaskUpdate, accepts
 from agentbus.gateway.store import GatewayStore
 
 
@@ -74,11 +75,11 @@ class TaskController(Controller):
     path = "/api/tasks"
     tags = ["tasks"]
 
-    @post("/", summary="Create a task")
+    @post("/", summary="Create a task", responses=documented(*BODY), operation_class=accepts(TaskCreate))
     async def create(self, data: TaskCreate, task_service: TaskService) -> Task:
         return await task_service.create(data)
 
-    @get("/", summary="List tasks, newest first")
+    @get("/", summary="List tasks, newest first", responses=documented(503), before_request=whole_numbers)
     async def list_page(
         self,
         task_service: TaskService,
@@ -89,16 +90,24 @@ class TaskController(Controller):
     ) -> TaskPage:
         return await task_service.page(status, skip, limit, cursor)
 
-    @get("/{task_id:str}", summary="Get a task")
+    @get("/{task_id:str}", summary="Get a task", responses=documented(404, 503))
     async def retrieve(self, task_id: str, task_service: TaskService) -> Task:
         return task_out(await task_service.load(task_id))
 
-    @patch("/{task_id:str}", summary="Change a task's fields")
+    @patch(
+        "/{task_id:str}",
+        summary="Change a task's fields",
+        responses=documented(404, *BODY),
+        operation_class=accepts(TaskUpdate),
+    )
     async def update(self, task_id: str, data: TaskUpdate, task_service: TaskService) -> Task:
         return await task_service.update(task_id, data)
 
     @delete(
-        "/{task_id:str}", status_code=204, summary="Delete a task with its runs, events, artifacts, metrics"
+        "/{task_id:str}",
+        status_code=204,
+        summary="Delete a task with its runs, events, artifacts, metrics",
+        responses=documented(404, *WRITE),
     )
     async def remove(self, task_id: str, task_service: TaskService) -> None:
         await task_service.delete(task_id)

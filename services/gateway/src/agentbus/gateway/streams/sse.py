@@ -16,11 +16,13 @@ from datetime import UTC, datetime
 
 from litestar import Request, Response, get
 from litestar.exceptions import NotFoundException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Stream
 
 from agentbus.contracts import TERMINAL_EVENT_TYPES
 from agentbus.contracts.status import TERMINAL_RUN_STATUSES
-from agentbus.gateway.params import SseSince
+from agentbus.gateway.errors import documented
+from agentbus.gateway.params import SseSince, whole_numbers
 from agentbus.gateway.store import GatewayStore
 from agentbus.gateway.streams.hub import Hub
 from agentbus.gateway.streams.subscription import GoingAway, TooSlow
@@ -58,6 +60,11 @@ async def _events(hub: Hub, run_id: str, after: int) -> AsyncIterator[bytes]:
     tags=["runs"],
     summary="A run's events as Server-Sent Events (replay, then live; resumable with Last-Event-ID)",
     media_type="text/event-stream",
+    responses={
+        204: ResponseSpec(None, description="the run has ended and nothing is left after the resume point"),
+        **documented(404, 503),
+    },
+    before_request=whole_numbers,
 )
 async def run_event_stream(
     request: Request, run_id: str, store: GatewayStore, hub: Hub, since: SseSince = None
