@@ -606,3 +606,19 @@ async def test_artifacts_are_never_a_page_and_bad_index_entries_are_refused(
     assert r.headers["x-content-type-options"] == "nosniff"
     assert "sandbox" in r.headers["content-security-policy"]
     assert "default-src 'none'" in r.headers["content-security-policy"]
+
+
+async def test_ready_names_a_stream_or_consumer_missing_on_the_broker(
+    client: AsyncTestClient, own_nats: NatsServer
+) -> None:
+    """Deleting `gateway-events` once left new runs pending while /ready said 200 (a secured
+    broker lets no service delete it; an operator with full rights still could)."""
+    nc = await nats.connect(own_nats.url)
+    try:
+        await nc.jetstream().delete_consumer(subjects.EVENTS_STREAM, subjects.GATEWAY_EVENTS_CONSUMER)
+    finally:
+        await nc.close()
+    r = await client.get("/ready")
+    assert r.status_code == 503
+    assert r.json()["checks"]["broker"] is False
+    assert f"consumer {subjects.GATEWAY_EVENTS_CONSUMER}" in r.json()["detail"]

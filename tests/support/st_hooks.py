@@ -20,7 +20,6 @@ from typing import Any
 
 import schemathesis
 from schemathesis.generation.meta import TestPhase
-from schemathesis.openapi.checks import UndefinedStatusCode
 
 KNOWN: dict[str, Any] = json.loads(os.environ.get("AGENTBUS_ST_KNOWN", "{}"))
 # Path parameter -> the stored thing it names (the artifact name only with the run that has it).
@@ -105,15 +104,3 @@ def map_case(context: Any, case: Any) -> Any:
     if schema is not None and isinstance(case.body, (dict, float)):
         case.body = _integers(case.body, schema)
     return case
-
-
-@schemathesis.hook
-def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool:
-    # GET /api/agents/{kind} answers 404 for a kind no runner serves and no run used, and its route
-    # (services/gateway/src/agentbus/gateway/agents.py, being reworked by another change) does not
-    # document it yet: `raises=[NotFoundException]` on its decorator fixes it, then drop this.
-    return not (
-        case.operation.label == "GET /api/agents/{kind}"
-        and response.status_code == 404
-        and isinstance(failure, UndefinedStatusCode)
-    )

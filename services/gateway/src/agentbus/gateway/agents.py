@@ -20,7 +20,7 @@ from litestar.exceptions import NotFoundException
 from agentbus.contracts import Ping, RunnerInfo, encode, subjects
 from agentbus.contracts.codec import decoder
 from agentbus.gateway.bus import Bus
-from agentbus.gateway.errors import Conflict, ServiceUnavailable
+from agentbus.gateway.errors import Conflict, ServiceUnavailable, documented
 from agentbus.gateway.schemas import AgentKindOut, AgentPage, AgentRunner
 from agentbus.gateway.store import GatewayStore
 
@@ -152,13 +152,17 @@ class AgentController(Controller):
     path = "/api/agents"
     tags = ["agents"]
 
-    @get("/", summary="Agent kinds: the runners serving each right now, config schema, runs, success rate")
+    @get(
+        "/",
+        summary="Agent kinds: the runners serving each right now, config schema, runs, success rate",
+        responses=documented(503),
+    )
     async def list_kinds(self, discovery: Discovery, store: GatewayStore) -> AgentPage:
         answers, counts = await asyncio.gather(discovery.round(), store.runs_by_agent())
         items = _kinds(answers, counts)
         return AgentPage(items=items, total=len(items))
 
-    @get("/{kind:str}", summary="One agent kind")
+    @get("/{kind:str}", summary="One agent kind", responses=documented(404, 503))
     async def retrieve(self, kind: str, discovery: Discovery, store: GatewayStore) -> AgentKindOut:
         answers, counts = await asyncio.gather(discovery.round(), store.runs_by_agent())
         for item in _kinds(answers, counts):

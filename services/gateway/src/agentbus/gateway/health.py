@@ -23,7 +23,8 @@ async def health() -> dict[str, str]:
 @get(
     "/ready",
     tags=["health"],
-    summary="Ready: broker, database, a runner and the metrics service answer",
+    summary="Ready: broker (with the streams and consumer the gateway needs), database, a runner and "
+    "the metrics service answer",
     responses={
         200: ResponseSpec(Ready, description="ready", generate_examples=False),
         503: ResponseSpec(
@@ -32,21 +33,27 @@ async def health() -> dict[str, str]:
     },
 )
 async def ready(store: GatewayStore, bus: Bus) -> Response[dict[str, object]]:
-    db, runner, metrics = await asyncio.gather(
-        store.ping(), bus.ping(subjects.RUN_PING), bus.ping(subjects.METRICS_PING)
+    db, runner, metrics, missing_assets = await asyncio.gather(
+        store.ping(),
+        bus.ping(subjects.RUN_PING),
+        bus.ping(subjects.METRICS_PING),
+        bus.missing_assets() if bus.connected else _none(),
     )
     checks = {
-        "broker": bus.connected,
+        "broker": bus.connected and not missing_assets,
         "database": db,
         "runner": runner is not None,
         "metrics": metrics is not None,
     }
     missing = [name for name, ok in checks.items() if not ok]
     if missing:
-        body = {
-            "status_code": 503,
-            "detail": "not ready: " + ", ".join(missing) + " unavailable",
-            "checks": checks,
-        }
+        detail = "not ready: " + ", ".join(missing) + " unavailable"
+        if missing_assets:
+            detail += " (missing on the broker: " + ", ".join(missing_assets) + ")"
+        body = {"status_code": 503, "detail": detail, "checks": checks}
         return Response(body, status_code=503)
     return Response({"status": "ready", "checks": checks}, status_code=200)
+
+
+async def _none() -> list[str]:
+    return []
