@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any
 
 import msgspec
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 
 _pong = decoder(Pong)
 _service_error = decoder(ServiceError)
+
+
+# The statuses another service's error answer may be passed on as.
+_ERROR_STATUSES = frozenset(status.value for status in HTTPStatus if 400 <= status.value <= 599)
 
 
 class Bus:
@@ -138,9 +143,9 @@ class Bus:
                 err = _service_error.decode(msg.data)
             except msgspec.DecodeError:
                 err = ServiceError(502, f"undecodable error answer on {subject}")
-            if not 400 <= err.status_code <= 599:  # passed on as the HTTP status: only an error one
+            if err.status_code not in _ERROR_STATUSES:  # passed on as the HTTP status: a known error one
                 err = ServiceError(502, f"error answer on {subject} with status {err.status_code}")
-            raise UpstreamError(err.status_code, err.detail)
+            raise UpstreamError(err.status_code, err.detail or HTTPStatus(err.status_code).phrase)
         return msg.data
 
     async def ping(self, subject: str, timeout: float = 1.0) -> Pong | None:
