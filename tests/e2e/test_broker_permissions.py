@@ -8,6 +8,7 @@ each must be refused by the broker itself, with nothing changed.
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,6 +19,7 @@ from nats.errors import NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NotFoundError
 
+from agentbus.common import broker
 from agentbus.contracts import RunControl, encode, subjects
 from tests.support.client import Api
 from tests.support.system import System
@@ -185,3 +187,30 @@ async def test_a_runner_cannot_change_a_stream(system: System) -> None:
             await js.update_stream(config)
         await runner.refused(f"$JS.API.STREAM.UPDATE.{subjects.EVENTS_STREAM}")
         assert (await js.stream_info(subjects.EVENTS_STREAM)).config.max_msgs in (None, -1)
+
+
+@pytest.mark.parametrize("user", ["metrics", "runner", "operator"])
+async def test_no_service_may_redirect_the_gateways_consumer(system: System, user: str) -> None:
+    """Changing `gateway-events` (its deliver subject, its filter) would take the events from the
+    gateway: only the gateway may create or change its own consumer."""
+    async with session(system, "operator") as operator:
+        before = await operator.nc.jetstream().consumer_info(
+            subjects.EVENTS_STREAM, subjects.GATEWAY_EVENTS_CONSUMER
+        )
+    async with session(system, user) as who:
+        config = copy.copy(before.config)
+        config.deliver_subject = f"{broker.inbox_prefix(user)}.stolen"
+        with pytest.raises(DROPPED):
+            await who.nc.jetstream(timeout=1).add_consumer(subjects.EVENTS_STREAM, config)
+        await eventually(
+            lambda: any(
+                "consumer.create" in e.lower() or "consumer.durable.create" in e.lower() for e in who.errors
+            ),
+            timeout=10,
+            what="the broker refusing the change",
+        )
+    async with session(system, "operator") as operator:
+        after = await operator.nc.jetstream().consumer_info(
+            subjects.EVENTS_STREAM, subjects.GATEWAY_EVENTS_CONSUMER
+        )
+    assert after.config.deliver_subject == before.config.deliver_subject

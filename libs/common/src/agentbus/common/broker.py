@@ -58,7 +58,10 @@ def _consumers(stream: str, *names: str) -> list[str]:
     """The JetStream API calls that create, look up and pull from consumers of a stream (all of
     its consumers when no name is given)."""
     tails = names or ("*",)
-    out = [f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}.>"]
+    # A named consumer is created (or its config changed) at `CREATE.<stream>.<name>[.<filter>]`:
+    # a service may touch its own only, so it cannot redirect another's.
+    heads = [f"$JS.API.CONSUMER.CREATE.{stream}.{n}" for n in names] or [f"$JS.API.CONSUMER.CREATE.{stream}"]
+    out = [subject for head in heads for subject in (head, f"{head}.>")]
     for tail in tails:
         out += [
             f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{tail}",
