@@ -1,4 +1,4 @@
-"""Where the runner's OPENAI_API_KEY goes, and what a model server's answer can put in a run (issue 12).
+"""Where the runner's OPENAI_API_KEY goes, and what a model server's answer can put in a run.
 
 A real runner on the real nats-server, three real OpenAI-compatible servers on
 loopback: the runner's own (OPENAI_BASE_URL), one on OPENAI_ALLOWED_BASE_URLS,

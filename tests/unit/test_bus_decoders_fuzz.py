@@ -1,4 +1,4 @@
-"""Hostile bytes into every bus decoder and message handler (issue 12): nothing escapes a handler.
+"""Hostile bytes into every bus decoder and message handler: nothing escapes a handler.
 
 A message on the bus is hostile input. Whatever its bytes, headers and subject, each service's
 handler drops it (logged, dead-lettered, terminated), answers an error to a request, or takes it:

@@ -1,5 +1,5 @@
 """Which base URLs count as the runner's model API (the runner's key goes to no other), and the
-sanitised words an error may use instead of a server's answer (issue 12)."""
+sanitised words an error may use instead of a server's answer."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ never logged and is scrubbed from every error message.
 What a server answers reaches an error, a log line or an event only as its
 status code and the standard phrase for it (`answered HTTP 401 Unauthorized`):
 never its body, headers or reason phrase, since a task may point the client at
-a server it should not be able to read (issue 12).
+a server it should not be able to read.
 """
 
 from __future__ import annotations
