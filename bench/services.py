@@ -91,29 +91,12 @@ class _System(System):
 
 class _Nats(NatsServer):
     def __init__(self, store_dir: str, binary: str, secured: bool) -> None:
-        super().__init__(store_dir, secured=secured)
-        self.binary = binary
+        super().__init__(store_dir, secured=secured, binary=binary)
 
     def url_as(self, user: str) -> str:
         """The URL with `user`'s credentials in it, for the harness's own tools."""
         login = self.login(user)
         return f"nats://{user}:{login['password']}@127.0.0.1:{self.port}" if login else self.url
-
-    def start(self) -> _Nats:
-        args = [
-            self.binary,
-            "-a",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "-js",
-            "-sd",
-            self.store_dir,
-            *self.extra,
-        ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port, proc=self.proc)
-        return self
 
 
 def start_system(code: Code, database_url: str | None = None, **env: str) -> System:

@@ -82,8 +82,14 @@ class NatsServer(Logins):
     """A nats-server of its own; secured: with the services' users and permissions."""
 
     def __init__(
-        self, store_dir: str, port: int | None = None, extra: list[str] | None = None, secured: bool = False
+        self,
+        store_dir: str,
+        port: int | None = None,
+        extra: list[str] | None = None,
+        secured: bool = False,
+        binary: str | None = None,
     ) -> None:
+        self.binary = binary  # None: the one installed beside this Python
         self.port = port or free_port()
         self.store_dir = store_dir
         self.extra = extra or []
@@ -99,7 +105,7 @@ class NatsServer(Logins):
     def start(self) -> NatsServer:
         self.proc = subprocess.Popen(
             [
-                nats_server_binary(),
+                self.binary or nats_server_binary(),
                 "-a",
                 "127.0.0.1",
                 "-p",

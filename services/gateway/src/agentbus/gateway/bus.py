@@ -67,7 +67,10 @@ class Bus:
 
     async def missing_assets(self, timeout: float = 1.0) -> list[str]:
         """The streams, buckets and the durable consumer the gateway needs that the broker does
-        not have (or does not answer for within `timeout`)."""
+        not have (or does not answer for within `timeout`); none while disconnected (the broker
+        check says so)."""
+        if not self.connected:
+            return []
         js = self.nc.jetstream(timeout=timeout)
         streams = [
             subjects.RUN_COMMANDS_STREAM,

@@ -37,7 +37,7 @@ async def ready(store: GatewayStore, bus: Bus) -> Response[dict[str, object]]:
         store.ping(),
         bus.ping(subjects.RUN_PING),
         bus.ping(subjects.METRICS_PING),
-        bus.missing_assets() if bus.connected else _none(),
+        bus.missing_assets(),
     )
     checks = {
         "broker": bus.connected and not missing_assets,
@@ -53,7 +53,3 @@ async def ready(store: GatewayStore, bus: Bus) -> Response[dict[str, object]]:
         body = {"status_code": 503, "detail": detail, "checks": checks}
         return Response(body, status_code=503)
     return Response({"status": "ready", "checks": checks}, status_code=200)
-
-
-async def _none() -> list[str]:
-    return []
