@@ -8,6 +8,9 @@ import msgspec
 from agentbus.contracts.events import PROTOCOL_VERSION, Seq
 
 
+ApprovalTimeoutPolicy = Literal["timeout", "reject", "approve"]
+
+
 class RunStart(msgspec.Struct, kw_only=True):
     """`run.start.<agent>`: everything a runner needs to execute a run, so it never reads the gateway's DB."""
 
@@ -25,6 +28,11 @@ class RunStart(msgspec.Struct, kw_only=True):
     max_rounds: int = 5
     created_at: datetime | None = None
     max_revision_rounds: int = 2  # how many times a rejected plan may be sent back for a new version
+    # What the deadline of an unanswered approval does: end the run `timeout`, `reject` it, or
+    # `approve` it (the run goes on, decided by no one).
+    on_approval_timeout: ApprovalTimeoutPolicy = "timeout"
+    max_tokens: int | None = None  # budget: prompt + completion tokens; None: no cap
+    max_cost_usd: float | None = None  # budget in USD; None: no cap
     v: int = PROTOCOL_VERSION
 
 

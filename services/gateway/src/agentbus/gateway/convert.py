@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from agentbus.contracts import RunControl
-from agentbus.gateway.schemas import Approval, ArtifactInfo, Run, Task
+from agentbus.gateway.schemas import Actor, Approval, ArtifactInfo, Run, Task
 
 
 def task_out(row: Any) -> Task:
@@ -23,6 +23,12 @@ def task_out(row: Any) -> Task:
         timeout_s=row.timeout_s,
         max_rounds=row.max_rounds,
         max_revision_rounds=row.max_revision_rounds,
+        on_approval_timeout=row.on_approval_timeout,
+        approvers=row.approvers or [],
+        approval_by_other=row.approval_by_other,
+        max_tokens=row.max_tokens,
+        max_cost_usd=row.max_cost_usd,
+        max_concurrent_runs=row.max_concurrent_runs,
         status=row.status,
         total_runs=total,
         successful_runs=row.successful_runs or 0,
@@ -45,7 +51,12 @@ def approval_out(value: dict[str, Any] | None) -> Approval | None:
         decided_at=datetime.fromisoformat(value["decided_at"].replace("Z", "+00:00")),
         revise=bool(value.get("revise", False)),
         plan_version=value.get("plan_version"),
+        decided_by=actor_out(value.get("decided_by")),
     )
+
+
+def actor_out(value: dict[str, Any] | None) -> Actor | None:
+    return Actor(id=value["id"], name=value["name"]) if value else None
 
 
 def run_out(row: Any) -> Run:

@@ -102,6 +102,9 @@ class RunService:
                 timeout_s=task.timeout_s,
                 max_rounds=task.max_rounds,
                 max_revision_rounds=task.max_revision_rounds,
+                on_approval_timeout=task.on_approval_timeout,
+                max_tokens=task.max_tokens,
+                max_cost_usd=task.max_cost_usd,
                 created_at=ts,
             )
 

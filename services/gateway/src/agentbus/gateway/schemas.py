@@ -21,6 +21,12 @@ MaxRevisionRounds = Annotated[int, Meta(ge=0, le=10)]
 Description = Annotated[str, Meta(max_length=10000)]
 Labels = dict[Annotated[str, Meta(min_length=1, max_length=100)], Annotated[str, Meta(max_length=500)]]
 TaskStatus = RunStatus  # a task shows its latest run's status
+OnApprovalTimeout = Literal["timeout", "reject", "approve"]
+# Who may decide: key ids or role names (`approver`, `admin`); empty: any approver.
+Approvers = Annotated[list[Annotated[str, Meta(min_length=1, max_length=200)]], Meta(max_length=100)]
+MaxTokens = Annotated[int, Meta(ge=1, le=10**12)]
+MaxCost = Annotated[float, Meta(ge=0, le=10**9)]
+MaxConcurrent = Annotated[int, Meta(ge=1, le=10000)]
 
 
 class TaskCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -34,6 +40,12 @@ class TaskCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timeout_s: RunTimeout = 3600
     max_rounds: MaxRounds = 5
     max_revision_rounds: MaxRevisionRounds = 2
+    on_approval_timeout: OnApprovalTimeout = "timeout"
+    approvers: Approvers = msgspec.field(default_factory=list)
+    approval_by_other: bool = False
+    max_tokens: MaxTokens | None = None
+    max_cost_usd: MaxCost | None = None
+    max_concurrent_runs: MaxConcurrent | None = None
 
 
 class TaskUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -47,6 +59,12 @@ class TaskUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timeout_s: RunTimeout | UnsetType = UNSET
     max_rounds: MaxRounds | UnsetType = UNSET
     max_revision_rounds: MaxRevisionRounds | UnsetType = UNSET
+    on_approval_timeout: OnApprovalTimeout | UnsetType = UNSET
+    approvers: Approvers | UnsetType = UNSET
+    approval_by_other: bool | UnsetType = UNSET
+    max_tokens: MaxTokens | UnsetType | None = UNSET
+    max_cost_usd: MaxCost | UnsetType | None = UNSET
+    max_concurrent_runs: MaxConcurrent | UnsetType | None = UNSET
 
 
 class Task(msgspec.Struct, kw_only=True):
@@ -61,6 +79,12 @@ class Task(msgspec.Struct, kw_only=True):
     timeout_s: int
     max_rounds: int
     max_revision_rounds: int
+    on_approval_timeout: str
+    approvers: list[str]
+    approval_by_other: bool
+    max_tokens: int | None
+    max_cost_usd: float | None
+    max_concurrent_runs: int | None
     status: str
     total_runs: int
     successful_runs: int
@@ -113,12 +137,18 @@ class CancelBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     reason: Annotated[str, Meta(max_length=1000)] | None = None
 
 
+class Actor(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+
+
 class Approval(msgspec.Struct, kw_only=True):
     approved: bool
     feedback: str | None
     decided_at: datetime
     revise: bool = False
     plan_version: int | None = None
+    decided_by: Actor | None = None  # who decided; null: the deadline's policy (or before identities)
 
 
 class PlanVersion(msgspec.Struct, kw_only=True):

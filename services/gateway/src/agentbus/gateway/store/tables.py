@@ -1,4 +1,5 @@
-"""The gateway's tables: tasks, runs, their events, the artifacts index and the row counts."""
+"""The gateway's tables: tasks, runs, their events, the artifacts index, the row counts, and the
+people side: API keys, the audit trail and approvals (migration 0005)."""
 
 from sqlalchemy import (
     BigInteger,
@@ -45,6 +46,13 @@ tasks = Table(
     Column("next_run_number", Integer, nullable=False, default=0),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # What becomes of a run whose approval deadline passes: `timeout`, `reject` or `approve`.
+    Column("on_approval_timeout", String(16), nullable=False, default="timeout", server_default="timeout"),
+    Column("approvers", JSONType),  # key ids or role names; null or empty: any approver
+    Column("approval_by_other", Boolean, nullable=False, default=False, server_default=text("false")),
+    Column("max_tokens", Integer),
+    Column("max_cost_usd", Float),
+    Column("max_concurrent_runs", Integer),
     Index("ix_tasks_status_created", "status", "created_at"),
     Index("ix_tasks_created", "created_at"),
 )
@@ -73,11 +81,15 @@ runs = Table(
     Column("last_seq", Integer, nullable=False, default=0),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("created_by", JSONType),  # {id, name, role} of who started it
+    # Pending and not queued yet: its task already has `max_concurrent_runs` live runs.
+    Column("held", Boolean, nullable=False, default=False, server_default=text("false")),
     UniqueConstraint("task_id", "run_number", name="uq_runs_task_number"),
     Index("ix_runs_task_created", "task_id", "created_at"),
     Index("ix_runs_status_created", "status", "created_at"),
     Index("ix_runs_created", "created_at"),
     Index("ix_runs_status_deadline", "status", "approval_deadline"),
+    Index("ix_runs_held", "held", "task_id", "created_at"),
 )
 
 run_events = Table(
@@ -116,4 +128,59 @@ row_counts = Table(
     Column("name", String(300), primary_key=True),
     Column("stripe", Integer, primary_key=True),
     Column("n", BigInteger, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("salt", String(64), nullable=False),
+    Column("hash", String(128), nullable=False),  # HMAC-SHA256(salt, secret): the key is never stored
+    Column("created_by", JSONType),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime),
+    Column("revoked_at", UTCDateTime),
+    Index("ix_api_keys_created", "created_at", "id"),
+)
+
+# Append-only: rows are inserted in the transaction of the change they record, never updated or
+# deleted; no foreign key, so deleting a task keeps the entries about it.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor_id", String(200), nullable=False),
+    Column("actor_name", String(200), nullable=False),
+    Column("actor_role", String(16)),
+    Column("action", String(40), nullable=False),
+    Column("target_type", String(20)),
+    Column("target_id", String(200)),
+    Column("detail", JSONType),
+    Index("ix_audit_at", "at", "id"),
+    Index("ix_audit_actor", "actor_id", "at"),
+    Index("ix_audit_action", "action", "at"),
+    Index("ix_audit_target", "target_id", "at"),
+)
+
+# One row per plan version that waited for a decision: the approvals inbox.
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("run_id", String(32), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("task_id", String(32), nullable=False),
+    Column("plan", JSONType),
+    Column("plan_version", Integer),
+    Column("status", String(20), nullable=False),
+    Column("requested_at", UTCDateTime, nullable=False),
+    Column("deadline", UTCDateTime),
+    Column("decided_at", UTCDateTime),
+    Column("decided_by", JSONType),  # {id, name}, or null (the deadline's policy decided)
+    Column("feedback", Text),
+    Index("ix_approvals_status", "status", "requested_at", "id"),
+    Index("ix_approvals_task", "task_id", "requested_at", "id"),
+    Index("ix_approvals_run", "run_id", "plan_version"),
 )
