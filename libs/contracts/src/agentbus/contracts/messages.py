@@ -7,7 +7,6 @@ import msgspec
 
 from agentbus.contracts.events import PROTOCOL_VERSION, Seq
 
-
 ApprovalTimeoutPolicy = Literal["timeout", "reject", "approve"]
 
 
