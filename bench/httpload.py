@@ -10,7 +10,12 @@ Two modes, run as a separate process that prints one JSON object:
 
     python -m bench.httpload URL [--method POST --body JSON] [--duration S] [--rate R | --connections C]
 
-A body may contain `{n}`, replaced by the request's number (unique names, for example).
+A body may contain `{n}`, replaced by the request's number (unique names, for example). Every
+request carries `Authorization: Bearer <token>` (the token in AGENTBUS_BENCH_TOKEN, bench.auth).
+
+Only 2xx answers count as served (`ok`, `rps`); any other answer, or a request that failed, is an
+error (`errors`, by status in `statuses`): the JSON is printed all the same and the process then
+exits with status 1, so a refused request (401, 403, 429: fast) cannot pass for throughput.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import sys
 import time
 from urllib.parse import urlsplit
 
+from bench import auth
 from bench.stats import summary
 
 
@@ -138,6 +144,11 @@ class Target:
         return build_request(self.method, self.host, self.path, body, self.headers)
 
 
+def served(statuses: collections.Counter[int]) -> int:
+    """The answers that count: 2xx only."""
+    return sum(n for s, n in statuses.items() if 200 <= s < 300)
+
+
 async def closed_loop(target: Target, connections: int, duration: float, warmup: float = 0.5) -> dict:
     conns = [await connect(target.host, target.port) for _ in range(connections)]
     latencies: list[float] = []
@@ -164,18 +175,20 @@ async def closed_loop(target: Target, connections: int, duration: float, warmup:
             if t0 >= measure_from:
                 latencies.append(t1 - t0)
                 statuses[status] += 1
+            elif not 200 <= status < 300:
+                errors += 1  # not counted in the figures, but refused all the same
 
     await asyncio.gather(*(worker(c) for c in conns))
     elapsed = time.perf_counter() - measure_from
     for c in conns:
         c.close()
-    ok = sum(n for s, n in statuses.items() if s < 400)
+    ok = served(statuses)
     return {
         "mode": "closed",
         "connections": connections,
         "requests": sum(statuses.values()),
         "ok": ok,
-        "errors": errors + sum(n for s, n in statuses.items() if s >= 400),
+        "errors": errors + sum(statuses.values()) - ok,
         "statuses": {str(k): v for k, v in statuses.items()},
         "rps": ok / elapsed,
         **summary(latencies),
@@ -204,6 +217,8 @@ async def open_loop(
             if due >= measure_from:
                 latencies.append(time.perf_counter() - due)
                 statuses[status] += 1
+            elif not 200 <= status < 300:
+                errors += 1
             idle.append(conn)
         except HttpError:
             errors += 1
@@ -246,14 +261,14 @@ async def open_loop(
     elapsed = time.perf_counter() - measure_from
     for c in idle:
         c.close()
-    ok = sum(n for s, n in statuses.items() if s < 400)
+    ok = served(statuses)
     return {
         "mode": "open",
         "rate": rate,
         "connections": opened,
         "requests": sum(statuses.values()),
         "ok": ok,
-        "errors": errors + sum(n for s, n in statuses.items() if s >= 400),
+        "errors": errors + sum(statuses.values()) - ok,
         "statuses": {str(k): v for k, v in statuses.items()},
         "rps": ok / elapsed,
         **summary(latencies),
@@ -279,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--rate", type=float, default=0.0, help="open loop at this many requests/s")
     a = p.parse_args(argv)
-    headers = dict(h.split(": ", 1) for h in a.header)
+    headers = {**auth.bearer(), **dict(h.split(": ", 1) for h in a.header)}
     target = Target(a.url, a.method, a.body, headers)
     if a.rate > 0:
         result = run_loop(open_loop(target, a.rate, a.duration))
@@ -287,6 +302,11 @@ def main(argv: list[str] | None = None) -> None:
         result = run_loop(closed_loop(target, a.connections, a.duration))
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
+    if result["errors"]:
+        sys.exit(
+            f"{a.method} {a.url}: {result['errors']} requests failed or were not answered 2xx, the "
+            f"warm-up's included (measured answers by status: {result['statuses']})"
+        )
 
 
 if __name__ == "__main__":

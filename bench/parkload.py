@@ -13,6 +13,9 @@ Both wait by reading the task's run totals twice a second (`?task_id=&status=`, 
 totals, so the reads cost nothing measurable). Not a stream: one stream client would fall behind
 the burst of events that 10,000 approvals cause while its process also sends the approvals, and be
 cut off (1013).
+
+Every request carries `Authorization: Bearer <token>` (AGENTBUS_BENCH_TOKEN, bench.auth); an answer
+that is not 2xx ends the process with an error.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import asyncio
 import json
 import sys
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -29,6 +33,7 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 
+from bench import auth
 from bench.httpload import build_request, connect
 
 
@@ -62,6 +67,9 @@ async def _callers(host: str, port: int, requests: list[bytes], concurrency: int
     await asyncio.gather(*(worker(c) for c in conns))
     for c in conns:
         c.close()
+    refused = Counter(status for status, _ in answers if not 200 <= status < 300)
+    if refused:
+        raise RuntimeError(f"{refused.total()} requests not answered 2xx (by status: {dict(refused)})")
     return answers
 
 
@@ -69,6 +77,7 @@ async def _until_total(http: httpx.AsyncClient, task_id: str, status: str, n: in
     deadline = time.monotonic() + timeout
     while True:
         r = await http.get("/api/runs", params={"task_id": task_id, "status": status, "limit": 1})
+        r.raise_for_status()
         total = _page.decode(r.content).total
         if total >= n or time.monotonic() > deadline:
             return total
@@ -80,11 +89,10 @@ async def park(base: str, task_id: str, count: int, concurrency: int) -> tuple[d
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     body = json.dumps({"task_id": task_id}).encode()
     t0 = time.perf_counter()
-    answers = await _callers(
-        host, port, [build_request("POST", f"{host}:{port}", "/api/runs", body)] * count, concurrency
-    )
+    request = build_request("POST", f"{host}:{port}", "/api/runs", body, auth.bearer())
+    answers = await _callers(host, port, [request] * count, concurrency)
     created = [_created.decode(b).id for status, b in answers if status == 201]
-    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=base, headers=auth.bearer(), timeout=30) as http:
         waiting = await _until_total(http, task_id, "awaiting_approval", len(created), 1200)
     result = {
         "created": len(created),
@@ -99,22 +107,21 @@ async def approve(base: str, task_id: str, ids: list[str], concurrency: int) -> 
     parts = urlsplit(base)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     body = b'{"approved": true}'
-    requests = [build_request("POST", f"{host}:{port}", f"/api/runs/{i}/approve", body) for i in ids]
+    headers = auth.bearer()
+    requests = [build_request("POST", f"{host}:{port}", f"/api/runs/{i}/approve", body, headers) for i in ids]
     started = datetime.now().astimezone()
     t0 = time.perf_counter()
     answers = await _callers(host, port, requests, concurrency)
     approved_span = time.perf_counter() - t0
-    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=base, headers=auth.bearer(), timeout=30) as http:
         completed = await _until_total(http, task_id, "completed", len(ids), 1200)
         last = started
         cursor: str | None = None
         while True:  # every completed run of the task: the last completion time
             params = {"task_id": task_id, "status": "completed", "limit": 100}
-            page = _page.decode(
-                (
-                    await http.get("/api/runs", params={**params, "cursor": cursor} if cursor else params)
-                ).content
-            )
+            answer = await http.get("/api/runs", params={**params, "cursor": cursor} if cursor else params)
+            answer.raise_for_status()
+            page = _page.decode(answer.content)
             last = max([last, *(r.completed_at for r in page.items if r.completed_at is not None)])
             cursor = page.next_cursor
             if cursor is None:

@@ -9,6 +9,10 @@ create, so no completion is missed, and nothing polls.
 It also times every `progress` event on the stream from its own `timestamp` (set by the runner
 when it emitted the event) to its arrival here (`progress_p50_ms`, ...): the runner's real path,
 runner -> NATS -> gateway (stored) -> client, on this machine's one wall clock.
+
+Every request and the stream's handshake carry `Authorization: Bearer <token>`
+(AGENTBUS_BENCH_TOKEN, bench.auth). A create not answered 201, or the stream closed with a 4xxx code
+(refused), ends the process with an error after printing its figures.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from bench import auth
 from bench.httpload import build_request, connect
 from bench.stats import summary
 from bench.streams import event_age_s, head_decoder, open_stream
@@ -53,9 +58,14 @@ async def load(base: str, task_id: str, rate: float, duration: float, count: int
             if len(done_at) >= expected and all(r in done_at for r in created_at):
                 all_done.set()
 
-    stream = await open_stream(host, port, "/ws/stream", on_event)
-    raw = build_request("POST", f"{host}:{port}", "/api/runs", json.dumps({"task_id": task_id}).encode())
+    stream = await open_stream(host, port, "/ws/stream", on_event, headers=auth.bearer())
+    await asyncio.sleep(0.2)  # a refused WebSocket is closed right after its upgrade
+    if auth.refused(stream.close_code):
+        raise RuntimeError(f"the gateway refused the stream on /ws/stream (closed with {stream.close_code})")
+    payload = json.dumps({"task_id": task_id}).encode()
+    raw = build_request("POST", f"{host}:{port}", "/api/runs", payload, auth.bearer())
     errors = 0
+    statuses: dict[int, int] = {}
 
     async def create(conn) -> None:  # type: ignore[no-untyped-def]
         nonlocal errors
@@ -63,6 +73,7 @@ async def load(base: str, task_id: str, rate: float, duration: float, count: int
         status, body = await conn.request(raw)
         if status != 201:
             errors += 1
+            statuses[status] = statuses.get(status, 0) + 1
             return
         created_at[_created.decode(body).id] = t0
 
@@ -110,6 +121,7 @@ async def load(base: str, task_id: str, rate: float, duration: float, count: int
     finished = [r for r in created_at if r in done_at]
     latencies = [done_at[r] - created_at[r] for r in finished]
     last_done = max((done_at[r] for r in finished), default=t_start)
+    stream_closed = stream.close_code
     stream.close()
     for c in conns:
         c.close()
@@ -117,6 +129,8 @@ async def load(base: str, task_id: str, rate: float, duration: float, count: int
         "created": len(created_at),
         "completed": len(finished),
         "errors": errors,
+        "error_statuses": {str(k): v for k, v in statuses.items()},
+        "stream_closed": stream_closed,
         "create_per_s": len(created_at) / created_span,
         "runs_per_s": len(finished) / (last_done - t_start) if finished else 0.0,
         **summary(latencies),
@@ -138,6 +152,10 @@ def main(argv: list[str] | None = None) -> None:
     result = uvloop.run(load(a.base, a.task, a.rate, a.duration, a.count, a.concurrency))
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
+    if result["errors"]:
+        sys.exit(f"{result['errors']} creates not answered 201 (by status: {result['error_statuses']})")
+    if auth.refused(result["stream_closed"]):
+        sys.exit(f"the gateway refused the stream on /ws/stream (closed with {result['stream_closed']})")
 
 
 if __name__ == "__main__":

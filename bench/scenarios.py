@@ -1,14 +1,14 @@
 """Each benchmark: drive a running system with load processes, return the runs' raw figures.
 
-Every function measures one thing once; `bench.__main__` repeats it and takes medians.
+Every function measures one thing once; `bench.__main__` repeats it and takes medians. The HTTP
+load (`http_max`, `http_at_rate`) is bench.webload's and the API calls that set a case up are
+bench.api's, both named here too; every request carries this run's admin token (bench.auth).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import re
 import shutil
 import subprocess
 import tempfile
@@ -17,12 +17,16 @@ from pathlib import Path
 
 import httpx
 
+from bench import auth
+from bench.api import FAST_RUN, cancel_run, create_run, create_task, waiting_run
+from bench.api import deep_cursor as deep_cursor
+from bench.api import list_paths as list_paths
+from bench.api import wait_run as wait_run
 from bench.publish import inbox_of
 from bench.services import ROOT, collect, cpu_seconds, free_port, rss_kb, service_pids, start_tool, tool
+from bench.webload import http_at_rate as http_at_rate
+from bench.webload import http_max as http_max
 from tests.support.system import System
-
-WRK = shutil.which("wrk")
-FAST_RUN = {"steps": 1, "step_delay_ms": 0}
 
 
 def _wait_line(proc: subprocess.Popen, expected: str, timeout: float = 120) -> None:
@@ -38,52 +42,7 @@ def _wait_line(proc: subprocess.Popen, expected: str, timeout: float = 120) -> N
     raise TimeoutError(f"{proc.args}: no '{expected}' in {timeout}s")
 
 
-# --- HTTP --------------------------------------------------------------------------------------------
-
-
-def _wrk(url: str, method: str, body: str, duration: float, connections: int) -> dict:
-    script = None
-    args = [WRK, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency"]
-    if method != "GET":
-        script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-        script.write(
-            f"wrk.method = {json.dumps(method)}\nwrk.body = {json.dumps(body)}\n"
-            'wrk.headers["Content-Type"] = "application/json"\n'
-        )
-        script.close()
-        args += ["-s", script.name]
-    out = subprocess.run([*args, url], capture_output=True, text=True, timeout=duration + 60).stdout
-    if script:
-        Path(script.name).unlink()
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    result = {"rps": rps, "errors": int(non2xx.group(1)) if non2xx else 0, "client": "wrk"}
-    for q, key in (("50", "p50_ms"), ("99", "p99_ms")):
-        m = re.search(rf"^\s+{q}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        if m:
-            value = float(m.group(1))
-            result[key] = value / 1000 if m.group(2) == "us" else value * 1000 if m.group(2) == "s" else value
-    return result
-
-
-def http_max(
-    url: str, method: str = "GET", body: str = "", duration: float = 5, connections: int = 32
-) -> dict:
-    """Closed-loop maximum throughput (wrk where installed, else bench.httpload)."""
-    if WRK and "{n}" not in body:
-        return _wrk(url, method, body, duration, connections)
-    args = [url, "--method", method, "--duration", str(duration), "--connections", str(connections)]
-    if body:
-        args += ["--body", body]
-    return {**tool("httpload", *args), "client": "bench.httpload"}
-
-
-def http_at_rate(url: str, rate: float, method: str = "GET", body: str = "", duration: float = 5) -> dict:
-    """Open-loop latency at a fixed rate (bench.httpload; wrk has no fixed-rate mode)."""
-    args = [url, "--method", method, "--duration", str(duration), "--rate", str(rate)]
-    if body:
-        args += ["--body", body]
-    return tool("httpload", *args)
+# --- CPU ---------------------------------------------------------------------------------------------
 
 
 def with_cpu(pid: int, work):  # type: ignore[no-untyped-def]
@@ -124,61 +83,6 @@ def with_service_cpu(system: System, work, settle_s: float = 10.0):  # type: ign
         result[f"cpu_s_{name}"] = after[name] - before[name]
     result["cpu_s_total"] = sum(after[n] - before[n] for n in pids)
     return result
-
-
-# --- setup helpers -----------------------------------------------------------------------------------
-
-
-def create_task(system: System, **fields: object) -> dict:
-    r = httpx.post(f"{system.base_url}/api/tasks", json={"name": "bench", **fields}, timeout=30)
-    r.raise_for_status()
-    return r.json()
-
-
-def create_run(system: System, task_id: str) -> dict:
-    r = httpx.post(f"{system.base_url}/api/runs", json={"task_id": task_id}, timeout=30)
-    r.raise_for_status()
-    return r.json()
-
-
-def list_paths(task_id: str, run_id: str) -> dict[str, str]:
-    """Every list and filter of the contract, and a run's log: name -> path."""
-    return {
-        "GET /api/tasks?limit=10": "/api/tasks?limit=10",
-        "GET /api/tasks?status=completed": "/api/tasks?status=completed&limit=10",
-        "GET /api/runs?limit=10": "/api/runs?limit=10",
-        "GET /api/runs?task_id=": f"/api/runs?task_id={task_id}&limit=10",
-        "GET /api/runs?status=completed": "/api/runs?status=completed&limit=10",
-        "GET /api/runs/{id}/logs": f"/api/runs/{run_id}/logs",
-    }
-
-
-def deep_cursor(system: System, depth: int) -> str:
-    """The cursor of the page that starts `depth` tasks deep (skip's cost paid once, here)."""
-    r = httpx.get(f"{system.base_url}/api/tasks", params={"skip": depth - 1, "limit": 1}, timeout=120)
-    r.raise_for_status()
-    cursor = r.json()["next_cursor"]
-    if not isinstance(cursor, str):
-        raise TypeError(f"no next_cursor {depth} tasks deep")
-    return cursor
-
-
-def wait_run(system: System, run_id: str, status: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        run = httpx.get(f"{system.base_url}/api/runs/{run_id}", timeout=30).json()
-        if run["status"] == status:
-            return run
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"run {run_id} is {run['status']}, not {status}")
-        time.sleep(0.05)
-
-
-def waiting_run(system: System) -> dict:
-    """A run held by the runner, awaiting approval: synthetic events are published after its seq 3."""
-    task = create_task(system, agent_config=FAST_RUN, require_approval=True)
-    run = create_run(system, task["id"])
-    return wait_run(system, run["id"], "awaiting_approval")
 
 
 # --- events ------------------------------------------------------------------------------------------
@@ -336,7 +240,7 @@ def runner_memory(system: System, in_flight: int) -> dict:
     time.sleep(1)
     during = rss_kb(pid)
     for run_id in runs:
-        httpx.post(f"{system.base_url}/api/runs/{run_id}/cancel", timeout=30)
+        cancel_run(system, run_id)
     return {"before_kb": before, "during_kb": during, "active": active}
 
 
@@ -412,6 +316,7 @@ def startup(timeout: float = 60, root: Path = ROOT) -> dict:
         "GATEWAY_PORT": str(port),
         "NATS_PORT": str(free_port()),
         "LOG_LEVEL": "WARNING",
+        **auth.gateway_env(),
     }
     env.pop("DATABASE_URL", None)
     env.pop("METRICS_DATABASE_URL", None)

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import auth
 from tests.support.servers import (
     NatsServer,
     create_database,
@@ -33,7 +34,8 @@ PY = sys.executable
 UV = ROOT / ".tools" / "bin" / "uv"
 
 # The services log at WARNING under load: nothing on a hot path logs at INFO, but a benchmark should
-# not measure a terminal. Everything else is the services' defaults.
+# not measure a terminal. Authentication is on, with the per-identity limits out of reach
+# (bench.auth.gateway_env). Everything else is the services' defaults.
 SERVICE_ENV = {"LOG_LEVEL": "WARNING"}
 
 
@@ -112,8 +114,11 @@ def start_system(code: Code, database_url: str | None = None, **env: str) -> Sys
         "LOG_LEVEL": "INFO",
         **env,
     }
-    for name in ("AGENTBUS_API_TOKEN", *code.env_drop):
+    for name in ("AGENTBUS_ADMIN_TOKEN", "AGENTBUS_API_TOKEN", *code.env_drop):
         base_env.pop(name, None)
+    # This run's admin token under both names (this checkout's gateway and an older ref's check it
+    # alike), and the write rate, burst and streams per identity far above what the benchmarks send.
+    base_env.update(auth.gateway_env())
     system = _System(root, nats, base_env, code=code)
     try:
         system.add_metrics()
@@ -305,7 +310,12 @@ def nats_responder(url: str) -> Iterator[None]:
 def tool(module: str, *args: str, timeout: float = 300) -> dict:
     """Run a load process (`python -m bench.<module> ...`) and return the JSON it prints."""
     out = subprocess.run(
-        [PY, "-m", f"bench.{module}", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [PY, "-m", f"bench.{module}", *args],
+        cwd=ROOT,
+        env=auth.tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if out.returncode != 0:
         raise RuntimeError(f"bench.{module} failed ({out.returncode}):\n{out.stderr[-3000:]}")
@@ -316,6 +326,7 @@ def start_tool(module: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [PY, "-m", f"bench.{module}", *args],
         cwd=ROOT,
+        env=auth.tool_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -1,8 +1,9 @@
 """Minimal stream clients for the load processes: WebSocket and Server-Sent Events on raw asyncio.
 
-Thousands of them share one process, so they do the least a client can: an HTTP upgrade (or GET),
-frame parsing, and a callback per event with the raw JSON bytes. Server frames are never masked
-and no extension is offered, so a text frame is a 2..10 byte header and the payload.
+Thousands of them share one process, so they do the least a client can: an HTTP upgrade (or GET)
+with the given headers (the benchmarks' `Authorization`, bench.auth), frame parsing, and a callback
+per event with the raw JSON bytes. Server frames are never masked and no extension is offered, so a
+text frame is a 2..10 byte header and the payload.
 """
 
 from __future__ import annotations
@@ -90,8 +91,10 @@ class StreamClient(asyncio.Protocol):
         sse: bool = False,
         stalled: bool = False,
         sample: bool = True,
+        headers: dict[str, str] | None = None,
     ):
         self.host = host
+        self.headers = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self.path = path
         self.on_event = on_event
         self.sse = sse
@@ -112,13 +115,14 @@ class StreamClient(asyncio.Protocol):
         if self.sse:
             req = (
                 f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nAccept: text/event-stream\r\n"
-                "Cache-Control: no-cache\r\n\r\n"
+                f"Cache-Control: no-cache\r\n{self.headers}\r\n"
             )
         else:
             key = base64.b64encode(os.urandom(16)).decode()
             req = (
                 f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                f"{self.headers}\r\n"
             )
         transport.write(req.encode())  # type: ignore[attr-defined]
 
@@ -231,6 +235,7 @@ async def open_stream(
     sse: bool = False,
     stalled: bool = False,
     sample: bool = True,
+    headers: dict[str, str] | None = None,
 ) -> StreamClient:
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -240,7 +245,7 @@ async def open_stream(
     sock.setblocking(False)
     await loop.sock_connect(sock, (host, port))
     _, client = await loop.create_connection(
-        lambda: StreamClient(f"{host}:{port}", path, on_event, sse, stalled, sample), sock=sock
+        lambda: StreamClient(f"{host}:{port}", path, on_event, sse, stalled, sample, headers), sock=sock
     )
     await client.opened
     return client

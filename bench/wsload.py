@@ -5,6 +5,10 @@
 Prints `ready` once every client is subscribed, then after `--duration` seconds one JSON object.
 Latency is the time from an event's `timestamp` (set by the publisher just before it published)
 to its arrival here; both read the same wall clock of this machine.
+
+Each handshake carries `Authorization: Bearer <token>` (AGENTBUS_BENCH_TOKEN, bench.auth). A stream
+the gateway refuses (an answer other than 101 / 200, or a WebSocket closed with a 4xxx code: 4401,
+4403, 4429...) ends the process with an error, before `ready` if it is refused at once.
 """
 
 from __future__ import annotations
@@ -14,12 +18,21 @@ import asyncio
 import json
 import sys
 import time
+from collections import Counter
 from urllib.parse import urlsplit
 
 import msgspec
 
+from bench import auth
 from bench.stats import summary
 from bench.streams import StreamClient, head_decoder, open_stream
+
+
+def check_refused(clients: list[StreamClient]) -> None:
+    """Fail if the gateway closed any client with a 4xxx code: refused, not measured."""
+    codes = Counter(c.close_code for c in clients if auth.refused(c.close_code))
+    if codes:
+        raise RuntimeError(f"the gateway refused {sum(codes.values())} streams (close codes: {dict(codes)})")
 
 
 async def load(
@@ -66,12 +79,15 @@ async def load(
                     # Never a stalled one: what it reads once it reads again is its own backlog, not
                     # the live clients' latency.
                     sample=i % sample_every == 0 and i not in stalled_idx,
+                    headers=auth.bearer(),
                 )
                 for i in idx
             )
         )
         for i, client in zip(idx, opened, strict=True):
             (stalled_conns if i in stalled_idx else conns).append(client)
+    await asyncio.sleep(0.2)  # a refused WebSocket is closed right after its upgrade
+    check_refused([*conns, *stalled_conns])
     print("ready", flush=True)
     t0 = time.time()
     cpu0 = time.process_time()
@@ -89,6 +105,7 @@ async def load(
         if c.transport is not None and not c.transport.is_closing():
             c.transport.resume_reading()
     await asyncio.sleep(1)
+    check_refused([*conns, *stalled_conns])
     stalled_cut_off = sum(1 for c in stalled_conns if c.closed.done())
     live_closed = sum(1 for c in conns if c.closed.done())
     for c in [*conns, *stalled_conns]:

@@ -279,6 +279,17 @@ def main() -> int:
         f"  data       {VAR}\n"
         f"A service that exits is started again. Ctrl-C stops everything.\n"
     )
+    if os.environ.get("AGENTBUS_ADMIN_TOKEN") or os.environ.get("AGENTBUS_API_TOKEN"):
+        banner += (
+            "Authentication is on: send `Authorization: Bearer <token>`; an admin makes keys for\n"
+            "the others with POST /api/keys (docs/security.md).\n"
+        )
+    else:
+        banner += (
+            "Authentication is off: the gateway listens on loopback only and anyone on this machine\n"
+            "acts as the admin. To turn it on, start it with an admin token, e.g.\n"
+            "  AGENTBUS_ADMIN_TOKEN=$(openssl rand -hex 32) make run\n"
+        )
     supervisor = Supervisor(lock)
     # Ctrl-C stops everything even when this was started with SIGINT ignored (a shell's
     # background job, some supervisors): the services run in their own sessions and would outlive it.

@@ -18,6 +18,34 @@ def system() -> Iterator[System]:
         sys_.stop()
 
 
+# The admin token of `secured`, the system with authentication on.
+ADMIN = "e2e-admin-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def secured() -> Iterator[System]:
+    """A second system, with authentication on; writes are not throttled (schemathesis sends many)."""
+    sys_ = start_system(
+        AGENTBUS_ADMIN_TOKEN=ADMIN,
+        GATEWAY_WRITE_RATE="100000",
+        GATEWAY_WRITE_BURST="100000",
+        WS_HEARTBEAT_S="0.5",
+    )
+    try:
+        yield sys_
+    finally:
+        sys_.stop()
+
+
+@pytest.fixture
+async def admin_api(secured: System) -> AsyncIterator[Api]:
+    client = Api(secured.base_url, secured.ws_url, token=ADMIN)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
 @pytest.fixture
 async def api(system: System) -> AsyncIterator[Api]:
     client = Api(system.base_url, system.ws_url)

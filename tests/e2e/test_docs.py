@@ -68,7 +68,7 @@ def test_make_run_starts_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         "GATEWAY_PORT": str(http_port),
         "NATS_PORT": str(nats_port),
     }
-    for key in ("DATABASE_URL", "METRICS_DATABASE_URL", "AGENTBUS_API_TOKEN"):
+    for key in ("DATABASE_URL", "METRICS_DATABASE_URL", "AGENTBUS_ADMIN_TOKEN", "AGENTBUS_API_TOKEN"):
         env.pop(key, None)
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "run.py")],

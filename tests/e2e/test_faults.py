@@ -118,13 +118,19 @@ async def test_reaper_ends_runs_no_runner_holds() -> None:
         await api.wait_status(work.runs[0]["id"], "awaiting_approval")
         await api.wait_status(work.runs[1]["id"], "running")
         system.runners[0].kill()
-        # No runner comes back: both runs must still end, as failed, within the documented bound:
-        # the running one once nobody announced it for REAPER_AFTER_S, the parked one (no runner
-        # holds it by design) once its approval deadline is REAPER_AFTER_S past twice (a wake, then
-        # the end).
-        await check_invariants("runner gone for good (reaper)", api, work, timeout=40, expect={"failed"})
-        for r in work.runs:
-            assert "runner lost" in (await api.get_run(r["id"]))["error_message"]
+        # No runner comes back: both runs must still end within the documented bound: the running
+        # one, failed, once nobody announced it for REAPER_AFTER_S; the parked one (no runner holds
+        # it by design) once its approval deadline is REAPER_AFTER_S past twice (a wake, then the
+        # end), as its policy says (the default: `timeout`).
+        await check_invariants(
+            "runner gone for good (reaper)", api, work, timeout=40, expect={"failed", "timeout"}
+        )
+        parked, running_run = [await api.get_run(r["id"]) for r in work.runs]
+        assert (parked["status"], parked["error_message"]) == (
+            "timeout",
+            "timed out while waiting for approval",
+        )
+        assert running_run["status"] == "failed" and "runner lost" in running_run["error_message"]
 
 
 async def test_gateway_killed_clients_reconnect_with_since() -> None:

@@ -40,7 +40,7 @@ MAX_BODY = 1024 * 1024  # MAX_BODY_BYTES of the system under test (its default)
 EVIL = "http://evil.example"
 # Query parameters that filter a list by an id or a name: a value that names nothing is an empty
 # page, not an error (only one past their length limit is a 400).
-FREE_TEXT = {"task_id", "run_id", "name"}
+FREE_TEXT = {"task_id", "run_id", "name", "actor", "action", "target_id"}
 # Summaries answer 200 for an id with no metrics (CONTRACT.md), so an odd id gets an empty one
 # (or a 404 where the id takes the path off the route).
 SUMMARIES = {"/api/metrics/task/{task_id}/summary", "/api/metrics/run/{run_id}/summary"}
@@ -53,6 +53,7 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
     "PATCH /api/runs/{run_id}": {"labels": {"k": "v"}},
     "POST /api/runs/{run_id}/approve": {"approved": True},
     "POST /api/runs/{run_id}/cancel": {"reason": "hostile"},
+    "POST /api/keys": {"name": "hostile", "role": "viewer"},
 }
 
 INTEGERS = {

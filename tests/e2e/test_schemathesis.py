@@ -8,7 +8,7 @@ accepted and invalid input refused, 405 with `Allow` for other methods, a delete
 It runs as the CLI because its pytest integration (`schemathesis.pytest.from_fixture`) does not
 work with pytest 9 (it sets `Node._nodeid`, which is gone), and the CLI's report is the readable
 one. Generation is deterministic (`--generation-deterministic`); a stored task, finished run,
-artifact, metric and page cursors are handed to tests/support/st_hooks.py so generated requests
+artifact, metric, approval and page cursors are handed to tests/support/st_hooks.py so generated requests
 reach existing things too.
 """
 
@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import ADMIN
 from tests.support.client import Api
 from tests.support.system import System
 from tests.support.waiting import eventually
@@ -32,8 +33,8 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 ST = Path(sys.executable).with_name("st")
-# Per operation (fuzzing phase): with the coverage and stateful phases, about 40 s on two cores.
-MAX_EXAMPLES = 150
+# Per operation (fuzzing phase): with the coverage and stateful phases, about 45 s on two cores.
+MAX_EXAMPLES = 70
 LIVE = ("pending", "running", "awaiting_approval")
 
 
@@ -44,7 +45,8 @@ async def _get(api: Api, path: str, **params: Any) -> Any:
 
 
 async def stored_things(api: Api) -> dict[str, str]:
-    """A task with two finished runs, the first with an artifact and metrics; page cursors."""
+    """A task with two finished runs, the first with an artifact and metrics; two approved plans (of
+    another task's runs); two API keys; page cursors."""
     task = await api.task(
         name="schemathesis seed",
         require_approval=False,
@@ -54,6 +56,17 @@ async def stored_things(api: Api) -> dict[str, str]:
     runs = [await api.run(task["id"]) for _ in range(2)]
     for run in runs:
         await api.wait_status(run["id"], "completed")
+    approved = await api.task(
+        name="schemathesis seed, approved", agent_config={"steps": 1, "step_delay_ms": 0}
+    )
+    for _ in range(2):
+        waiting = await api.run(approved["id"])
+        await api.wait_status(waiting["id"], "awaiting_approval")
+        r = await api.http.post(f"/api/runs/{waiting['id']}/approve", json={"approved": True})
+        assert r.status_code == 200, r.text
+    for role in ("viewer", "operator"):
+        r = await api.http.post("/api/keys", json={"name": f"schemathesis {role}", "role": role})
+        assert r.status_code == 201, r.text
     run_id = runs[0]["id"]
     artifacts = await _get(api, f"/api/runs/{run_id}/artifacts")
     assert artifacts, "the scripted agent writes result.json"
@@ -69,6 +82,10 @@ async def stored_things(api: Api) -> dict[str, str]:
         "metric_id": await eventually(a_metric, what="a metric of the seeded run"),
         "task_cursor": (await _get(api, "/api/tasks", limit=1))["next_cursor"],
         "run_cursor": (await _get(api, "/api/runs", limit=1))["next_cursor"],
+        "approval_id": (await _get(api, "/api/approvals", task_id=approved["id"]))["items"][0]["id"],
+        "approval_cursor": (await _get(api, "/api/approvals", limit=1))["next_cursor"],
+        "key_cursor": (await _get(api, "/api/keys", limit=1))["next_cursor"],
+        "audit_cursor": (await _get(api, "/api/audit", limit=1))["next_cursor"],
     }
 
 
@@ -157,8 +174,11 @@ generation.max-examples = 20
 
 
 async def test_schemathesis_finds_nothing_against_the_live_openapi(
-    system: System, api: Api, tmp_path: Path
+    secured: System, admin_api: Api, tmp_path: Path
 ) -> None:
+    """Against the system with authentication on, as the admin: the `ignored_auth` check also sends
+    each request without the credential and expects the 401 the document declares."""
+    system, api = secured, admin_api
     known = await stored_things(api)
     before = await live_runs(api)
     (tmp_path / "schemathesis.toml").write_text(config(await _get(api, "/openapi.json")))
@@ -174,6 +194,7 @@ async def test_schemathesis_finds_nothing_against_the_live_openapi(
         "run",
         f"{system.base_url}/openapi.json",
         "--checks=all",
+        f"--header=Authorization: Bearer {ADMIN}",
         "--no-color",
     ]
     started = time.monotonic()

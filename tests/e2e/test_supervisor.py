@@ -50,7 +50,7 @@ class MakeRun:
             "GATEWAY_PORT": str(self.http_port),
             "NATS_PORT": str(self.nats_port),
         }
-        for key in ("DATABASE_URL", "METRICS_DATABASE_URL", "AGENTBUS_API_TOKEN"):
+        for key in ("DATABASE_URL", "METRICS_DATABASE_URL", "AGENTBUS_ADMIN_TOKEN", "AGENTBUS_API_TOKEN"):
             self.env.pop(key, None)
         self.lines: list[str] = []
         self.done = False  # the launcher's output ended

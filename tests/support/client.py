@@ -17,8 +17,9 @@ TERMINAL = {"completion", "failure", "rejected", "cancelled", "timeout"}
 
 
 class Api:
-    def __init__(self, base_url: str, ws_url: str) -> None:
-        self.http = httpx.AsyncClient(base_url=base_url, timeout=30)
+    def __init__(self, base_url: str, ws_url: str, token: str | None = None) -> None:
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=30, headers=self.headers)
         self.ws_url = ws_url
 
     async def close(self) -> None:
@@ -52,7 +53,9 @@ class Api:
         return await eventually(check, timeout, f"run {run_id} in {statuses}")
 
     def ws(self, path: str) -> Any:
-        return connect(f"{self.ws_url}{path}", max_queue=None, open_timeout=10)
+        return connect(
+            f"{self.ws_url}{path}", max_queue=None, open_timeout=10, additional_headers=self.headers
+        )
 
 
 async def next_event(ws: ClientConnection, timeout: float = 20, heartbeats: bool = False) -> dict[str, Any]:

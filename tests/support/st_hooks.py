@@ -3,12 +3,15 @@ SCHEMATHESIS_HOOKS; the ids it substitutes come in AGENTBUS_ST_KNOWN as JSON).
 
 Each hook makes generated requests mean what the schema says they mean, without weakening a check:
 - path parameters sometimes name stored things (a task, a finished run with an artifact, a metric,
-  the `scripted` agent), so the coverage and fuzzing phases reach past the 404 as well;
+  an approval, the `scripted` agent), so the coverage and fuzzing phases reach past the 404 as well;
 - a schema-valid `cursor` is one the gateway handed out (cursors are opaque: the schema can only say
   "a string"), and it goes without `skip` ("pass either skip or cursor");
 - an integral float in a body's integer field is sent as an integer: JSON Schema counts 5.0 as an
   integer, the gateway (CONTRACT.md: "of the wrong type: 400") does not, and that 400 is tested
-  in tests/e2e/test_hostile_input.py.
+  in tests/e2e/test_hostile_input.py;
+- a body's `date-time` field holds an RFC 3339 time in the future: schemathesis's coverage phase
+  ignores `format` and sends `""`, and a key's `expires_at` in the past is refused (400) for a reason
+  no schema can say; both refusals are tested in tests/integration/test_identities.py.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
+from datetime import UTC, datetime
 from typing import Any
 
 import schemathesis
@@ -27,9 +31,16 @@ IDS = {
     "task_id": KNOWN.get("task_id"),
     "run_id": KNOWN.get("run_id"),
     "metric_id": KNOWN.get("metric_id"),
+    "approval_id": KNOWN.get("approval_id"),
     "kind": "scripted",
 }
-CURSORS = {"/api/tasks": KNOWN.get("task_cursor"), "/api/runs": KNOWN.get("run_cursor")}
+CURSORS = {
+    "/api/tasks": KNOWN.get("task_cursor"),
+    "/api/runs": KNOWN.get("run_cursor"),
+    "/api/approvals": KNOWN.get("approval_cursor"),
+    "/api/keys": KNOWN.get("key_cursor"),
+    "/api/audit": KNOWN.get("audit_cursor"),
+}
 BIG = 2**63 - 1
 
 
@@ -85,6 +96,31 @@ def _integers(value: Any, schema: Any) -> Any:
     return value
 
 
+FUTURE = "2100-01-01T00:00:00Z"
+
+
+def _date_times(value: Any, schema: Any) -> Any:
+    """`value` with every `date-time` string of `schema` that is not an RFC 3339 time in the future
+    made one."""
+    if not isinstance(schema, dict) or not isinstance(value, dict):
+        return value
+    out = dict(value)
+    for key, prop in (schema.get("properties") or {}).items():
+        branches = [prop, *(prop.get("anyOf", ()) if isinstance(prop, dict) else ())]
+        if any(isinstance(b, dict) and b.get("format") == "date-time" for b in branches):
+            if isinstance(out.get(key), str) and not _future(out[key]):
+                out[key] = FUTURE
+    return out
+
+
+def _future(text: str) -> bool:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return False
+    return moment.tzinfo is not None and moment > datetime.now(UTC)
+
+
 def _fits(value: Any, schema: dict[str, Any]) -> bool:
     kind = schema.get("type")
     return (kind == "object" and isinstance(value, dict)) or (kind == "integer" and isinstance(value, float))
@@ -102,5 +138,5 @@ def map_case(context: Any, case: Any) -> Any:
     _cursor(case)
     schema = _body_schema(case)
     if schema is not None and isinstance(case.body, (dict, float)):
-        case.body = _integers(case.body, schema)
+        case.body = _date_times(_integers(case.body, schema), schema)
     return case

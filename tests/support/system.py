@@ -136,13 +136,18 @@ class System:
         assert not refused, "the broker refused a service:\n" + "\n".join(refused[:20])
 
 
+# Settings of the machine's environment a test system must not pick up (it sets its own).
+_NOT_INHERITED = frozenset({"AGENTBUS_ADMIN_TOKEN", "AGENTBUS_API_TOKEN", "NATS_USER", "NATS_PASSWORD"})
+
+
 def start_system(
     database_url: str | None = None, runners: int = 1, gateways: int = 1, nats: Any = None, **env: str
 ) -> System:
     root = Path(tempfile.mkdtemp(prefix="agentbus-e2e-"))
     nats = nats or NatsServer(str(root / "nats"), secured=True).start()
+    inherited = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
     base_env = {
-        **os.environ,
+        **inherited,
         "NATS_URL": nats.url,
         "DATABASE_URL": database_url or f"sqlite+aiosqlite:///{root / 'gateway.db'}",
         "METRICS_DATABASE_URL": f"sqlite+aiosqlite:///{root / 'metrics.db'}",
@@ -150,8 +155,6 @@ def start_system(
         "LOG_LEVEL": "INFO",
         **env,
     }
-    for name in ("AGENTBUS_API_TOKEN", "NATS_USER", "NATS_PASSWORD"):
-        base_env.pop(name, None)
     system = System(root, nats, base_env)
     try:
         system.add_metrics()

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import threading
+from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from bench.httpload import build_request, parse_response
+import pytest
+
+from bench import auth
+from bench.httpload import build_request, parse_response, served
+from bench.httpload import main as httpload_main
 from bench.report import BEGIN, END, write
 from bench.stats import (
     Row,
@@ -21,7 +29,9 @@ from bench.stats import (
     summary,
     table,
 )
-from bench.streams import close_frame, event_age_s, head_decoder, parse_frames
+from bench.streams import StreamClient, close_frame, event_age_s, head_decoder, parse_frames
+from bench.webload import parse_wrk, wrk_script
+from bench.wsload import check_refused
 
 
 def test_percentile_nearest_rank() -> None:
@@ -140,3 +150,133 @@ def test_compare_interleaves_the_sides_and_says_when_ref_failed() -> None:
     b.systems = ["A", None]  # type: ignore[list-item]
     b.row("case again", "sqlite", b.repeat("case", lambda s: {"ms": 1.0}), "ms", "ms")
     assert b.ref_rows[-1] == "failed on REF (its services did not start)"
+
+
+# --- authentication: every request carries the run's admin token; a refused one fails loudly --------
+
+
+class _Gateway(BaseHTTPRequestHandler):
+    """Answers 200 to `Authorization: Bearer <token>`, 401 to anything else, on keep-alive."""
+
+    protocol_version = "HTTP/1.1"
+    token = ""
+
+    def do_GET(self) -> None:
+        self.send_response(200 if self.headers.get("Authorization") == f"Bearer {self.token}" else 401)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _serve(token: str) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("G", (_Gateway,), {"token": token}))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def run_token(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv(auth.ENV, "bench-token-0123456789")
+    monkeypatch.setattr(auth, "_token", None)
+    return "bench-token-0123456789"
+
+
+def test_the_token_is_the_environments_and_every_gateway_gets_it_under_both_names(run_token: str) -> None:
+    assert auth.bearer() == {"Authorization": f"Bearer {run_token}"}
+    env = auth.gateway_env()
+    assert env["AGENTBUS_ADMIN_TOKEN"] == env["AGENTBUS_API_TOKEN"] == run_token
+    assert float(env["GATEWAY_WRITE_RATE"]) >= 1e6 and int(env["GATEWAY_WRITE_BURST"]) >= 1e6
+    assert int(env["GATEWAY_MAX_STREAMS"]) > 10 * 1000  # far above the largest fan-out
+    assert auth.tool_env()[auth.ENV] == run_token
+    assert [auth.refused(c) for c in (None, 1000, 1013, 4401, 4403, 4429)] == [False] * 3 + [True] * 3
+
+
+def test_httpload_sends_the_token_and_fails_on_answers_not_2xx(
+    run_token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert served(Counter({200: 3, 201: 1, 302: 5, 401: 2})) == 4  # a redirect is not served either
+    assert b"\r\nAuthorization: Bearer t\r\n" in build_request(
+        "GET", "h:1", "/", headers={"Authorization": "Bearer t"}
+    )
+    good = _serve(run_token)
+    try:
+        httpload_main(
+            [f"http://127.0.0.1:{good.server_port}/api/tasks/x", "--duration", "0.2", "--connections", "2"]
+        )
+    finally:
+        good.shutdown()
+    result = json.loads(capsys.readouterr().out)
+    assert result["ok"] > 0 and result["errors"] == 0 and set(result["statuses"]) == {"200"}
+    bad = _serve("another-token-0123456789")
+    try:
+        with pytest.raises(SystemExit) as refused:
+            httpload_main(
+                [f"http://127.0.0.1:{bad.server_port}/api/tasks/x", "--duration", "0.2", "--connections", "2"]
+            )
+    finally:
+        bad.shutdown()
+    result = json.loads(capsys.readouterr().out)
+    assert result["ok"] == 0 and result["rps"] == 0 and result["errors"] >= result["requests"] > 0
+    assert "not answered 2xx" in str(refused.value) and "'401'" in str(refused.value)
+
+
+def test_wrk_sends_the_token_from_its_script_and_counts_non_2xx() -> None:
+    script = wrk_script("POST", '{"name": "bench"}', {"Authorization": "Bearer t"})
+    assert 'wrk.method = "POST"' in script and 'wrk.headers["Authorization"] = "Bearer t"' in script
+    assert 'wrk.headers["Content-Type"] = "application/json"' in script
+    assert "wrk.body" not in wrk_script("GET", "", {"Authorization": "Bearer t"})
+    out = (
+        "  Latency Distribution\n     50%  310.00us\n     99%    1.20ms\n"
+        "  20000 requests in 2.00s, 3.00MB read\n  Socket errors: connect 0, read 1, write 0, timeout 2\n"
+        "  Non-2xx or 3xx responses: 20000\nRequests/sec:  10000.00\n"
+    )
+    r = parse_wrk(out)
+    assert r["rps"] == 10000 and r["errors"] == 20000 and r["socket_errors"] == 3
+    assert r["p50_ms"] == 0.31 and r["p99_ms"] == 1.2
+
+
+AUTH_T = {"Authorization": "Bearer t"}
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.sent = b""
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
+
+    def close(self) -> None:
+        self.closing = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+async def test_stream_handshakes_carry_the_token_and_a_refusal_fails() -> None:
+    for sse in (False, True):
+        client = StreamClient("h:1", "/ws/stream", lambda raw: None, sse=sse, headers=AUTH_T)
+        transport = _Transport()
+        client.connection_made(transport)  # type: ignore[arg-type]
+        assert b"\r\nAuthorization: Bearer t\r\n\r\n" in transport.sent and transport.sent.endswith(
+            b"\r\n\r\n"
+        )
+    # Accepted, then closed with 4401 (no credential): refused, and the load process says so.
+    client = StreamClient("h:1", "/ws/stream", lambda raw: None, headers=AUTH_T)
+    client.connection_made(_Transport())  # type: ignore[arg-type]
+    client.data_received(
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n" + bytes([0x88, 2]) + (4401).to_bytes(2, "big")
+    )
+    assert client.close_code == 4401
+    with pytest.raises(RuntimeError, match="refused 1 streams"):
+        check_refused([client])
+    # An SSE stream answered 401 never opens.
+    sse = StreamClient("h:1", "/api/runs/r/events", lambda raw: None, sse=True)
+    sse.connection_made(_Transport())  # type: ignore[arg-type]
+    sse.data_received(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n")
+    with pytest.raises(RuntimeError, match="answered 401"):
+        await sse.opened

@@ -46,6 +46,10 @@ def test_contract_event_types_are_all_defined() -> None:
             **BASE, data=ev.CompletionData(results={"a": 1}, duration=1.5, stats=ev.RunStats(steps=2))
         ),
         ev.Failure(**BASE, data=ev.FailureData(error="boom")),
+        ev.Failure(
+            **BASE,
+            data=ev.FailureData(error="budget exceeded: x", reason="budget", tokens=45, cost_usd=0.0),
+        ),
         ev.Cancelled(**BASE, data=ev.CancelledData(reason="user")),
         ev.Timeout(**BASE, data=ev.TimeoutData(phase="approval")),
     ],
@@ -58,6 +62,19 @@ def test_event_round_trip_keeps_type_and_wire_shape(event: ev.Event) -> None:
     assert wire["event_type"] == event.__struct_config__.tag
     assert wire["timestamp"] == "2026-01-02T03:04:05Z"
     assert {"id", "seq", "event_type", "timestamp", "task_id", "run_id", "message", "data", "v"} <= set(wire)
+
+
+def test_a_failure_without_a_reason_keeps_its_wire_shape() -> None:
+    """The budget fields are optional and omitted when unset: other failures encode as before."""
+    data = msgspec.json.decode(encode(ev.Failure(**BASE, data=ev.FailureData(error="boom"))))["data"]
+    assert data == {"error": "boom"}
+    budget = ev.FailureData(error="b", reason="budget", tokens=0, cost_usd=0.0)
+    assert msgspec.json.decode(msgspec.json.encode(budget)) == {
+        "error": "b",
+        "reason": "budget",
+        "tokens": 0,
+        "cost_usd": 0.0,
+    }
 
 
 def test_unknown_fields_are_tolerated_for_rolling_upgrades() -> None:

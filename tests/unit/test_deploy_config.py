@@ -35,7 +35,7 @@ SERVICES = ("gateway", "runner", "metrics")
 NATS_ACCESS_ENV = {"NATS_USER", "NATS_PASSWORD", "NATS_TLS_CA", "NATS_TLS_CERT", "NATS_TLS_KEY"}
 COMMON_ENV = {"NATS_URL", "NATS_REPLICAS", "LOG_LEVEL"} | NATS_ACCESS_ENV
 SERVICE_ENV = {
-    "gateway": COMMON_ENV | {"DATABASE_URL", "GATEWAY_HOST", "GATEWAY_PORT", "AGENTBUS_API_TOKEN"},
+    "gateway": COMMON_ENV | {"DATABASE_URL", "GATEWAY_HOST", "GATEWAY_PORT", "AGENTBUS_ADMIN_TOKEN"},
     "runner": COMMON_ENV
     | {"RUNNER_MAX_CONCURRENCY", "RUNNER_GRACE_S", "OPENAI_BASE_URL", "OPENAI_MODEL", "OPENAI_API_KEY"},
     "metrics": COMMON_ENV | {"METRICS_DATABASE_URL"},
@@ -245,7 +245,7 @@ def test_compose_publishes_nothing_beyond_loopback_and_gateway_needs_a_token() -
     assert gateway["ports"], "the gateway is published (on loopback)"
     # It listens on 0.0.0.0 inside its container, so the token must be set: `:?` makes compose refuse.
     assert gateway["environment"]["GATEWAY_HOST"] == "0.0.0.0"
-    assert gateway["environment"]["AGENTBUS_API_TOKEN"].startswith("${AGENTBUS_API_TOKEN:?")
+    assert gateway["environment"]["AGENTBUS_ADMIN_TOKEN"].startswith("${AGENTBUS_ADMIN_TOKEN:?")
 
 
 def test_compose_start_order_and_restarts() -> None:
@@ -340,8 +340,8 @@ def test_docker_compose_config_parses(tmp_path: Path) -> None:
     args = ["docker", "compose", "--project-directory", str(project)]
     args += ["--env-file", str(tmp_path / "empty.env")]
     args += ["-f", str(ROOT / "docker-compose.yml"), "config", "-q"]
-    env = {k: v for k, v in os.environ.items() if k != "AGENTBUS_API_TOKEN"}
-    token = env | {"AGENTBUS_API_TOKEN": "t"}
+    env = {k: v for k, v in os.environ.items() if k != "AGENTBUS_ADMIN_TOKEN"}
+    token = env | {"AGENTBUS_ADMIN_TOKEN": "t"}
     # Without `make broker-users` compose stops, naming the missing file.
     no_users = subprocess.run(args, env=token, capture_output=True, text=True, timeout=60)
     assert no_users.returncode != 0 and re.search(r"var/broker/\w+\.env", no_users.stderr), no_users.stderr
@@ -349,7 +349,7 @@ def test_docker_compose_config_parses(tmp_path: Path) -> None:
     ok = subprocess.run(args, env=token, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     no_token = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
-    assert no_token.returncode != 0 and "AGENTBUS_API_TOKEN" in no_token.stderr
+    assert no_token.returncode != 0 and "AGENTBUS_ADMIN_TOKEN" in no_token.stderr
 
 
 # --- Kubernetes ------------------------------------------------------------------------------
@@ -476,7 +476,7 @@ def test_k8s_env_names_config_and_secrets() -> None:
                 assert ref["name"] == "agentbus-secrets" and ref["key"] in template["stringData"], name
     gateway = env_of(container(one("Deployment", "gateway")))
     if gateway["GATEWAY_HOST"]["value"] not in LOOPBACK:
-        assert "secretKeyRef" in gateway["AGENTBUS_API_TOKEN"]["valueFrom"]
+        assert "secretKeyRef" in gateway["AGENTBUS_ADMIN_TOKEN"]["valueFrom"]
 
 
 def test_secret_template_holds_placeholders_only() -> None:
@@ -484,7 +484,7 @@ def test_secret_template_holds_placeholders_only() -> None:
     assert set(template["stringData"]) == {
         "DATABASE_URL",
         "METRICS_DATABASE_URL",
-        "AGENTBUS_API_TOKEN",
+        "AGENTBUS_ADMIN_TOKEN",
         "OPENAI_API_KEY",
     }
     assert all("REPLACE_ME" in v for v in template["stringData"].values())

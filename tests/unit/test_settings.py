@@ -227,7 +227,7 @@ def test_a_valid_environment_round_trip() -> None:
     )
     assert isinstance(g.port, int) and isinstance(g.request_timeout_s, float)
     g.check()  # a token: may listen beyond loopback
-    with pytest.raises(SystemExit, match="AGENTBUS_API_TOKEN"):
+    with pytest.raises(SystemExit, match="AGENTBUS_ADMIN_TOKEN"):
         GatewaySettings.from_env({"GATEWAY_HOST": "0.0.0.0"}).check()
 
     r = RunnerSettings.from_env(
@@ -266,6 +266,8 @@ def test_every_variable_is_read_from_the_environment() -> None:
                 "METRICS_DATABASE_URL": "sqlite:///x.db",
                 "LOG_LEVEL": "ERROR",
                 "OPENAI_BASE_URL": "https://x",
+                "AGENTBUS_ADMIN_TOKEN": "x7-at-least-sixteen",
+                "JWT_JWKS_URL": "https://idp.example/jwks.json",
             }.get(var.name, "x7")
             value = cls.from_env({var.name: raw})
             for part in var.path:
@@ -407,3 +409,31 @@ def test_readme_table_matches_the_settings_classes() -> None:
 def test_readme_table_is_generated_and_up_to_date() -> None:
     readme = (ROOT / "README.md").read_text()
     assert _generator().update(readme) == readme, "run: python scripts/gen_settings_doc.py"
+
+
+def test_authentication_switches_and_safe_defaults() -> None:
+    off = GatewaySettings.from_env({})
+    assert not off.auth_on and off.admin_credential is None
+    off.check()  # loopback without authentication: allowed
+    for env_ in (
+        {"AGENTBUS_ADMIN_TOKEN": "an-admin-token-0123"},
+        {"AGENTBUS_API_TOKEN": "legacy"},
+        {"JWT_KEY": "a-shared-secret"},
+        {"JWT_JWKS_URL": "https://idp.example/.well-known/jwks.json"},
+    ):
+        on = GatewaySettings.from_env({**env_, "GATEWAY_HOST": "0.0.0.0"})
+        assert on.auth_on, env_
+        on.check()  # beyond loopback with authentication: allowed
+    both = GatewaySettings.from_env(
+        {"AGENTBUS_ADMIN_TOKEN": "new-admin-token-0123", "AGENTBUS_API_TOKEN": "old"}
+    )
+    assert both.admin_credential == "new-admin-token-0123"
+    with pytest.raises(SystemExit, match="ALLOW_INSECURE"):
+        GatewaySettings.from_env({"GATEWAY_HOST": "10.0.0.5"}).check()
+    GatewaySettings.from_env({"GATEWAY_HOST": "10.0.0.5", "ALLOW_INSECURE": "1"}).check()
+    assert error(GatewaySettings, {"AGENTBUS_ADMIN_TOKEN": "short"}) == (
+        "AGENTBUS_ADMIN_TOKEN (value hidden): must be printable ASCII without spaces, at least 16 characters"
+    )
+    assert error(GatewaySettings, {"JWT_ALGORITHMS": "none"}).startswith("JWT_ALGORITHMS=none: must be")
+    assert GatewaySettings.from_env({"JWT_ALGORITHMS": "ES256, EdDSA"}).jwt_algorithms == ("ES256", "EdDSA")
+    assert error(GatewaySettings, {"GATEWAY_WRITE_RATE": "0"}).startswith("GATEWAY_WRITE_RATE=0")

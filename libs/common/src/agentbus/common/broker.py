@@ -123,7 +123,7 @@ def permissions(service: str) -> Permissions:
                 s.TASK_DELETED,
                 *METRICS_REQUESTS,
                 s.EVENTS_LIVE_ALL,
-                s.EVENTS_RUN_ALL,  # the reaper ends a run no runner holds with a `failure`
+                s.EVENTS_RUN_ALL,  # the reaper ends a run no runner holds (`failure`, or by its policy)
                 f"{KV}.*.start",
                 f"{KV}.*.decision",
                 f"{KV}.*.cancel",

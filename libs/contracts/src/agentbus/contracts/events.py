@@ -91,6 +91,11 @@ class CompletionData(msgspec.Struct, omit_defaults=True):
 class FailureData(msgspec.Struct, omit_defaults=True):
     error: str
     stats: RunStats | None = None
+    # Why, when the runner names it: "budget" (the run's usage passed its max_tokens or max_cost_usd),
+    # with the usage it reached (prompt + completion tokens, and USD).
+    reason: str | None = None
+    tokens: int | None = None
+    cost_usd: float | None = None
 
 
 class CancelledData(msgspec.Struct, omit_defaults=True):

@@ -10,6 +10,12 @@ from agentbus.contracts.events import PROTOCOL_VERSION, Seq
 ApprovalTimeoutPolicy = Literal["timeout", "reject", "approve"]
 
 
+def deadline_feedback(policy: str) -> str:
+    """The feedback of a `rejected` or `approved` event that the approval deadline's policy decided
+    (no one did): the same words whichever service applies it."""
+    return f"no decision within the approval deadline (on_approval_timeout: {policy})"
+
+
 class RunStart(msgspec.Struct, kw_only=True):
     """`run.start.<agent>`: everything a runner needs to execute a run, so it never reads the gateway's DB."""
 

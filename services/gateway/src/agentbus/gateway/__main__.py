@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import sys
 from types import FrameType
@@ -12,7 +13,7 @@ import uvicorn
 from agentbus.common.logs import setup_logging
 from agentbus.common.settings import SettingsError
 from agentbus.gateway.app import Gateway
-from agentbus.gateway.settings import Settings
+from agentbus.gateway.settings import Settings, is_loopback
 from agentbus.gateway.streams.hub import Hub
 
 
@@ -38,6 +39,8 @@ class GatewayServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+log = logging.getLogger("agentbus.gateway")
+
 # The kernel send buffer of every connection, instead of Linux's autotuning (up to 4 MB a socket): a
 # stream client that stops reading is noticed after a few hundred KB, not megabytes, and costs no
 # more than that. Set on the listening socket, which accepted connections inherit it from.
@@ -62,6 +65,14 @@ def main() -> None:
         sys.exit(2)
     settings.check()
     setup_logging("gateway", settings.log_level)
+    if not settings.auth_on:
+        log.warning(
+            "authentication is off (no AGENTBUS_ADMIN_TOKEN, JWT_KEY or JWT_JWKS_URL): %s",
+            f"listening on {settings.host} only; every request acts as the local admin"
+            if is_loopback(settings.host)
+            else f"listening on {settings.host} because ALLOW_INSECURE=1: anyone who reaches it "
+            "may do anything",
+        )
     try:
         import uvloop  # noqa: F401
 

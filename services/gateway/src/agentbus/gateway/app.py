@@ -20,18 +20,23 @@ from litestar.di import Provide
 from litestar.exceptions import LitestarDeprecationWarning, MethodNotAllowedException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 
 from agentbus.contracts import subjects
 from agentbus.gateway import __version__
+from agentbus.gateway.access import Access
+from agentbus.gateway.admission import Admission
 from agentbus.gateway.agents import AgentController, Discovery
-from agentbus.gateway.auth import token_middleware
+from agentbus.gateway.approvals import ApprovalController, ApprovalService
 from agentbus.gateway.bus import Bus
 from agentbus.gateway.errors import EXCEPTION_HANDLERS, GatewayRequest, unexpected
 from agentbus.gateway.guard import Guard, Methods, MethodTable
 from agentbus.gateway.health import health, ready
+from agentbus.gateway.identity import Authenticator
 from agentbus.gateway.ingest import EventIngest
 from agentbus.gateway.lifecycle import Lifecycle
 from agentbus.gateway.metrics import MetricsController
+from agentbus.gateway.people import AuditController, KeyController, identity_of, me
 from agentbus.gateway.reaper import Reaper
 from agentbus.gateway.runs import RunController, RunService
 from agentbus.gateway.settings import Settings
@@ -42,6 +47,17 @@ from agentbus.gateway.streams.sse import run_event_stream
 from agentbus.gateway.tasks import TaskController, TaskService
 
 __all__ = ["MIGRATIONS", "Gateway", "create_app"]
+
+
+SECURITY_SCHEMES: dict[str, Any] = {
+    "bearer": SecurityScheme(
+        type="http",
+        scheme="bearer",
+        description="An API key (`ab_...`), the admin token, or a JWT; streams also take `?token=`. "
+        "Roles: viewer (every GET, every stream), operator (+ create, update, delete tasks and runs, "
+        "cancel runs), approver (+ approve and reject), admin (everything, keys and the audit trail).",
+    )
+}
 
 
 def _provide(value: Any) -> Provide:
@@ -55,18 +71,38 @@ class Gateway:
         self.settings = s = settings
         origin = uuid.uuid4().hex  # marks this process's live announcements (its hub skips them)
         self.store = GatewayStore(s.database_url, s.db_pool_size, s.db_read_connections)
+        self.authenticator = Authenticator(s, self.store.people.key_secret)
+        self.access = Access(s, self.authenticator, self.store.people)
         self.bus = Bus(s.nats_url, f"gateway-{s.instance}", s.nats_replicas, s.request_timeout_s, s.nats)
-        self.hub = Hub(self.store, s.ws_heartbeat_s, s.ws_queue_size, origin)
+        self.admission = Admission(self.store, self.bus)  # runs over a task's max_concurrent_runs
+        self.hub = Hub(self.store, s.ws_heartbeat_s, s.ws_queue_size, origin, on_frames=self.admission.stored)
         self.ingest = EventIngest(
             self.store, self.bus, on_stored=self.hub.deliver, origin=origin, batch=s.ingest_batch
         )
-        self.reaper = Reaper(self.store, self.bus, s.reaper_after_s, s.reaper_interval_s, s.instance)
+        self.reaper = Reaper(
+            self.store,
+            self.bus,
+            s.reaper_after_s,
+            s.reaper_interval_s,
+            s.instance,
+            on_round=self.admission.sweep,
+        )
         self.discovery = Discovery(self.bus)
         self.lifecycle = Lifecycle(
-            self.store, self.bus, self.hub.wait_ended, s.delete_wait_s, s.cancel_wait_s
+            self.store,
+            self.bus,
+            self.hub.wait_ended,
+            s.delete_wait_s,
+            s.cancel_wait_s,
+            queue_held=self.admission.queue_cancelled,
         )
-        self.tasks = TaskService(self.store, self.lifecycle, s.default_agent)
-        self.runs = RunService(self.store, self.bus, self.discovery, self.lifecycle, self.tasks)
+        self.tasks = TaskService(
+            self.store, self.lifecycle, s.default_agent, limit_changed=self.admission.limit_changed
+        )
+        self.approvals = ApprovalService(self.store)
+        self.runs = RunService(
+            self.store, self.bus, self.discovery, self.lifecycle, self.tasks, watch=self.admission.watch
+        )
         self.app = self._app()
         self.methods = MethodTable(self.app)
         self.asgi = Guard(Methods(self.app, self.methods), s.served_hosts(), s.cors_origins)
@@ -82,6 +118,7 @@ class Gateway:
         await self.store.open()
         try:
             await self.bus.open()
+            await self.admission.start()  # what is held, before any event is stored
             await self.hub.start(self.bus.nc, subjects.EVENTS_LIVE_ALL)
             await self.ingest.start()
             await self.reaper.start()
@@ -90,6 +127,7 @@ class Gateway:
             await self.reaper.stop()
             await self.hub.stop()
             await self.ingest.stop()
+            await self.admission.stop()  # after the last event in: no release starts after it
             await self.bus.close()
             await self.store.close()
 
@@ -101,6 +139,7 @@ class Gateway:
             route_handlers=[
                 TaskController,
                 RunController,
+                ApprovalController,
                 AgentController,
                 MetricsController,
                 health,
@@ -109,6 +148,9 @@ class Gateway:
                 task_stream,
                 all_stream,
                 run_event_stream,
+                KeyController,
+                AuditController,
+                me,
             ],
             dependencies={
                 "settings": _provide(s),
@@ -119,7 +161,13 @@ class Gateway:
                 "lifecycle": _provide(self.lifecycle),
                 "task_service": _provide(self.tasks),
                 "run_service": _provide(self.runs),
+                "approval_service": _provide(self.approvals),
+                "authenticator": _provide(self.authenticator),
+                "access": _provide(self.access),
+                "user": Provide(identity_of, sync_to_thread=False),
             },
+            middleware=[self.access.middleware()],
+            guards=[self.access.authorize],
             lifespan=[self.lifespan],
             exception_handlers={
                 **EXCEPTION_HANDLERS,
@@ -127,7 +175,6 @@ class Gateway:
                 Exception: unexpected,
             },
             request_class=GatewayRequest,
-            middleware=[token_middleware(s.api_token)] if s.api_token else [],
             request_max_body_size=s.max_body_bytes,
             cors_config=_cors(s.cors_origins),
             openapi_config=OpenAPIConfig(
@@ -136,6 +183,8 @@ class Gateway:
                 description="Background AI-agent runs with a human approval step.",
                 path="/",
                 render_plugins=[SwaggerRenderPlugin(path="/docs"), RedocRenderPlugin(path="/redoc")],
+                components=Components(security_schemes=SECURITY_SCHEMES),
+                security=[{"bearer": []}],
             ),
             debug=False,
             logging_config=None,  # the service's own logging (agentbus.common.logs) applies

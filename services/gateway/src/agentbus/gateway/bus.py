@@ -114,22 +114,25 @@ class Bus:
             subjects.run_start(cmd.agent), payload, headers={"Nats-Msg-Id": f"start:{cmd.run_id}"}
         )
 
-    async def decide(self, control: RunControl, agent: str, task_id: str) -> None:
+    async def decide(self, control: RunControl, agent: str, task_id: str, wake: bool = True) -> None:
         """Store the decision first (a runner that takes the run later applies it), then announce it:
         to the runner holding the run (core `run.control`), and as a wake on the work queue for a run
-        parked while it waits (any runner serving the kind takes it up)."""
+        parked while it waits (any runner serving the kind takes it up). `wake=False` for a run never
+        queued (held): a wake would name a run without a record."""
         control.decided_at = control.decided_at or datetime.now(UTC)
         cancel = control.kind == "cancel"
         key = subjects.cancel_key(control.run_id) if cancel else subjects.decision_key(control.run_id)
         payload = encode(control)
         await self.kv.put(key, payload)
         await self.nc.publish(subjects.run_control(control.run_id), payload)
+        if not wake:
+            return
         reason = "cancel" if cancel else "decision"
-        wake = RunWake(run_id=control.run_id, task_id=task_id, reason=reason)
+        message = RunWake(run_id=control.run_id, task_id=task_id, reason=reason)
         # One wake per decision: a retried or re-handed decision within the server's duplicate
         # window is dropped there; a later duplicate only finds the run no longer parked.
         msg_id = f"wake:{control.run_id}:{reason}:{control.plan_version or 0}"
-        await self.js.publish(subjects.run_wake(agent), encode(wake), headers={"Nats-Msg-Id": msg_id})
+        await self.js.publish(subjects.run_wake(agent), encode(message), headers={"Nats-Msg-Id": msg_id})
 
     async def resource_deleted(self, task_id: str, run_id: str | None = None) -> None:
         subject = subjects.RUN_DELETED if run_id else subjects.TASK_DELETED

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from agentbus.contracts import RunControl
-from agentbus.gateway.schemas import Actor, Approval, ArtifactInfo, Run, Task
+from agentbus.gateway.schemas import Actor, Approval, ApprovalItem, ArtifactInfo, Run, Task
 
 
 def task_out(row: Any) -> Task:
@@ -57,6 +57,22 @@ def approval_out(value: dict[str, Any] | None) -> Approval | None:
 
 def actor_out(value: dict[str, Any] | None) -> Actor | None:
     return Actor(id=value["id"], name=value["name"]) if value else None
+
+
+def approval_item_out(row: Any) -> ApprovalItem:
+    return ApprovalItem(
+        id=row.id,
+        run_id=row.run_id,
+        task_id=row.task_id,
+        plan=row.plan,
+        plan_version=row.plan_version,
+        status=row.status,
+        requested_at=row.requested_at,
+        deadline=row.deadline,
+        decided_at=row.decided_at,
+        decided_by=actor_out(row.decided_by),
+        feedback=row.feedback,
+    )
 
 
 def run_out(row: Any) -> Run:

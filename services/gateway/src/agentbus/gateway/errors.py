@@ -47,26 +47,32 @@ class GatewayRequest(Request):  # type: ignore[type-arg]
 # What each error status means, for the OpenAPI document (`documented`). A route's 400 (invalid
 # parameters or body) is documented by Litestar itself.
 WHY = {
-    403: "a write, or a stream, from a web page of a foreign origin (GATEWAY_CORS_ORIGINS lists the allowed)",
+    401: "no credentials, or ones the gateway does not accept (unknown, revoked or expired)",
+    403: "the identity's role may not do this (or, for decisions, the task's approvers rule); or a "
+    "write or stream from a web page of a foreign origin (GATEWAY_CORS_ORIGINS lists the allowed)",
     404: "not found",
     409: "conflicts with the current state",
     413: "the body is larger than the limit (MAX_BODY_BYTES, 1 MiB by default)",
     415: "a body not sent as `content-type: application/json`",
     416: "the range is outside the artifact",
+    429: "too many writes from this identity (GATEWAY_WRITE_RATE); `Retry-After` says when to retry",
     502: "the service behind the gateway sent an answer it cannot read",
     503: "a service it needs (database, message broker, runner, metrics) is unavailable; retry later",
 }
 # A write (checked before routing: guard.py), and a write with a JSON body (also held to the limit).
-WRITE = (403, 503)
-BODY = (403, 413, 415, 503)
+WRITE = (403, 429, 503)
+BODY = (403, 413, 415, 429, 503)
 
 
-def documented(*codes: int, why: dict[int, str] | None = None) -> dict[int, ResponseSpec]:
-    """The `responses=` of a route: each error status it can answer, as the gateway's JSON error."""
+def documented(
+    *codes: int, why: dict[int, str] | None = None, guarded: bool = True
+) -> dict[int, ResponseSpec]:
+    """The `responses=` of a route: each error status it can answer, as the gateway's JSON error.
+    A guarded route (all but the open ones) also answers 401 and 403 (`access.py`)."""
     texts = {**WHY, **(why or {})}
     return {
         code: ResponseSpec(Error, description=texts[code], generate_examples=False)
-        for code in sorted(set(codes))
+        for code in sorted(set(codes) | ({401, 403} if guarded else set()))
     }
 
 
@@ -130,7 +136,10 @@ def unexpected(request: Request, exc: Exception) -> Response:
                 {"status_code": exc.status_code, "detail": str(exc.detail), "extra": exc.extra},
                 status_code=exc.status_code,
             )
-        return _json(exc.status_code, str(exc.detail))
+        response = _json(exc.status_code, str(exc.detail))
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return _json(500, "internal error")
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 from litestar import Response, get
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Operation
 
 from agentbus.contracts import subjects
 from agentbus.gateway import __version__
@@ -15,7 +17,16 @@ from agentbus.gateway.schemas import NotReady, Ready
 from agentbus.gateway.store import GatewayStore
 
 
-@get("/health", tags=["health"], summary="Alive")
+class Open(Operation):
+    """An operation that needs no credentials (OpenAPI: `security: []`)."""
+
+    def to_schema(self) -> dict[str, Any]:
+        out = super().to_schema()
+        out["security"] = []
+        return out
+
+
+@get("/health", tags=["health"], summary="Alive", operation_class=Open)
 async def health() -> dict[str, str]:
     return {"status": "ok", "version": __version__, "timestamp": datetime.now(UTC).isoformat()}
 
@@ -25,6 +36,7 @@ async def health() -> dict[str, str]:
     tags=["health"],
     summary="Ready: broker (with the streams and consumer the gateway needs), database, a runner and "
     "the metrics service answer",
+    operation_class=Open,
     responses={
         200: ResponseSpec(Ready, description="ready", generate_examples=False),
         503: ResponseSpec(

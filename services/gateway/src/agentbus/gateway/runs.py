@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
-from litestar.exceptions import NotFoundException, ValidationException
+from litestar.exceptions import NotFoundException, PermissionDeniedException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 
-from agentbus.contracts import RunStart, encode
+from agentbus.contracts import encode
 from agentbus.contracts.status import TERMINAL_RUN_STATUSES, RunStatus
 from agentbus.gateway import plans
+from agentbus.gateway.access import needs
 from agentbus.gateway.agents import Discovery
 from agentbus.gateway.artifacts import serve as serve_artifact
 from agentbus.gateway.bus import Bus
 from agentbus.gateway.convert import artifact_out, decision_of, run_out
 from agentbus.gateway.errors import BODY, WRITE, Conflict, PayloadTooLarge, ServiceUnavailable, documented
+from agentbus.gateway.identity import LOCAL, Identity
 from agentbus.gateway.lifecycle import Lifecycle
 from agentbus.gateway.params import (
     Cursor,
@@ -32,6 +36,7 @@ from agentbus.gateway.params import (
     page_input,
     whole_numbers,
 )
+from agentbus.gateway.people import audit
 from agentbus.gateway.schemas import (
     REVISE_ONLY_REJECTED,
     ApproveBody,
@@ -45,6 +50,7 @@ from agentbus.gateway.schemas import (
     RunUpdate,
     accepts,
 )
+from agentbus.gateway.starts import run_start
 from agentbus.gateway.store import GatewayStore, TaskGone
 from agentbus.gateway.tasks import TaskService
 
@@ -65,13 +71,20 @@ _BYTES = ResponseSpec(Any, media_type="*/*", description="the artifact's bytes",
 
 class RunService:
     def __init__(
-        self, store: GatewayStore, bus: Bus, discovery: Discovery, lifecycle: Lifecycle, tasks: TaskService
+        self,
+        store: GatewayStore,
+        bus: Bus,
+        discovery: Discovery,
+        lifecycle: Lifecycle,
+        tasks: TaskService,
+        watch: Callable[[str], None] = lambda task_id: None,
     ) -> None:
         self.store = store
         self.bus = bus
         self.discovery = discovery
         self.lifecycle = lifecycle
         self.tasks = tasks
+        self.watch = watch  # this task may have held runs: release them as its runs end (admission.py)
 
     async def load(self, run_id: str) -> Any:
         row = await self.store.run(run_id)
@@ -79,65 +92,52 @@ class RunService:
             raise NotFoundException(f"run {run_id} not found")
         return row
 
-    async def create(self, data: RunCreate) -> Run:
+    async def create(self, data: RunCreate, user: Identity = LOCAL) -> Run:
         task = await self.tasks.load(data.task_id)
         await self.discovery.require(task.agent)  # 409 when no runner serves the kind
         ts = now()
         run_id = uuid.uuid4().hex
         require_approval = task.require_approval if data.require_approval is None else data.require_approval
         agent_config = task.agent_config if data.agent_config is None else data.agent_config
-
-        def start_of(run_number: int) -> RunStart:
-            return RunStart(
-                run_id=run_id,
-                task_id=task.id,
-                run_number=run_number,
-                task_name=task.name,
-                task_description=task.description,
-                task_config=task.config or {},
-                agent=task.agent,
-                agent_config=agent_config or {},
-                require_approval=require_approval,
-                approval_timeout_s=task.approval_timeout_s,
-                timeout_s=task.timeout_s,
-                max_rounds=task.max_rounds,
-                max_revision_rounds=task.max_revision_rounds,
-                on_approval_timeout=task.on_approval_timeout,
-                max_tokens=task.max_tokens,
-                max_cost_usd=task.max_cost_usd,
-                created_at=ts,
-            )
-
+        values = {
+            "id": run_id,
+            "task_id": task.id,
+            "status": "pending",
+            "agent": task.agent,
+            "require_approval": require_approval,
+            "max_revision_rounds": task.max_revision_rounds,
+            "agent_config": agent_config,
+            "progress": 0.0,
+            "labels": data.labels,
+            "last_seq": 0,
+            "created_at": ts,
+            "updated_at": ts,
+            "created_by": user.actor(),
+        }
         # The record goes to the broker whole (KV and the work queue): one over its message size
         # limit is refused here, before anything is stored (a run number of ten digits at most, and
         # room for the message's headers).
-        size, limit = len(encode(start_of(2**31))), self.bus.max_payload - 512
+        size = len(encode(run_start(task, SimpleNamespace(**values, run_number=2**31))))
+        limit = self.bus.max_payload - 512
         if size > limit:
             raise PayloadTooLarge(
                 f"the run's start message would be {size} bytes, over the broker's limit of {limit} "
                 "bytes (NATS max_payload): make the task's config and agent_config smaller"
             )
+        if task.max_concurrent_runs is not None:
+            self.watch(task.id)  # before the run is stored: a run that ends meanwhile releases it
         try:
             row = await self.store.create_run(
-                {
-                    "id": run_id,
-                    "task_id": task.id,
-                    "status": "pending",
-                    "agent": task.agent,
-                    "require_approval": require_approval,
-                    "max_revision_rounds": task.max_revision_rounds,
-                    "agent_config": agent_config,
-                    "progress": 0.0,
-                    "labels": data.labels,
-                    "last_seq": 0,
-                    "created_at": ts,
-                    "updated_at": ts,
-                }
+                values, audit(user, "run.create", "run", run_id, task_id=task.id)
             )
         except TaskGone:
             raise NotFoundException(f"task {task.id} not found") from None  # deleted a moment ago
+        if row.held:
+            # Its task is at max_concurrent_runs: queued when an earlier run ends (admission.py).
+            self.watch(task.id)
+            return run_out(row)
         # Stored first, queued second: a runner's first event always finds the run.
-        cmd = start_of(row.run_number)
+        cmd = run_start(task, row)
         try:
             await self.bus.start_run(cmd)
         except Exception as exc:
@@ -153,14 +153,31 @@ class RunService:
             page = await self.store.list_runs(task_id, status, skip, limit, checked_cursor(cursor, skip))
         return RunPage([run_out(r) for r in page.rows], page.total, skip, limit, page.next_cursor)
 
-    async def update(self, run_id: str, data: RunUpdate) -> Run:
-        row = await self.store.update_run_labels(run_id, data.labels, now())
+    async def update(self, run_id: str, data: RunUpdate, user: Identity = LOCAL) -> Run:
+        entry = audit(user, "run.update", "run", run_id, fields=["labels"])
+        row = await self.store.update_run_labels(run_id, data.labels, now(), entry)
         if row is None:
             raise NotFoundException(f"run {run_id} not found")
         return run_out(row)
 
-    async def decide(self, run_id: str, data: ApproveBody) -> Run:
+    async def may_decide(self, run: Any, approved: bool, user: Identity) -> None:
+        """403 unless `user` may decide on this run: one of the task's `approvers` (key ids or role
+        names; none listed: any approver), and not the one who started it when the task asks for
+        `approval_by_other` (the four-eyes rule: they may still reject their own run)."""
+        task = await self.tasks.load(run.task_id)
+        if task.approvers and user.id not in task.approvers and user.role not in task.approvers:
+            raise PermissionDeniedException(
+                f"only the task's approvers may decide on run {run.id} ({', '.join(task.approvers)})"
+            )
+        if approved and task.approval_by_other and (run.created_by or {}).get("id") == user.id:
+            raise PermissionDeniedException(
+                f"run {run.id} needs another person's approval (approval_by_other): "
+                "the identity that started it cannot approve it"
+            )
+
+    async def decide(self, run_id: str, data: ApproveBody, user: Identity = LOCAL) -> Run:
         run = await self.load(run_id)
+        await self.may_decide(run, data.approved, user)
         if run.status != "awaiting_approval" or run.approval:
             what = "already decided" if run.approval else f"is {run.status}"
             raise Conflict(f"run {run_id} is not awaiting approval ({what})")
@@ -179,10 +196,15 @@ class RunService:
             "decided_at": _iso(decided_at),
             "revise": data.revise,
             "plan_version": version,
+            "decided_by": {"id": user.id, "name": user.name},
         }
+        action = "run.approve" if data.approved else "run.reject"
+        entry = audit(
+            user, action, "run", run_id, task_id=run.task_id, plan_version=version, revise=data.revise
+        )
         # The row is the outbox: committed first (a short write, no lock held across the bus), then
         # handed to the bus. If the bus is away the reaper hands it over again (`redeliver`).
-        if not await self.store.record_decision(run_id, approval, decided_at):
+        if not await self.store.record_decision(run_id, approval, decided_at, entry):
             raise Conflict(f"run {run_id} is not awaiting approval (already decided)")
         try:
             await self.bus.decide(decision_of(run_id, approval), run.agent, run.task_id)
@@ -194,10 +216,12 @@ class RunService:
             )
         return run_out(run._replace(approval=approval, updated_at=decided_at))
 
-    async def cancel(self, run_id: str, reason: str | None) -> Run:
+    async def cancel(self, run_id: str, reason: str | None, user: Identity = LOCAL) -> Run:
         run = await self.load(run_id)
         if run.status in TERMINAL_RUN_STATUSES:
             raise Conflict(f"run {run_id} has already ended ({run.status})")
+        # The cancel itself is stored in the broker's KV: the entry is written just before it.
+        await self.store.people.audit(audit(user, "run.cancel", "run", run_id, task_id=run.task_id))
         after = await self.lifecycle.cancel_run(run, reason or "cancelled by user")
         if after is None:
             raise NotFoundException(f"run {run_id} not found")  # deleted meanwhile
@@ -239,9 +263,10 @@ class RunController(Controller):
             },
         ),
         operation_class=accepts(RunCreate),
+        opt=needs("operator"),
     )
-    async def create(self, data: RunCreate, run_service: RunService) -> Run:
-        return await run_service.create(data)
+    async def create(self, data: RunCreate, run_service: RunService, user: Identity) -> Run:
+        return await run_service.create(data, user)
 
     @get("/", summary="List runs, newest first", responses=documented(503), before_request=whole_numbers)
     async def list_page(
@@ -264,18 +289,23 @@ class RunController(Controller):
         summary="Change a run's labels (never its status)",
         responses=documented(404, *BODY),
         operation_class=accepts(RunUpdate),
+        opt=needs("operator"),
     )
-    async def update(self, run_id: str, data: RunUpdate, run_service: RunService) -> Run:
-        return await run_service.update(run_id, data)
+    async def update(self, run_id: str, data: RunUpdate, run_service: RunService, user: Identity) -> Run:
+        return await run_service.update(run_id, data, user)
 
     @delete(
         "/{run_id:str}",
         status_code=204,
         summary="Delete a run; a live run is cancelled first",
         responses=documented(404, *WRITE),
+        opt=needs("operator"),
     )
-    async def remove(self, run_id: str, run_service: RunService, lifecycle: Lifecycle) -> None:
-        await lifecycle.delete_run(await run_service.load(run_id))
+    async def remove(
+        self, run_id: str, run_service: RunService, lifecycle: Lifecycle, user: Identity
+    ) -> None:
+        run = await run_service.load(run_id)
+        await lifecycle.delete_run(run, audit(user, "run.delete", "run", run_id, task_id=run.task_id))
 
     @post(
         "/{run_id:str}/approve",
@@ -288,9 +318,10 @@ class RunController(Controller):
             why={409: "the run is not awaiting approval, or has no revision rounds left"},
         ),
         operation_class=accepts(ApproveBody, REVISE_ONLY_REJECTED),
+        opt=needs("approver"),
     )
-    async def approve(self, run_id: str, data: ApproveBody, run_service: RunService) -> Run:
-        return await run_service.decide(run_id, data)
+    async def approve(self, run_id: str, data: ApproveBody, run_service: RunService, user: Identity) -> Run:
+        return await run_service.decide(run_id, data, user)
 
     @post(
         "/{run_id:str}/cancel",
@@ -298,9 +329,12 @@ class RunController(Controller):
         summary="Cancel a run; the runner stops it",
         responses=documented(404, 409, *BODY, why={409: "the run has already ended"}),
         operation_class=accepts(CancelBody | None),
+        opt=needs("operator"),
     )
-    async def cancel(self, run_id: str, run_service: RunService, data: CancelBody | None = None) -> Run:
-        return await run_service.cancel(run_id, data.reason if data else None)
+    async def cancel(
+        self, run_id: str, run_service: RunService, user: Identity, data: CancelBody | None = None
+    ) -> Run:
+        return await run_service.cancel(run_id, data.reason if data else None, user)
 
     @get(
         "/{run_id:str}/logs",

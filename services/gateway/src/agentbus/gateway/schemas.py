@@ -192,6 +192,35 @@ class RunPage(msgspec.Struct):
     next_cursor: str | None = None
 
 
+ApprovalStatus = Literal["pending", "approved", "rejected", "revise_requested", "expired", "cancelled"]
+
+
+class ApprovalItem(msgspec.Struct, kw_only=True):
+    """One plan version that waited for a decision: what the approvals inbox lists."""
+
+    id: str
+    run_id: str
+    task_id: str
+    plan: dict[str, Any] | None
+    plan_version: int | None
+    # expired: the deadline passed (on_approval_timeout: timeout); cancelled: the run ended first
+    status: ApprovalStatus
+    requested_at: datetime
+    deadline: datetime | None
+    decided_at: datetime | None
+    decided_by: Actor | None  # null: no one (the deadline's policy, or the run's end)
+    feedback: str | None
+
+
+class ApprovalPage(msgspec.Struct):
+    items: list[ApprovalItem]
+    total: int
+    skip: int
+    limit: int
+    # Pass it back as `cursor=` for the next page (same order, same cost however deep); None: last.
+    next_cursor: str | None = None
+
+
 class EventPage(msgspec.Struct):
     """Stored events, each exactly as it was published (the same bytes a WebSocket client got)."""
 

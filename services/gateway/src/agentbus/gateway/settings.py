@@ -56,6 +56,17 @@ def _hosts(raw: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA", "HS256", "HS384", "HS512")
+
+
+def _algorithms(raw: str) -> tuple[str, ...]:
+    out = tuple(a.strip() for a in raw.split(",") if a.strip())
+    unknown = [a for a in out if a not in JWT_ALGORITHMS]
+    if not out or unknown:
+        raise ValueError(f"unknown algorithm {unknown[0]!r}" if unknown else "no algorithm named")
+    return out
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -82,13 +93,28 @@ class Settings(EnvSettings, frozen=True, kw_only=True):
         "127.0.0.1"
     )
     port: Annotated[int, env("GATEWAY_PORT", "port the HTTP server listens on", ge=1, le=65535)] = 8000
+    admin_token: (
+        Annotated[
+            str,
+            env(
+                "AGENTBUS_ADMIN_TOKEN",
+                "the first admin credential; setting it turns authentication on (required to listen "
+                "beyond loopback); clients send `Authorization: Bearer <token>` (streams may use "
+                "`?token=`); admins create keys for everyone else (`POST /api/keys`)",
+                secret=True,
+                pattern=TOKEN_PATTERN,
+                allowed="printable ASCII without spaces, at least 16 characters",
+                min_length=16,
+            ),
+        ]
+        | None
+    ) = None
     api_token: (
         Annotated[
             str,
             env(
                 "AGENTBUS_API_TOKEN",
-                "required to listen beyond loopback; clients send `Authorization: Bearer <token>` "
-                "(WebSockets may use `?token=`); `/health` and `/ready` stay open",
+                "the former name of AGENTBUS_ADMIN_TOKEN, still honoured (an admin credential)",
                 secret=True,
                 pattern=TOKEN_PATTERN,
                 allowed="printable ASCII without spaces",
@@ -96,6 +122,83 @@ class Settings(EnvSettings, frozen=True, kw_only=True):
         ]
         | None
     ) = None
+    jwt_key: (
+        Annotated[
+            str,
+            env(
+                "JWT_KEY",
+                "verifies JWT bearer tokens: a PEM public key (RS*/ES*/EdDSA), or a shared secret for "
+                "HS256; setting it turns authentication on",
+                secret=True,
+                min_length=1,
+            ),
+        ]
+        | None
+    ) = None
+    jwt_jwks_url: (
+        Annotated[
+            str,
+            env(
+                "JWT_JWKS_URL",
+                "verifies JWT bearer tokens against the keys published at this URL (their `kid`); "
+                "setting it turns authentication on",
+                pattern=r"^https?://\S+$",
+                allowed="an http(s) URL",
+            ),
+        ]
+        | None
+    ) = None
+    jwt_algorithms: Annotated[
+        tuple[str, ...],
+        env(
+            "JWT_ALGORITHMS",
+            "the signature algorithms a JWT may use",
+            parse=_algorithms,
+            allowed="comma-separated names among " + ", ".join(JWT_ALGORITHMS),
+        ),
+    ] = ("RS256", "ES256")
+    jwt_issuer: Annotated[str | None, env("JWT_ISSUER", "the `iss` a JWT must carry; unset: any")] = None
+    jwt_audience: Annotated[
+        str | None, env("JWT_AUDIENCE", "the `aud` a JWT must carry; unset: a JWT with `aud` is refused")
+    ] = None
+    jwt_role_claim: Annotated[
+        str,
+        env("JWT_ROLE_CLAIM", "the JWT claim naming the role (a string, or a list: the first role known)"),
+    ] = "role"
+    jwt_name_claim: Annotated[
+        str, env("JWT_NAME_CLAIM", "the JWT claim shown as the identity's name (else `sub`)")
+    ] = "name"
+    allow_insecure: Annotated[
+        bool,
+        env(
+            "ALLOW_INSECURE",
+            "`1`: listen beyond loopback even with authentication off (anyone who reaches the port "
+            "may do anything)",
+        ),
+    ] = False
+    write_rate: Annotated[
+        float,
+        env("GATEWAY_WRITE_RATE", "writes per second each identity may send over time (then 429)", gt=0),
+    ] = 50.0
+    write_burst: Annotated[
+        int, env("GATEWAY_WRITE_BURST", "writes an identity may send at once before the rate applies", ge=1)
+    ] = 200
+    max_streams: Annotated[
+        int,
+        env(
+            "GATEWAY_MAX_STREAMS",
+            "WebSocket and SSE streams one identity may hold open at once on this gateway (then 429)",
+            ge=1,
+        ),
+    ] = 200
+    denied_audit_per_minute: Annotated[
+        int,
+        env(
+            "AUDIT_DENIED_PER_MINUTE",
+            "`auth.denied` audit entries written per minute at most; the rest are counted in the next",
+            ge=1,
+        ),
+    ] = 60
     cors_origins: Annotated[
         tuple[str, ...],
         env(
@@ -115,7 +218,7 @@ class Settings(EnvSettings, frozen=True, kw_only=True):
                 "which stops DNS rebinding",
                 parse=_hosts,
                 allowed="comma-separated host names without port, or *",
-                default_doc="loopback names and GATEWAY_HOST; any when AGENTBUS_API_TOKEN is set",
+                default_doc="loopback names and GATEWAY_HOST; any when authentication is on",
             ),
         ]
         | None
@@ -210,14 +313,25 @@ class Settings(EnvSettings, frozen=True, kw_only=True):
         """The host names a request may name; None: any."""
         if self.allowed_hosts is not None:
             return None if self.allowed_hosts == ("*",) else self.allowed_hosts
-        if self.api_token:
+        if self.auth_on:
             return None  # a page cannot authenticate: rebinding reaches nothing
         own = () if self.host in ("0.0.0.0", "::") else (self.host.lower().strip("[]"),)
         return LOOPBACK_NAMES + own
 
+    @property
+    def admin_credential(self) -> str | None:
+        """AGENTBUS_ADMIN_TOKEN, or its former name AGENTBUS_API_TOKEN."""
+        return self.admin_token or self.api_token
+
+    @property
+    def auth_on(self) -> bool:
+        return bool(self.admin_credential or self.jwt_key or self.jwt_jwks_url)
+
     def check(self) -> None:
-        """Refuse to listen beyond loopback without authentication."""
-        if not is_loopback(self.host) and not self.api_token:
+        """Refuse to listen beyond loopback without authentication (unless ALLOW_INSECURE=1)."""
+        if not is_loopback(self.host) and not self.auth_on and not self.allow_insecure:
             raise SystemExit(
-                f"refusing to listen on {self.host}: set AGENTBUS_API_TOKEN to listen beyond loopback"
+                f"refusing to listen on {self.host} with authentication off: set AGENTBUS_ADMIN_TOKEN "
+                "(or JWT_KEY / JWT_JWKS_URL), or ALLOW_INSECURE=1 to let anyone who reaches the port "
+                "do anything"
             )

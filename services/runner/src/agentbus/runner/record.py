@@ -30,6 +30,7 @@ from agentbus.contracts import (
 )
 from agentbus.contracts.events import ArtifactData, CancelledData, FailureData
 from agentbus.runner.agents import AgentContext, ArtifactLimitError
+from agentbus.runner.budget import Overrun
 from agentbus.runner.store import Checkpoint, RunStore, retrying
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class RunRecord:
         # one at a time, so each gets its own seq.
         self._agent_emit = asyncio.Lock()
         self.cancel_reason: str | None = None
+        self.overrun: Overrun | None = None  # the run passed its budget: it ends `failure`
         self.handing_back = False  # the runner is stopping and gives this run to another runner
         self.waiting_for_human = False
         self._decision: asyncio.Future[RunControl] | None = None
@@ -103,7 +105,8 @@ class RunRecord:
         self.handing_back = True
 
     def _check_interrupted(self, terminal: bool = False, cancelled_event: bool = False) -> None:
-        """Raise CancelledError when a cancel or hand-back was requested.
+        """Raise CancelledError when a cancel or hand-back was requested, or the run passed its budget
+        (only its `failure` may follow).
 
         The flags are set next to task.cancel() because Python 3.11's asyncio.wait_for (used by
         nats-py requests) can swallow a cancellation that races a completing reply; checking them at
@@ -111,7 +114,7 @@ class RunRecord:
         """
         if self.cancel_reason is not None and not cancelled_event:
             raise asyncio.CancelledError
-        if self.handing_back and not terminal:
+        if (self.handing_back or self.overrun is not None) and not terminal:
             raise asyncio.CancelledError
 
     def offer_decision(self, ctl: RunControl) -> None:
@@ -161,8 +164,11 @@ class RunRecord:
 
     # --- events ------------------------------------------------------------------------------------
 
-    async def _fail(self, error: str) -> None:
-        await self._finish(Failure, lambda s: FailureData(error=error, stats=s), f"Run failed: {error}")
+    async def _fail(self, error: str, **fields: Any) -> None:
+        """End the run `failure`; `fields`: FailureData's other fields (reason, tokens, cost_usd)."""
+        await self._finish(
+            Failure, lambda s: FailureData(error=error, stats=s, **fields), f"Run failed: {error}"
+        )
 
     async def _cancelled(self) -> None:
         reason = self.cancel_reason or "cancelled by user"

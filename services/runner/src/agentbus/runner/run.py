@@ -15,26 +15,14 @@ import msgspec
 
 from agentbus.contracts import (
     AnalysisStart,
-    ApprovalRequired,
-    Approved,
     Completion,
     PlanReady,
     Progress,
-    Rejected,
-    RevisionRequested,
     RunControl,
     RunStart,
     Timeout,
 )
-from agentbus.contracts.events import (
-    ApprovalRequiredData,
-    CompletionData,
-    DecisionData,
-    PlanData,
-    ProgressData,
-    RevisionData,
-    TimeoutData,
-)
+from agentbus.contracts.events import CompletionData, PlanData, ProgressData, TimeoutData
 from agentbus.runner.agents import (
     Agent,
     AgentConfigError,
@@ -43,10 +31,13 @@ from agentbus.runner.agents import (
     UnknownAgentError,
     step_title,
 )
+from agentbus.runner.approval import RunApproval, RunParked
+from agentbus.runner.budget import overrun
 from agentbus.runner.progress import ProgressReporter
-from agentbus.runner.record import RunRecord, since, utcnow
+from agentbus.runner.record import since, utcnow
 from agentbus.runner.store import BusError, Checkpoint, RunLostError
 
+__all__ = ["AgentFailedError", "RunExecution", "RunParked"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -55,26 +46,15 @@ class AgentFailedError(Exception):
     """The agent failed; the message is what the `failure` event says."""
 
 
-class RunParked(Exception):
-    """The run waits for a decision and is parked in its checkpoint: its runner lets it go.
-
-    `delay`: seconds to its approval deadline. The runner hands its work message back to JetStream
-    with that delay, so the deadline wakes the run on any runner, durably; a decision or a cancel
-    wakes it earlier with a `run.wake` message.
-    """
-
-    def __init__(self, delay: float) -> None:
-        super().__init__(f"parked for up to {delay:.1f}s")
-        self.delay = delay
-
-
-class RunExecution(RunRecord):
+class RunExecution(RunApproval):
     def __init__(self, start: RunStart, *, registry: AgentRegistry, **record: Any) -> None:
         """`record`: what `RunRecord` takes (js, kv, obs, runner_id, settings, token, store)."""
         super().__init__(start, **record)
         self.registry = registry
         self.progress = ProgressReporter(self, getattr(self.settings, "progress_interval_s", 0.1))
         self.ctx._progress = self.progress
+        self.ctx._on_usage = self._usage_reported
+        self._agent_work: asyncio.Future[Any] | None = None  # the agent call being awaited
 
     # --- the run -----------------------------------------------------------------------------------
 
@@ -154,7 +134,10 @@ class RunExecution(RunRecord):
                     "Run completed",
                 )
         except AgentFailedError as exc:
-            await self._fail(str(exc))
+            if self.overrun is not None:
+                await self._fail(**self.overrun.failure())
+            else:
+                await self._fail(str(exc))
         finally:
             try:
                 await agent.aclose()
@@ -205,120 +188,6 @@ class RunExecution(RunRecord):
             phase="awaiting_approval" if approval else "executing",
         )
 
-    async def _approval(self) -> None:
-        if self.cp.approval_started_at is None:
-            now = utcnow()
-            await self._emit(
-                ApprovalRequired,
-                ApprovalRequiredData(
-                    plan=self.cp.plan or {},
-                    timeout_s=self.start.approval_timeout_s,
-                    version=self.cp.plan_version,
-                ),
-                "Waiting for approval",
-                now=now,
-                approval_started_at=now,
-            )
-        ctl = await self._wait_for_decision()
-        this_round = since(self.cp.approval_started_at, utcnow())
-        waited = round(self.cp.approval_wait_before + this_round, 3)
-        if ctl is None:
-            await self._finish(
-                Timeout,
-                lambda s: TimeoutData(phase="approval", stats=s),
-                "Approval timed out",
-                approval_wait=waited,
-            )
-        elif ctl.kind == "cancel" or self.cancel_reason is not None:
-            self.request_cancel(ctl.reason)  # a no-op when the control message already set it
-            await self._cancelled()
-        elif ctl.kind == "reject" and ctl.revise and len(self.cp.revisions) < self.start.max_revision_rounds:
-            revision = {"version": self.cp.plan_version, "plan": self.cp.plan, "feedback": ctl.feedback}
-            self.ctx.revisions = [*self.cp.revisions, revision]
-            await self._emit(
-                RevisionRequested,
-                RevisionData(
-                    version=self.cp.plan_version, round=len(self.ctx.revisions), feedback=ctl.feedback
-                ),
-                f"Plan version {self.cp.plan_version} sent back for revision",
-                phase="planning",
-                revisions=self.ctx.revisions,
-                approval_started_at=None,
-                approval_wait_before=self.cp.approval_wait_before + this_round,
-            )
-        elif ctl.kind == "reject":
-            if ctl.revise:
-                log.info("run %s: no revision rounds left; the rejection ends the run", self.run_id)
-            await self._finish(
-                Rejected,
-                lambda s: DecisionData(feedback=ctl.feedback, stats=s),
-                "Plan rejected",
-                feedback=ctl.feedback,
-                approval_wait=waited,
-            )
-        else:
-            self.ctx.feedback = ctl.feedback
-            await self._emit(
-                Approved,
-                DecisionData(feedback=ctl.feedback),
-                "Plan approved",
-                phase="executing",
-                feedback=ctl.feedback,
-                approval_wait=waited,
-            )
-
-    async def _wait_for_decision(self) -> RunControl | None:
-        """The decision (or a stored cancel), or None when approval_timeout_s ran out.
-
-        When neither has come, the run is parked: its checkpoint says so, and RunParked lets the
-        runner release it. Waiting costs no slot and no task, however long the deadline.
-        """
-        await self.durable()  # the waiting state is stored before anyone is waited on
-        self._decision = asyncio.get_running_loop().create_future()
-        self.waiting_for_human = True
-        parked = False
-        try:
-            while True:
-                # Read the stored keys after registering the future: a decision made while no runner
-                # held the run (or before we got here) is applied, and none can slip between.
-                stored_keys = self._prefetched or await asyncio.gather(
-                    self.store.stored_cancel(), self.store.stored_decision()
-                )
-                self._prefetched = None
-                for stored in stored_keys:
-                    if stored is not None:
-                        self.offer_decision(stored)
-                self._check_interrupted()
-                remaining = self.start.approval_timeout_s - since(self.cp.approval_started_at, utcnow())
-                if self._decision.done() or remaining <= 0:
-                    if parked:
-                        await self._claim()  # a wake that claimed it first wins: RunLostError
-                    return self._decision.result() if self._decision.done() else None
-                if parked:
-                    raise RunParked(remaining)
-                # Park, then read the keys once more: the gateway stores a decision before it sends
-                # the wake, and a wake that found the run not yet parked dropped itself, so a
-                # decision stored before the park is seen by this second read.
-                await self._save_now(msgspec.structs.replace(self.cp, parked=True))
-                parked = True
-        finally:
-            self.waiting_for_human = False
-
-    async def _claim(self) -> None:
-        """Hold the run from now on: unparked, owned by this execution's work message.
-
-        Compare-and-set on the checkpoint's revision, so of several wakes of one parked run exactly
-        one claims it; the others get RunLostError and drop their message.
-        """
-        await self._save_now(
-            msgspec.structs.replace(self.cp, parked=False, holder=self.token, runner_id=self.runner_id)
-        )
-
-    async def _save_now(self, cp: Checkpoint) -> None:
-        await self.durable()
-        await self.store.save(cp)
-        self.cp = cp
-
     async def _execute(self, agent: Agent) -> Any:
         steps: list[Any] = (self.cp.plan or {}).get("steps", [])
         total = len(steps)
@@ -348,21 +217,57 @@ class RunExecution(RunRecord):
         results = await self._call("finalizing", agent.finalize(self.ctx, list(self.cp.outputs)))
         return self._jsonable(results, "the results")
 
+    def _usage_reported(self) -> None:
+        """The agent reported usage: a run that passed its budget stops now, model calls in flight
+        included (the agent's call is cancelled; `_call` turns that into the run's `failure`)."""
+        if self.overrun is not None or self.finished:
+            return
+        self.overrun = overrun(self.start, self.ctx.usage)
+        if self.overrun is not None:
+            log.info("run %s: %s; stopping it", self.run_id, self.overrun.error)
+            if self._agent_work is not None:
+                self._agent_work.cancel()
+
     async def _call(self, what: str, work: Awaitable[T]) -> T:
-        """Await agent code, turning its errors into one clear message (the traceback goes to the log)."""
+        """Await agent code, turning its errors into one clear message (the traceback goes to the log).
+
+        The agent's code runs as a task of its own, so that passing the budget can cancel it from
+        wherever the agent reports usage (this task, or one of its own next to a call in flight).
+        """
+        call = self._agent_work = asyncio.ensure_future(work)
         try:
-            return await work
+            result = await call
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self.overrun is not None and current is not None and not current.cancelling():
+                raise AgentFailedError(self.overrun.error) from None  # only the agent was cancelled
+            raise
         except (BusError, RunLostError):
             raise
-        except AgentConfigError as exc:
-            raise AgentFailedError(str(exc)) from None
-        except AgentError as exc:
-            raise AgentFailedError(f"{what} failed: {exc}") from None
         except Exception as exc:
-            log.warning(
-                "run %s: agent %s raised while %s", self.run_id, self.start.agent, what, exc_info=True
-            )
-            raise AgentFailedError(f"{what} failed: {type(exc).__name__}: {exc}") from None
+            if self.overrun is not None:
+                raise AgentFailedError(self.overrun.error) from None
+            raise self._failed(what, exc) from None
+        finally:
+            self._agent_work = None
+        if self.overrun is not None:  # an agent that went on after it was cancelled
+            raise AgentFailedError(self.overrun.error)
+        return result
+
+    def _failed(self, what: str, exc: Exception) -> AgentFailedError:
+        """The agent's error as one clear message (the traceback of an unexpected one goes to the log)."""
+        if isinstance(exc, AgentConfigError):
+            return AgentFailedError(str(exc))
+        if isinstance(exc, AgentError):
+            return AgentFailedError(f"{what} failed: {exc}")
+        log.warning(
+            "run %s: agent %s raised while %s",
+            self.run_id,
+            self.start.agent,
+            what,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        return AgentFailedError(f"{what} failed: {type(exc).__name__}: {exc}")
 
     @staticmethod
     def _jsonable(value: Any, what: str) -> Any:

@@ -28,11 +28,15 @@ from sqlalchemy.engine import Connection
 from agentbus.common.db import make_engine, migrate, read_then_write, redact, wait_for_database
 from agentbus.contracts.status import TERMINAL_RUN_STATUSES
 from agentbus.gateway.store import lists
+from agentbus.gateway.store.admission import HeldRuns, must_hold
+from agentbus.gateway.store.approvals import Approvals, settle_by_person
 from agentbus.gateway.store.effects import Batch, Stored
+from agentbus.gateway.store.eventlog import EventLogReads
 from agentbus.gateway.store.events import PgEventBatch, SqliteEventBatch
 from agentbus.gateway.store.lists import BadCursor, Page
+from agentbus.gateway.store.people import AuditEntry, People, audit_insert
 from agentbus.gateway.store.reads import RowReader
-from agentbus.gateway.store.tables import artifacts, run_events, runs, tasks
+from agentbus.gateway.store.tables import artifacts, runs, tasks
 from agentbus.gateway.store.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -50,7 +54,7 @@ _NEXT_RUN_NUMBER = (
         last_run_at=bindparam("b_ts"),
         updated_at=bindparam("b_ts"),
     )
-    .returning(tasks.c.next_run_number)
+    .returning(tasks.c.next_run_number, tasks.c.max_concurrent_runs)
 )
 _INSERT_RUN = runs.insert().returning(*runs.c)
 _UNQUEUED = (
@@ -58,14 +62,19 @@ _UNQUEUED = (
     .where(runs.c.id == bindparam("b_id"))
     .values(status="failed", error_message="could not be queued: broker unavailable")
 )
-_EVENT_FRAME = (run_events.c.run_id, run_events.c.task_id, run_events.c.seq, run_events.c.event_type)
+
+
+def _audit(conn: Connection, entry: AuditEntry | None) -> None:
+    """The audit entry of a change, in the change's transaction."""
+    if entry is not None:
+        conn.execute(audit_insert(entry))
 
 
 class TaskGone(Exception):
     """The task was deleted between reading it and writing to it."""
 
 
-class GatewayStore:
+class GatewayStore(EventLogReads):
     def __init__(self, database_url: str, pool_size: int = 6, read_connections: int = 8) -> None:
         # The general pool serves lists, logs and the rarer writes; hot writes, primary-key reads
         # and (on PostgreSQL) event batches have their own connections.
@@ -79,6 +88,9 @@ class GatewayStore:
         self._folding: asyncio.Task[None] | None = None
         self._task_lists = lists.Lists(tasks)
         self._run_lists = lists.Lists(runs)
+        self.approvals = Approvals(self.engine, self.reader)  # the approvals inbox's reads
+        self.people = People(self.engine, self.writer)  # API keys and the audit trail
+        self.held = HeldRuns(self.engine, self.writer)  # runs over their task's max_concurrent_runs
 
     async def open(self) -> None:
         log.info("database %s", redact(str(self.engine.url)))
@@ -130,29 +142,43 @@ class GatewayStore:
         """The task's row (attributes named after the columns), or None."""
         return await self.reader.one(tasks, task_id)
 
-    async def create_task(self, values: dict[str, Any]) -> Any:
-        return await self.writer(lambda conn: conn.execute(_INSERT_TASK, values).one())
+    async def create_task(self, values: dict[str, Any], audit: AuditEntry | None = None) -> Any:
+        def store(conn: Connection) -> Any:
+            row = conn.execute(_INSERT_TASK, values).one()
+            _audit(conn, audit)
+            return row
 
-    async def update_task(self, task_id: str, changes: dict[str, Any]) -> Any:
+        return await self.writer(store)
+
+    async def update_task(
+        self, task_id: str, changes: dict[str, Any], audit: AuditEntry | None = None
+    ) -> Any:
         stmt = tasks.update().where(tasks.c.id == task_id).values(**changes).returning(*tasks.c)
-        return await self.writer(lambda conn: conn.execute(stmt).first())
+
+        def store(conn: Connection) -> Any:
+            row = conn.execute(stmt).first()
+            if row is not None:
+                _audit(conn, audit)
+            return row
+
+        return await self.writer(store)
 
     async def list_tasks(self, status: str | None, skip: int, limit: int, cursor: str | None = None) -> Page:
         """Tasks newest first; raises BadCursor for a cursor this store did not hand out."""
         return await self._page(self._task_lists, {"status": status}, skip, limit, cursor)
 
     async def task_runs(self, task_id: str) -> list[Any]:
-        """(id, task_id, agent, status) of each of the task's runs."""
+        """(id, task_id, agent, status, held) of each of the task's runs."""
         async with self.engine.connect() as conn:
             return list(
                 await conn.execute(
-                    select(runs.c.id, runs.c.task_id, runs.c.agent, runs.c.status).where(
+                    select(runs.c.id, runs.c.task_id, runs.c.agent, runs.c.status, runs.c.held).where(
                         runs.c.task_id == task_id
                     )
                 )
             )
 
-    async def delete_task(self, task_id: str) -> list[tuple[str, str]]:
+    async def delete_task(self, task_id: str, audit: AuditEntry | None = None) -> list[tuple[str, str]]:
         """Delete the task with its runs, events and artifacts index; returns (run_id, name) of its
         artifacts."""
         async with read_then_write(self.engine).begin() as conn:
@@ -160,7 +186,8 @@ class GatewayStore:
                 select(artifacts.c.run_id, artifacts.c.name).where(artifacts.c.task_id == task_id)
             )
             found = [(a.run_id, a.name) for a in arts]
-            await conn.execute(delete(tasks).where(tasks.c.id == task_id))
+            if (await conn.execute(delete(tasks).where(tasks.c.id == task_id))).rowcount and audit:
+                await conn.execute(audit_insert(audit))
         return found
 
     # --- runs ----------------------------------------------------------------------------------
@@ -169,39 +196,63 @@ class GatewayStore:
         """The run's row, or None."""
         return await self.reader.one(runs, run_id)
 
-    async def create_run(self, values: dict[str, Any]) -> Any:
-        """Store a run with the task's next run number; raises TaskGone if the task was just deleted."""
+    async def create_run(self, values: dict[str, Any], audit: AuditEntry | None = None) -> Any:
+        """Store a run with the task's next run number, `held` when its task's max_concurrent_runs
+        says so (store/admission.py); raises TaskGone if the task was just deleted."""
 
         def store(conn: Connection) -> Any:
             # The counter update locks the task row: concurrent creates get distinct numbers.
-            number = conn.execute(
+            task = conn.execute(
                 _NEXT_RUN_NUMBER,
                 {"b_id": values["task_id"], "b_run": values["id"], "b_ts": values["created_at"]},
-            ).scalar()
-            if number is None:
+            ).first()
+            if task is None:
                 raise TaskGone(values["task_id"])
-            return conn.execute(_INSERT_RUN, {**values, "run_number": number}).one()
+            number, limit = task
+            held = limit is not None and must_hold(conn, values["task_id"], limit)
+            row = conn.execute(_INSERT_RUN, {**values, "run_number": number, "held": held}).one()
+            _audit(conn, audit)
+            return row
 
         return await self.writer(store)
 
     async def mark_unqueued(self, run_id: str) -> None:
         await self.writer(lambda conn: conn.execute(_UNQUEUED, {"b_id": run_id}))
 
-    async def update_run_labels(self, run_id: str, labels: dict[str, str], at: datetime) -> Any:
+    async def update_run_labels(
+        self, run_id: str, labels: dict[str, str], at: datetime, audit: AuditEntry | None = None
+    ) -> Any:
         stmt = (
             runs.update().where(runs.c.id == run_id).values(labels=labels, updated_at=at).returning(*runs.c)
         )
-        return await self.writer(lambda conn: conn.execute(stmt).first())
 
-    async def record_decision(self, run_id: str, approval: dict[str, Any], at: datetime) -> bool:
-        """Store a decision on a waiting run; False when it is not waiting (or already decided).
-        Conditional, so of two concurrent decisions exactly one wins."""
+        def store(conn: Connection) -> Any:
+            row = conn.execute(stmt).first()
+            if row is not None:
+                _audit(conn, audit)
+            return row
+
+        return await self.writer(store)
+
+    async def record_decision(
+        self, run_id: str, approval: dict[str, Any], at: datetime, audit: AuditEntry | None = None
+    ) -> bool:
+        """Store a decision on a waiting run, and on its pending approval request; False when it is
+        not waiting (or already decided). Conditional, so of two concurrent decisions exactly one wins."""
         stmt = (
             runs.update()
             .where(runs.c.id == run_id, runs.c.status == "awaiting_approval", runs.c.approval.is_(None))
             .values(approval=approval, updated_at=at)
         )
-        return bool(await self.writer(lambda conn: conn.execute(stmt).rowcount))
+
+        def store(conn: Connection) -> bool:
+            if not conn.execute(stmt).rowcount:
+                return False
+            settle_by_person(conn, run_id, approval, at)
+            _audit(conn, audit)
+            return True
+
+        return bool(await self.writer(store))
 
     async def list_runs(
         self, task_id: str | None, status: str | None, skip: int, limit: int, cursor: str | None = None
@@ -217,13 +268,14 @@ class GatewayStore:
             rows = await conn.execute(select(runs.c.id, runs.c.status).where(runs.c.id.in_(list(run_ids))))
             return [r.id for r in rows if r.status not in TERMINAL_RUN_STATUSES]
 
-    async def delete_run(self, run_id: str) -> list[str]:
+    async def delete_run(self, run_id: str, audit: AuditEntry | None = None) -> list[str]:
         """Delete the run with its events and artifacts index; returns its artifacts' names."""
         async with read_then_write(self.engine).begin() as conn:
             names = list(
                 (await conn.execute(select(artifacts.c.name).where(artifacts.c.run_id == run_id))).scalars()
             )
-            await conn.execute(delete(runs).where(runs.c.id == run_id))
+            if (await conn.execute(delete(runs).where(runs.c.id == run_id))).rowcount and audit:
+                await conn.execute(audit_insert(audit))
         return names
 
     async def pending_decisions(self, decided_before: datetime) -> list[Any]:
@@ -319,64 +371,9 @@ class GatewayStore:
         total = (await self.reader.fetch(lists.LOG_TOTAL, (run_id, since)))[0].n
         return [r.payload for r in rows], total
 
-    async def event_payloads(self, run_id: str, types: Sequence[str]) -> list[str]:
-        """The run's stored events of these types, in seq order."""
-        async with self.engine.connect() as conn:
-            payloads = await conn.execute(
-                select(run_events.c.payload)
-                .where(run_events.c.run_id == run_id, run_events.c.event_type.in_(list(types)))
-                .order_by(run_events.c.seq)
-            )
-            return list(payloads.scalars())
-
     async def last_event_payload(self, run_id: str, event_type: str) -> str | None:
         rows = await self.reader.fetch(lists.LAST_EVENT, (run_id, event_type))
         return rows[0].payload if rows else None
-
-    async def replay(self, run_id: str | None, task_id: str | None, since: int) -> list[Any]:
-        """(run_id, task_id, seq, event_type, payload) of a run's (or a task's runs') events with
-        seq > since, in the order they were stored."""
-        where = [run_events.c.seq > since]
-        where.append(run_events.c.run_id == run_id if run_id else run_events.c.task_id == task_id)
-        async with self.engine.connect() as conn:
-            return list(
-                await conn.execute(
-                    select(*_EVENT_FRAME, run_events.c.payload).where(*where).order_by(run_events.c.id)
-                )
-            )
-
-    async def events_between(self, run_id: str, after: int, before: int) -> list[Any]:
-        """(run_id, task_id, seq, event_type, payload) of a run's events with after < seq < before."""
-        async with self.engine.connect() as conn:
-            return list(
-                await conn.execute(
-                    select(*_EVENT_FRAME, run_events.c.payload)
-                    .where(run_events.c.run_id == run_id, run_events.c.seq > after, run_events.c.seq < before)
-                    .order_by(run_events.c.seq)
-                )
-            )
-
-    async def last_seq_before(self, run_id: str, moment: datetime) -> int:
-        """The highest seq among the run's events that happened before `moment` (0: none)."""
-        async with self.engine.connect() as conn:
-            found = (
-                await conn.execute(
-                    select(func.max(run_events.c.seq)).where(
-                        run_events.c.run_id == run_id, run_events.c.timestamp < moment
-                    )
-                )
-            ).scalar()
-        return found or 0
-
-    async def timeline(self, run_id: str, since: datetime) -> list[tuple[int, datetime]]:
-        """(seq, timestamp) of the run's events that happened at or after `since`."""
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                select(run_events.c.seq, run_events.c.timestamp).where(
-                    run_events.c.run_id == run_id, run_events.c.timestamp >= since
-                )
-            )
-            return [(r.seq, r.timestamp) for r in rows]
 
     # --- shared --------------------------------------------------------------------------------
 

@@ -13,6 +13,13 @@ from typing import Any, NamedTuple
 from agentbus.contracts import events as ev
 from agentbus.contracts.artifacts import valid_artifact_name, valid_content_type
 from agentbus.contracts.status import TERMINAL_RUN_STATUSES, next_status
+from agentbus.gateway.store.approval_effects import (
+    APPROVAL_TIMED_OUT,
+    ApprovalChanges,
+    ApprovalRow,
+    ApprovalSettle,
+)
+from agentbus.gateway.store.approval_effects import EVENTS as INBOX_EVENTS
 
 log = logging.getLogger(__name__)
 FAILED_STATUSES = frozenset({"failed", "timeout"})
@@ -89,8 +96,10 @@ def apply_event(run: dict[str, Any], event: ev.Event) -> bool:
         case ev.Cancelled():
             run["error_message"] = f"cancelled: {event.data.reason}"
         case ev.Timeout():
-            phase = "waiting for approval" if event.data.phase == "approval" else "executing"
-            run["error_message"] = f"timed out while {phase}"
+            if event.data.phase == "approval":
+                run["error_message"] = APPROVAL_TIMED_OUT
+            else:
+                run["error_message"] = "timed out while executing"
 
     if run["status"] in TERMINAL_RUN_STATUSES:
         run["completed_at"] = event.timestamp
@@ -238,6 +247,8 @@ class Effects(NamedTuple):
     task_statuses: list[TaskStatusChange]
     task_counters: list[TaskCounters]
     artifacts: list[ArtifactRow]
+    approvals: list[ApprovalRow]  # requests added (inserted after `approval_settles`)
+    approval_settles: list[ApprovalSettle]  # settles of pending requests stored before
 
     @classmethod
     def of(
@@ -252,13 +263,20 @@ class Effects(NamedTuple):
         dirty: dict[str, dict[str, Any]] = {}
         ended: list[dict[str, Any]] = []
         artifacts: list[ArtifactRow] = []
+        inbox = ApprovalChanges()
         for key, (event, raw) in fresh.items():
             if key not in inserted:
                 continue
             stored.append((event, raw))
             run = rows[event.run_id]
+            # Only approval and terminal events look at the inbox (progress costs nothing more).
+            before = None
+            if type(event) in INBOX_EVENTS:
+                before = (run["status"], event.seq <= (run.get("last_seq") or 0))
             if apply_event(run, event):
                 ended.append(run)
+            if before is not None:
+                inbox.see(run, event, *before)
             dirty[run["id"]] = run
             if isinstance(event, ev.ArtifactCreated):
                 d = event.data
@@ -280,6 +298,8 @@ class Effects(NamedTuple):
             ],
             task_counters=[_counters(r) for r in ended],
             artifacts=artifacts,
+            approvals=list(inbox.rows.values()),
+            approval_settles=inbox.settles,
         )
 
 

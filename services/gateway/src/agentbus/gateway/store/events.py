@@ -3,7 +3,9 @@
 Both forms run the same steps and write the same `Effects` (computed once, in `effects.py`):
 lock the batch's runs, insert the events with ON CONFLICT DO NOTHING RETURNING (which tells new
 events from redeliveries), then update the runs, their tasks' statuses and, for runs that ended,
-the tasks' counters, and upsert the artifacts index.
+the tasks' counters, upsert the artifacts index, and keep the approvals inbox (settle pending
+requests, then add new ones, ON CONFLICT DO NOTHING; `approval_effects.py`). A batch without
+approval or terminal events runs no inbox statement.
 
 - SQLite (`SqliteEventBatch`): SQLAlchemy Core statements, built once, run as one unit of the
   process's writer thread (one hand-off per batch, on the connection that holds the write lock;
@@ -21,11 +23,12 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from sqlalchemy import bindparam, select, tuple_
+from sqlalchemy import bindparam, or_, select, tuple_
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
+from agentbus.gateway.store.approval_effects import ApprovalRow
 from agentbus.gateway.store.effects import (
     RUN_COLUMNS,
     Batch,
@@ -36,7 +39,7 @@ from agentbus.gateway.store.effects import (
     event_row,
     new_candidates,
 )
-from agentbus.gateway.store.tables import artifacts, run_events, runs, tasks
+from agentbus.gateway.store.tables import approvals, artifacts, run_events, runs, tasks
 from agentbus.gateway.store.writer import Writer
 
 
@@ -94,6 +97,23 @@ class SqliteEventBatch:
         )
     )
 
+    _SETTLE_APPROVALS = (
+        approvals.update()
+        .where(
+            approvals.c.run_id == bindparam("b_run_id"),
+            approvals.c.status == "pending",
+            or_(
+                bindparam("b_plan_version").is_(None), approvals.c.plan_version == bindparam("b_plan_version")
+            ),
+        )
+        .values(
+            status=bindparam("b_status"),
+            decided_at=bindparam("b_decided_at"),
+            feedback=bindparam("b_feedback"),
+        )
+    )
+    _INSERT_APPROVALS = sqlite_insert(approvals).on_conflict_do_nothing(index_elements=["id"])
+
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
 
@@ -122,6 +142,10 @@ class SqliteEventBatch:
             conn.execute(self._UPDATE_TASK_STATUS, _binds(effects.task_statuses))
         if effects.task_counters:
             conn.execute(self._UPDATE_TASK_COUNTERS, _binds(effects.task_counters))
+        if effects.approval_settles:
+            conn.execute(self._SETTLE_APPROVALS, _binds(effects.approval_settles))
+        if effects.approvals:
+            conn.execute(self._INSERT_APPROVALS, [a._asdict() for a in effects.approvals])
         return Stored(effects.stored, conflicts)
 
     async def close(self) -> None:
@@ -169,6 +193,15 @@ class PgEventBatch:
         "UPDATE tasks SET total_runs = total_runs + 1, successful_runs = successful_runs + $2, "
         "failed_runs = failed_runs + $3, last_run_duration = $4, last_error = $5, updated_at = $6 "
         "WHERE id = $1"
+    )
+    SETTLE_APPROVALS = (
+        "UPDATE approvals SET status = $3, decided_at = $4, feedback = $5 "
+        "WHERE run_id = $1 AND status = 'pending' AND ($2::int IS NULL OR plan_version = $2::int)"
+    )
+    INSERT_APPROVALS = (
+        "INSERT INTO approvals (id, run_id, task_id, plan, plan_version, status, requested_at, deadline, "
+        "decided_at, decided_by, feedback) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
+        "ON CONFLICT (id) DO NOTHING"
     )
     UPSERT_ARTIFACTS = (
         "INSERT INTO artifacts (run_id, task_id, name, size, content_type, created_at) "
@@ -218,6 +251,10 @@ class PgEventBatch:
             await db.executemany(self.UPDATE_TASK_STATUS, effects.task_statuses)
         if effects.task_counters:
             await db.executemany(self.UPDATE_TASK_COUNTERS, effects.task_counters)
+        if effects.approval_settles:
+            await db.executemany(self.SETTLE_APPROVALS, effects.approval_settles)
+        if effects.approvals:
+            await db.executemany(self.INSERT_APPROVALS, [_pg_approval(a) for a in effects.approvals])
         return Stored(effects.stored, conflicts)
 
 
@@ -226,6 +263,10 @@ def _pg_run(change: tuple[Any, ...]) -> list[Any]:
     for i in _JSON_AT:
         values[i] = _json(values[i])
     return values
+
+
+def _pg_approval(row: ApprovalRow) -> list[Any]:
+    return [*row[:3], _json(row.plan), *row[4:9], _json(row.decided_by), row.feedback]
 
 
 def _is_server_error(exc: BaseException) -> bool:

@@ -7,7 +7,9 @@ origin header). Each client is a `Subscription` (subscription.py); each event is
 (its routing head) and its text shared by every client.
 
 The hub also tells who waits for a run's events that they arrived (`stored_between` filling a
-gap, `wait_ended` for a cancelled run): they wait on that, not on a timer.
+gap, `wait_ended` for a cancelled run): they wait on that, not on a timer. Being where every stored
+event passes, whichever copy stored it, it hands them to its `on_frames` callback too (the
+admission of held runs watches for runs that end).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,8 +62,16 @@ _head = decoder(_Head)
 
 
 class Hub:
-    def __init__(self, store: GatewayStore, heartbeat_s: float, queue_size: int, origin: str = "") -> None:
+    def __init__(
+        self,
+        store: GatewayStore,
+        heartbeat_s: float,
+        queue_size: int,
+        origin: str = "",
+        on_frames: Callable[[list[Frame]], None] | None = None,
+    ) -> None:
         self.store = store
+        self.on_frames = on_frames
         self.heartbeat_s = heartbeat_s
         self.queue_size = queue_size
         self.origin = origin  # this process's announcements carry it: skipped (delivered already)
@@ -123,6 +133,8 @@ class Hub:
         self.fan_out([Frame(head.run_id, head.task_id, head.seq, text, head.event_type)])
 
     def fan_out(self, frames: list[Frame]) -> None:
+        if self.on_frames is not None:
+            self.on_frames(frames)
         if self._arrivals:
             for frame in frames:
                 for waiter in self._arrivals.get(frame.run_id, ()):

@@ -1,9 +1,13 @@
-"""The WebSocket streams: `/ws/runs/{run_id}`, `/ws/tasks/{task_id}`, `/ws/stream` (everything)."""
+"""The WebSocket streams: `/ws/runs/{run_id}`, `/ws/tasks/{task_id}`, `/ws/stream` (everything).
+
+Each needs a viewer (the credential may come as `?token=`: browsers cannot set headers on a
+WebSocket) and one of the identity's stream slots (`Access.stream`; none left: closed with 4429)."""
 
 from __future__ import annotations
 
 from litestar import WebSocket, websocket
 
+from agentbus.gateway.access import CLOSE_TOO_MANY, Access, needs
 from agentbus.gateway.params import BIG
 from agentbus.gateway.store import GatewayStore
 from agentbus.gateway.streams.hub import Hub
@@ -25,9 +29,12 @@ async def accepted(socket: WebSocket, since: str | None) -> tuple[bool, int | No
     return False, None
 
 
-@websocket("/ws/runs/{run_id:str}")
+STREAM = needs("viewer", query_token=True)
+
+
+@websocket("/ws/runs/{run_id:str}", opt=STREAM)
 async def run_stream(
-    socket: WebSocket, run_id: str, store: GatewayStore, hub: Hub, since: str | None = None
+    socket: WebSocket, run_id: str, store: GatewayStore, hub: Hub, access: Access, since: str | None = None
 ) -> None:
     ok, start = await accepted(socket, since)
     if not ok:
@@ -35,12 +42,16 @@ async def run_stream(
     if await store.run(run_id) is None:
         await socket.close(code=CLOSE_NOT_FOUND, reason="run not found")
         return
-    await hub.serve(socket, run_id=run_id, since=start)
+    async with access.stream(socket.scope.get("user")) as slot:
+        if not slot:
+            await socket.close(code=CLOSE_TOO_MANY, reason=access.streams_refused())
+            return
+        await hub.serve(socket, run_id=run_id, since=start)
 
 
-@websocket("/ws/tasks/{task_id:str}")
+@websocket("/ws/tasks/{task_id:str}", opt=STREAM)
 async def task_stream(
-    socket: WebSocket, task_id: str, store: GatewayStore, hub: Hub, since: str | None = None
+    socket: WebSocket, task_id: str, store: GatewayStore, hub: Hub, access: Access, since: str | None = None
 ) -> None:
     ok, start = await accepted(socket, since)
     if not ok:
@@ -48,10 +59,18 @@ async def task_stream(
     if await store.task(task_id) is None:
         await socket.close(code=CLOSE_NOT_FOUND, reason="task not found")
         return
-    await hub.serve(socket, task_id=task_id, since=start)
+    async with access.stream(socket.scope.get("user")) as slot:
+        if not slot:
+            await socket.close(code=CLOSE_TOO_MANY, reason=access.streams_refused())
+            return
+        await hub.serve(socket, task_id=task_id, since=start)
 
 
-@websocket("/ws/stream")
-async def all_stream(socket: WebSocket, hub: Hub) -> None:
+@websocket("/ws/stream", opt=STREAM)
+async def all_stream(socket: WebSocket, hub: Hub, access: Access) -> None:
     await socket.accept()
-    await hub.serve(socket)
+    async with access.stream(socket.scope.get("user")) as slot:
+        if not slot:
+            await socket.close(code=CLOSE_TOO_MANY, reason=access.streams_refused())
+            return
+        await hub.serve(socket)

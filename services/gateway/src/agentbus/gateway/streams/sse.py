@@ -12,15 +12,17 @@ stream, and resumes with `Last-Event-ID`; heartbeats are comments.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 
 from litestar import Request, Response, get
-from litestar.exceptions import NotFoundException
+from litestar.exceptions import NotFoundException, TooManyRequestsException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Stream
 
 from agentbus.contracts import TERMINAL_EVENT_TYPES
 from agentbus.contracts.status import TERMINAL_RUN_STATUSES
+from agentbus.gateway.access import Access, needs
 from agentbus.gateway.errors import documented
 from agentbus.gateway.params import SseSince, whole_numbers
 from agentbus.gateway.store import GatewayStore
@@ -38,8 +40,19 @@ def resume_point(last_event_id: str | None, since: int | None) -> int:
     return since or 0
 
 
-async def _events(hub: Hub, run_id: str, after: int) -> AsyncIterator[bytes]:
+async def _events(
+    hub: Hub, run_id: str, after: int, slot: AbstractAsyncContextManager[bool]
+) -> AsyncIterator[bytes]:
     yield b"retry: 1000\n\n"
+    async with slot as free:
+        if not free:  # taken since the check a moment ago
+            yield b": too many open streams for this identity\n\n"
+            return
+        async for chunk in _subscribed(hub, run_id, after):
+            yield chunk
+
+
+async def _subscribed(hub: Hub, run_id: str, after: int) -> AsyncIterator[bytes]:
     async with hub.subscription(run_id=run_id, since=after) as client:
         try:
             async for frame in client.frames():
@@ -62,12 +75,13 @@ async def _events(hub: Hub, run_id: str, after: int) -> AsyncIterator[bytes]:
     media_type="text/event-stream",
     responses={
         204: ResponseSpec(None, description="the run has ended and nothing is left after the resume point"),
-        **documented(404, 503),
+        **documented(404, 429, 503, why={429: "the identity holds GATEWAY_MAX_STREAMS streams already"}),
     },
     before_request=whole_numbers,
+    opt=needs("viewer", query_token=True),
 )
 async def run_event_stream(
-    request: Request, run_id: str, store: GatewayStore, hub: Hub, since: SseSince = None
+    request: Request, run_id: str, store: GatewayStore, hub: Hub, access: Access, since: SseSince = None
 ) -> Stream | Response[None]:
     row = await store.run(run_id)
     if row is None:
@@ -75,4 +89,8 @@ async def run_event_stream(
     after = resume_point(request.headers.get("last-event-id"), since)
     if row.status in TERMINAL_RUN_STATUSES and (row.last_seq or 0) <= after:
         return Response(None, status_code=204)
-    return Stream(_events(hub, run_id, after), media_type="text/event-stream", headers=SSE_HEADERS)
+    user = request.scope.get("user")
+    if not access.stream_free(user):
+        raise TooManyRequestsException(access.streams_refused(), headers={"Retry-After": "1"})
+    slot = access.stream(user)
+    return Stream(_events(hub, run_id, after, slot), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -70,6 +70,7 @@ class AgentContext:
         self.revisions: list[dict[str, Any]] = []
         self._artifact_writer = artifact_writer
         self._progress: ProgressReporter | None = None
+        self._on_usage: Callable[[], None] | None = None  # the runner checks the run's budget
 
     async def write_artifact(
         self, name: str, data: bytes, content_type: str = "application/octet-stream"
@@ -95,12 +96,18 @@ class AgentContext:
             await self._progress(partial)
 
     def report_usage(self, prompt_tokens: int = 0, completion_tokens: int = 0, cost_usd: float = 0.0) -> None:
-        """Add model usage; the totals end up in the run's terminal stats."""
+        """Add model usage; the totals end up in the run's terminal stats.
+
+        A run whose totals pass its budget (`max_tokens`, `max_cost_usd`) is stopped here and now: the
+        agent's work for the current phase or step is cancelled, model calls in flight included.
+        """
         if self.usage is None:
             self.usage = Usage()
         self.usage.prompt_tokens += int(prompt_tokens)
         self.usage.completion_tokens += int(completion_tokens)
         self.usage.cost_usd += float(cost_usd)
+        if self._on_usage is not None:
+            self._on_usage()
 
 
 class Agent:

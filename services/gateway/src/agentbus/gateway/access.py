@@ -1,0 +1,221 @@
+"""Who may do what: authentication on every request, a role check on every route and stream, rate
+limits per identity, and the `auth.denied` audit entries.
+
+- `AccessMiddleware` reads the credential (the `Authorization` header; `?token=` on streams, where
+  browsers cannot set headers) and puts the `Identity` it proves in `scope["user"]` (None and a
+  reason in `scope["auth"]` when it proves none). It never answers itself, so the guard below
+  decides for HTTP and WebSocket alike.
+- `Access.authorize` is the app's one Litestar guard. Each handler names the role it needs in its
+  `opt` (`needs("operator")`); one that names none needs `viewer` for a GET and `admin` otherwise, so
+  a route added without thought is closed, not open. No identity: 401 (a WebSocket is accepted and
+  closed with 4401, so a browser sees why); a role not allowed: 403 (4403).
+- Writes are rate limited per identity (a token bucket: 429 with `Retry-After`), and each identity
+  may hold `GATEWAY_MAX_STREAMS` streams open on this gateway copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from litestar import WebSocket
+from litestar.connection import ASGIConnection
+from litestar.exceptions import (
+    NotAuthorizedException,
+    PermissionDeniedException,
+    TooManyRequestsException,
+    WebSocketException,
+)
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware.authentication import AbstractAuthenticationMiddleware, AuthenticationResult
+
+from agentbus.gateway.identity import Authenticator, Denied, Identity, Role
+from agentbus.gateway.settings import Settings
+from agentbus.gateway.store.people import AuditEntry, People
+
+log = logging.getLogger(__name__)
+
+# Need no credentials and reveal no secret.
+OPEN_PATHS = r"^/(health|ready|openapi\.json|openapi\.yaml|openapi\.yml|docs|redoc)(/.*)?$"
+_OPEN = re.compile(OPEN_PATHS)
+READS = frozenset({"GET", "HEAD"})
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_TOO_MANY = 4429
+
+# The roles allowed where a handler needs a role (admin may do everything).
+ALLOWED: dict[str, frozenset[str]] = {
+    "viewer": frozenset({"viewer", "operator", "approver", "admin"}),
+    "operator": frozenset({"operator", "admin"}),
+    "approver": frozenset({"approver", "admin"}),
+    "admin": frozenset({"admin"}),
+}
+
+
+def needs(role: Role | None, *, query_token: bool = False) -> dict[str, Any]:
+    """A handler's `opt`: the role it needs (None: any authenticated identity), and whether the
+    credential may come as `?token=` (streams only: a URL is logged by proxies and kept in history)."""
+    return {"role": role or "any", "query_token": query_token}
+
+
+def credential_of(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    header = connection.headers.get("authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip() or None
+    if connection.route_handler.opt.get("query_token"):
+        return connection.query_params.get("token") or None
+    return None
+
+
+class AccessMiddleware(AbstractAuthenticationMiddleware):
+    authenticator: Authenticator  # set by `Access.middleware`
+
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        try:
+            return AuthenticationResult(await self.authenticator.identify(credential_of(connection)), None)
+        except Denied as exc:
+            return AuthenticationResult(None, str(exc))
+
+
+class Access:
+    def __init__(self, settings: Settings, authenticator: Authenticator, people: People) -> None:
+        self.authenticator = authenticator
+        self.people = people
+        self.rate = settings.write_rate
+        self.burst = float(settings.write_burst)
+        self.max_streams = settings.max_streams
+        self._buckets: dict[str, tuple[float, float]] = {}  # identity id -> (tokens, at)
+        self._streams: dict[str, int] = {}
+        self._denied = _DeniedLog(people, settings.denied_audit_per_minute)
+
+    def middleware(self) -> type[AccessMiddleware]:
+        """The middleware class, bound to this gateway's authenticator (Litestar instantiates it)."""
+        authenticator = self.authenticator
+
+        class Bound(AccessMiddleware):
+            def __init__(self, app: Any) -> None:
+                super().__init__(app, exclude=OPEN_PATHS, exclude_http_methods=["OPTIONS"])
+                self.authenticator = authenticator
+
+        return Bound
+
+    async def authorize(
+        self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+    ) -> None:
+        """The guard of every route and stream."""
+        if _OPEN.match(connection.scope["path"]):
+            return
+        user: Identity | None = connection.scope.get("user")
+        method = connection.scope.get("method", "GET")
+        if user is None:
+            reason = connection.scope.get("auth") or "credentials required"
+            await self._deny(connection, 401, reason, None)
+            return
+        need = handler.opt.get("role") or ("viewer" if method in READS else "admin")
+        if need != "any" and user.role not in ALLOWED[need]:
+            await self._deny(connection, 403, f"the role {user.role} may not do this (needs {need})", user)
+        if method not in READS and not isinstance(connection, WebSocket):
+            self._take(user.id)
+
+    def _take(self, who: str) -> None:
+        now = time.monotonic()
+        tokens, at = self._buckets.get(who, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens < 1:
+            wait = math.ceil((1 - tokens) / self.rate)
+            raise TooManyRequestsException(
+                f"too many writes: at most {self.rate:g} per second (burst {self.burst:g}); retry later",
+                headers={"Retry-After": str(wait)},
+            )
+        if len(self._buckets) >= 100_000:
+            self._buckets.clear()
+        self._buckets[who] = (tokens - 1, now)
+
+    async def _deny(
+        self, connection: ASGIConnection[Any, Any, Any, Any], status: int, reason: str, user: Identity | None
+    ) -> None:
+        await self._denied.record(connection, status, reason, user)
+        if isinstance(connection, WebSocket):
+            # Accepted first: a browser only sees why when the close follows an open socket.
+            await connection.accept()
+            raise WebSocketException(
+                detail=reason, code=CLOSE_UNAUTHORIZED if status == 401 else CLOSE_FORBIDDEN
+            )
+        if status == 401:
+            raise NotAuthorizedException(reason, headers={"WWW-Authenticate": "Bearer"})
+        raise PermissionDeniedException(reason)
+
+    @asynccontextmanager
+    async def stream(self, user: Identity | None) -> AsyncIterator[bool]:
+        """Hold one of the identity's stream slots while the block runs; yields False when it has
+        none left (the caller refuses the stream)."""
+        who = user.id if user is not None else "-"
+        held = self._streams.get(who, 0)
+        if held >= self.max_streams:
+            yield False
+            return
+        self._streams[who] = held + 1
+        try:
+            yield True
+        finally:
+            left = self._streams[who] - 1
+            if left:
+                self._streams[who] = left
+            else:
+                del self._streams[who]
+
+    def stream_free(self, user: Identity | None) -> bool:
+        return self._streams.get(user.id if user is not None else "-", 0) < self.max_streams
+
+    def streams_refused(self) -> str:
+        return f"too many open streams for this identity (at most {self.max_streams}); close one first"
+
+
+class _DeniedLog:
+    """`auth.denied` entries, at most `per_minute` (a flood cannot fill the disk); the entries left
+    out are counted in the next one written (`detail.suppressed`)."""
+
+    def __init__(self, people: People, per_minute: int) -> None:
+        self.people = people
+        self.per_minute = per_minute
+        self._window = 0
+        self._written = 0
+        self._suppressed = 0
+
+    async def record(
+        self, connection: ASGIConnection[Any, Any, Any, Any], status: int, reason: str, user: Identity | None
+    ) -> None:
+        window = int(time.monotonic() // 60)
+        if window != self._window:
+            self._window, self._written = window, 0
+        if self._written >= self.per_minute:
+            self._suppressed += 1
+            return
+        self._written += 1
+        suppressed, self._suppressed = self._suppressed, 0
+        client = connection.client.host if connection.client else None
+        detail: dict[str, Any] = {
+            "status": status,
+            "reason": reason,
+            "method": connection.scope.get("method", "WEBSOCKET"),
+            "path": connection.scope["path"][:500],
+            "client": client,
+        }
+        if suppressed:
+            detail["suppressed"] = suppressed
+        actor = user.actor() if user else {"id": "unknown", "name": "unknown", "role": None}
+        entry = AuditEntry(
+            datetime.now(UTC), actor, "auth.denied", "route", connection.scope["path"][:200], detail
+        )
+        try:
+            await self.people.audit(entry)
+        except Exception as exc:  # the database is away: the denial stands, the entry is lost
+            log.warning("could not record auth.denied: %s", type(exc).__name__)

@@ -1,0 +1,163 @@
+"""API keys and the audit trail: their SQL, for `GatewayStore`.
+
+An audit entry is written by the statement `audit_insert(entry)`, executed inside the transaction of
+the change it records (the store's write methods take an `audit=`); the trail is append-only: no
+statement here updates or deletes an entry.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy import Insert, and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from agentbus.gateway.store.lists import BadCursor, Page, Position, decode_cursor, encode_cursor
+from agentbus.gateway.store.tables import api_keys, audit_log
+
+
+class AuditEntry(NamedTuple):
+    at: datetime
+    actor: dict[str, Any]  # {id, name, role}
+    action: str
+    target_type: str | None
+    target_id: str | None
+    detail: dict[str, Any] | None = None
+
+
+def audit_insert(entry: AuditEntry) -> Insert:
+    return audit_log.insert().values(
+        at=entry.at,
+        actor_id=entry.actor["id"],
+        actor_name=entry.actor["name"],
+        actor_role=entry.actor.get("role"),
+        action=entry.action,
+        target_type=entry.target_type,
+        target_id=entry.target_id,
+        detail=entry.detail,
+    )
+
+
+_KEY_COLUMNS = (
+    api_keys.c.id,
+    api_keys.c.name,
+    api_keys.c.role,
+    api_keys.c.created_by,
+    api_keys.c.created_at,
+    api_keys.c.expires_at,
+    api_keys.c.revoked_at,
+)
+
+
+class People:
+    def __init__(self, engine: AsyncEngine, writer: Any) -> None:
+        self.engine = engine
+        self.writer = writer
+
+    # --- keys ----------------------------------------------------------------------------------
+
+    async def key_secret(self, key_id: str) -> Any:
+        """(salt, hash, name, role, expires_at, revoked_at) of a key, or None: what checks a credential."""
+        async with self.engine.connect() as conn:
+            return (
+                await conn.execute(
+                    select(
+                        api_keys.c.salt,
+                        api_keys.c.hash,
+                        api_keys.c.name,
+                        api_keys.c.role,
+                        api_keys.c.expires_at,
+                        api_keys.c.revoked_at,
+                    ).where(api_keys.c.id == key_id)
+                )
+            ).first()
+
+    async def create_key(self, values: dict[str, Any], audit: AuditEntry) -> Any:
+        def store(conn: Any) -> Any:
+            row = conn.execute(api_keys.insert().values(**values).returning(*_KEY_COLUMNS)).one()
+            conn.execute(audit_insert(audit))
+            return row
+
+        return await self.writer(store)
+
+    async def revoke_key(self, key_id: str, at: datetime, audit: AuditEntry) -> bool:
+        """Revoke a live key; False when there is no such key (or it was revoked already)."""
+        stmt = (
+            api_keys.update()
+            .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=at)
+        )
+
+        def store(conn: Any) -> bool:
+            if not conn.execute(stmt).rowcount:
+                return False
+            conn.execute(audit_insert(audit))
+            return True
+
+        return bool(await self.writer(store))
+
+    async def keys(self, skip: int, limit: int, cursor: str | None, revoked: bool) -> Page:
+        """Keys newest first (revoked ones only when asked)."""
+        where = [] if revoked else [api_keys.c.revoked_at.is_(None)]
+        return await self._page(api_keys, _KEY_COLUMNS, api_keys.c.created_at, where, skip, limit, cursor)
+
+    # --- audit ---------------------------------------------------------------------------------
+
+    async def audit(self, entry: AuditEntry) -> None:
+        """An entry about no stored change (a denied request, a cancel handed to the runner)."""
+        await self.writer(lambda conn: conn.execute(audit_insert(entry)))
+
+    async def audit_page(
+        self,
+        filters: dict[str, Any],
+        since: datetime | None,
+        until: datetime | None,
+        skip: int,
+        limit: int,
+        cursor: str | None,
+    ) -> Page:
+        """Entries newest first; `filters` keys: actor, action, target_id."""
+        where = []
+        if filters.get("actor"):
+            where.append(audit_log.c.actor_id == filters["actor"])
+        if filters.get("action"):
+            where.append(audit_log.c.action == filters["action"])
+        if filters.get("target_id"):
+            where.append(audit_log.c.target_id == filters["target_id"])
+        if since is not None:
+            where.append(audit_log.c.at >= since)
+        if until is not None:
+            where.append(audit_log.c.at < until)
+        return await self._page(audit_log, tuple(audit_log.c), audit_log.c.at, where, skip, limit, cursor)
+
+    async def _page(
+        self, table: Any, columns: Any, at: Any, where: list[Any], skip: int, limit: int, cursor: str | None
+    ) -> Page:
+        """Newest first by (at, id); `cursor` continues after the last row of the previous page."""
+        page_where = list(where)
+        if cursor is not None:
+            after = decode_cursor(cursor)
+            after_id: Any = after.id
+            if table is audit_log:
+                if not after.id.isdigit() or len(after.id) > 18:
+                    raise BadCursor("cursor is not one this gateway handed out (use a page's next_cursor)")
+                after_id = int(after.id)
+            page_where.append(or_(at < after.created_at, and_(at == after.created_at, table.c.id < after_id)))
+        query = (
+            select(*columns)
+            .where(*page_where)
+            .order_by(at.desc(), table.c.id.desc())
+            .offset(skip)
+            .limit(limit + 1)
+        )
+        async with self.engine.connect() as conn:
+            rows = list(await conn.execute(query))
+            total = (await conn.execute(select(func.count()).select_from(table).where(*where))).scalar()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        nxt = None
+        if more:
+            last = rows[-1]
+            nxt = encode_cursor(Position(getattr(last, "created_at", None) or last.at, str(last.id)))
+        return Page(rows, int(total or 0), nxt)
