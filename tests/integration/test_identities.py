@@ -352,3 +352,14 @@ async def test_auth_off_is_the_local_admin(client: AsyncTestClient) -> None:
     task = (await client.post("/api/tasks", json={"name": "local"})).json()
     entry = (await client.get(f"/api/audit?target_id={task['id']}")).json()["items"][0]
     assert entry["actor"]["id"] == "local" and entry["action"] == "task.create"
+
+
+async def test_the_new_paths_answer_with_and_without_a_trailing_slash(api: AsyncTestClient) -> None:
+    for path in ("/api/keys", "/api/audit", "/api/approvals", "/api/me"):
+        plain = await api.get(path, headers=bearer(ADMIN))
+        slashed = await api.get(path + "/", headers=bearer(ADMIN))
+        assert plain.status_code == slashed.status_code == 200, (path, plain.text, slashed.text)
+        assert (await api.get(path + "/")).status_code == 401
+    made = await api.post("/api/keys/", json={"name": "slash", "role": "viewer"}, headers=bearer(ADMIN))
+    assert made.status_code == 201
+    assert (await api.delete(f"/api/keys/{made.json()['id']}/", headers=bearer(ADMIN))).status_code == 204
