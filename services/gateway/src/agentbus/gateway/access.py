@@ -9,8 +9,8 @@ limits per identity, and the `auth.denied` audit entries.
   `opt` (`needs("operator")`); one that names none needs `viewer` for a GET and `admin` otherwise, so
   a route added without thought is closed, not open. No identity: 401 (a WebSocket is accepted and
   closed with 4401, so a browser sees why); a role not allowed: 403 (4403).
-- Writes are rate limited per identity (a token bucket: 429 with `Retry-After`), and each identity
-  may hold `GATEWAY_MAX_STREAMS` streams open on this gateway copy.
+- With authentication on, writes are rate limited per identity (a token bucket: 429 with
+  `Retry-After`), and each identity may hold `GATEWAY_MAX_STREAMS` streams open on this gateway copy.
 """
 
 from __future__ import annotations
@@ -33,9 +33,8 @@ from litestar.exceptions import (
     WebSocketException,
 )
 from litestar.handlers.base import BaseRouteHandler
-from litestar.middleware.authentication import AbstractAuthenticationMiddleware, AuthenticationResult
 
-from agentbus.gateway.identity import Authenticator, Denied, Identity, Role
+from agentbus.gateway.identity import LOCAL, Authenticator, Denied, Identity, Role
 from agentbus.gateway.settings import Settings
 from agentbus.gateway.store.people import AuditEntry, People
 
@@ -64,31 +63,49 @@ def needs(role: Role | None, *, query_token: bool = False) -> dict[str, Any]:
     return {"role": role or "any", "query_token": query_token}
 
 
-def credential_of(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
-    header = connection.headers.get("authorization", "")
-    if header[:7].lower() == "bearer ":
-        return header[7:].strip() or None
-    if connection.route_handler.opt.get("query_token"):
-        return connection.query_params.get("token") or None
+def credential_of(scope: Any) -> str | None:
+    """The bearer credential of a request: its `Authorization` header, or on a stream `?token=`."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            if value[:7].lower() == b"bearer ":
+                return value[7:].strip().decode("latin-1") or None
+            break
+    if scope["route_handler"].opt.get("query_token"):
+        return ASGIConnection(scope).query_params.get("token") or None
     return None
 
 
-class AccessMiddleware(AbstractAuthenticationMiddleware):
-    authenticator: Authenticator  # set by `Access.middleware`
+class AccessMiddleware:
+    """Puts the identity a request's credential proves in `scope["user"]` (None, with the reason in
+    `scope["auth"]`, when it proves none); the guard decides. A plain ASGI middleware: it runs on
+    every request, so it reads the header straight from the scope."""
 
-    async def authenticate_request(
-        self, connection: ASGIConnection[Any, Any, Any, Any]
-    ) -> AuthenticationResult:
-        try:
-            return AuthenticationResult(await self.authenticator.identify(credential_of(connection)), None)
-        except Denied as exc:
-            return AuthenticationResult(None, str(exc))
+    def __init__(self, app: Any, authenticator: Authenticator) -> None:
+        self.app = app
+        self.authenticator = authenticator
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket") and not _OPEN.match(scope["path"]):
+            if not self.authenticator.on:
+                scope["user"], scope["auth"] = LOCAL, None
+            else:
+                try:
+                    scope["user"], scope["auth"] = (
+                        await self.authenticator.identify(credential_of(scope)),
+                        None,
+                    )
+                except Denied as exc:
+                    scope["user"], scope["auth"] = None, str(exc)
+        await self.app(scope, receive, send)
 
 
 class Access:
     def __init__(self, settings: Settings, authenticator: Authenticator, people: People) -> None:
         self.authenticator = authenticator
         self.people = people
+        # With authentication off there is one identity, everyone's: a limit would cap the gateway,
+        # not share it. The limits apply with authentication on.
+        self.limited = settings.auth_on
         self.rate = settings.write_rate
         self.burst = float(settings.write_burst)
         self.max_streams = settings.max_streams
@@ -96,16 +113,9 @@ class Access:
         self._streams: dict[str, int] = {}
         self._denied = _DeniedLog(people, settings.denied_audit_per_minute)
 
-    def middleware(self) -> type[AccessMiddleware]:
-        """The middleware class, bound to this gateway's authenticator (Litestar instantiates it)."""
-        authenticator = self.authenticator
-
-        class Bound(AccessMiddleware):
-            def __init__(self, app: Any) -> None:
-                super().__init__(app, exclude=OPEN_PATHS, exclude_http_methods=["OPTIONS"])
-                self.authenticator = authenticator
-
-        return Bound
+    def middleware(self, app: Any) -> AccessMiddleware:
+        """The authentication middleware around `app` (a Litestar middleware factory)."""
+        return AccessMiddleware(app, self.authenticator)
 
     async def authorize(
         self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
@@ -122,7 +132,7 @@ class Access:
         need = handler.opt.get("role") or ("viewer" if method in READS else "admin")
         if need != "any" and user.role not in ALLOWED[need]:
             await self._deny(connection, 403, f"the role {user.role} may not do this (needs {need})", user)
-        if method not in READS and not isinstance(connection, WebSocket):
+        if self.limited and method not in READS and not isinstance(connection, WebSocket):
             self._take(user.id)
 
     def _take(self, who: str) -> None:
@@ -159,7 +169,7 @@ class Access:
         none left (the caller refuses the stream)."""
         who = user.id if user is not None else "-"
         held = self._streams.get(who, 0)
-        if held >= self.max_streams:
+        if self.limited and held >= self.max_streams:
             yield False
             return
         self._streams[who] = held + 1
@@ -173,7 +183,9 @@ class Access:
                 del self._streams[who]
 
     def stream_free(self, user: Identity | None) -> bool:
-        return self._streams.get(user.id if user is not None else "-", 0) < self.max_streams
+        return (
+            not self.limited or self._streams.get(user.id if user is not None else "-", 0) < self.max_streams
+        )
 
     def streams_refused(self) -> str:
         return f"too many open streams for this identity (at most {self.max_streams}); close one first"

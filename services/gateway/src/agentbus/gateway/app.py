@@ -166,7 +166,7 @@ class Gateway:
                 "access": _provide(self.access),
                 "user": Provide(identity_of, sync_to_thread=False),
             },
-            middleware=[self.access.middleware()],
+            middleware=[self.access.middleware],
             guards=[self.access.authorize],
             lifespan=[self.lifespan],
             exception_handlers={

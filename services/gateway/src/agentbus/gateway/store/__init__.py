@@ -34,7 +34,7 @@ from agentbus.gateway.store.effects import Batch, Stored
 from agentbus.gateway.store.eventlog import EventLogReads
 from agentbus.gateway.store.events import PgEventBatch, SqliteEventBatch
 from agentbus.gateway.store.lists import BadCursor, Page
-from agentbus.gateway.store.people import AuditEntry, People, audit_insert
+from agentbus.gateway.store.people import AUDIT_INSERT, AuditEntry, People, audit_row
 from agentbus.gateway.store.reads import RowReader
 from agentbus.gateway.store.tables import artifacts, runs, tasks
 from agentbus.gateway.store.writer import Writer
@@ -67,7 +67,7 @@ _UNQUEUED = (
 def _audit(conn: Connection, entry: AuditEntry | None) -> None:
     """The audit entry of a change, in the change's transaction."""
     if entry is not None:
-        conn.execute(audit_insert(entry))
+        conn.execute(AUDIT_INSERT, audit_row(entry))
 
 
 class TaskGone(Exception):
@@ -187,7 +187,7 @@ class GatewayStore(EventLogReads):
             )
             found = [(a.run_id, a.name) for a in arts]
             if (await conn.execute(delete(tasks).where(tasks.c.id == task_id))).rowcount and audit:
-                await conn.execute(audit_insert(audit))
+                await conn.execute(AUDIT_INSERT, audit_row(audit))
         return found
 
     # --- runs ----------------------------------------------------------------------------------
@@ -275,7 +275,7 @@ class GatewayStore(EventLogReads):
                 (await conn.execute(select(artifacts.c.name).where(artifacts.c.run_id == run_id))).scalars()
             )
             if (await conn.execute(delete(runs).where(runs.c.id == run_id))).rowcount and audit:
-                await conn.execute(audit_insert(audit))
+                await conn.execute(AUDIT_INSERT, audit_row(audit))
         return names
 
     async def pending_decisions(self, decided_before: datetime) -> list[Any]:
