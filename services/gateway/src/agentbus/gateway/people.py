@@ -129,7 +129,8 @@ class KeyController(Controller):
         responses=documented(*BODY),
         operation_class=accepts(KeyCreate),
     )
-    async def create(self, data: KeyCreate, store: GatewayStore, user: Identity) -> NewKey:
+    async def create(self, data: KeyCreate, store: GatewayStore, request: Request) -> NewKey:  # type: ignore[type-arg]
+        user = identity_of(request)
         if data.expires_at is not None:
             if data.expires_at.tzinfo is None:
                 raise ValidationException("`expires_at` must carry a time zone (e.g. a trailing Z)")
@@ -176,9 +177,11 @@ class KeyController(Controller):
         responses=documented(404, *WRITE),
     )
     async def revoke(
-        self, key_id: str, store: GatewayStore, user: Identity, authenticator: Authenticator
+        self, key_id: str, store: GatewayStore, request: Request, authenticator: Authenticator
     ) -> None:
-        if not await store.people.revoke_key(key_id, now(), audit(user, "key.revoke", "key", key_id)):
+        if not await store.people.revoke_key(
+            key_id, now(), audit(identity_of(request), "key.revoke", "key", key_id)
+        ):
             raise NotFoundException(f"key {key_id} not found (or already revoked)")
         authenticator.forget(key_id)
 
@@ -190,7 +193,8 @@ class KeyController(Controller):
     opt=needs(None),
     responses=documented(503),
 )
-async def me(user: Identity) -> Me:
+async def me(request: Request) -> Me:  # type: ignore[type-arg]
+    user = identity_of(request)
     return Me(id=user.id, name=user.name, role=user.role)
 
 

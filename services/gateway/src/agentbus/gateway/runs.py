@@ -36,7 +36,7 @@ from agentbus.gateway.params import (
     page_input,
     whole_numbers,
 )
-from agentbus.gateway.people import audit
+from agentbus.gateway.people import audit, identity_of
 from agentbus.gateway.schemas import (
     REVISE_ONLY_REJECTED,
     ApproveBody,
@@ -265,8 +265,8 @@ class RunController(Controller):
         operation_class=accepts(RunCreate),
         opt=needs("operator"),
     )
-    async def create(self, data: RunCreate, run_service: RunService, user: Identity) -> Run:
-        return await run_service.create(data, user)
+    async def create(self, data: RunCreate, run_service: RunService, request: Request) -> Run:
+        return await run_service.create(data, identity_of(request))
 
     @get("/", summary="List runs, newest first", responses=documented(503), before_request=whole_numbers)
     async def list_page(
@@ -291,8 +291,8 @@ class RunController(Controller):
         operation_class=accepts(RunUpdate),
         opt=needs("operator"),
     )
-    async def update(self, run_id: str, data: RunUpdate, run_service: RunService, user: Identity) -> Run:
-        return await run_service.update(run_id, data, user)
+    async def update(self, run_id: str, data: RunUpdate, run_service: RunService, request: Request) -> Run:
+        return await run_service.update(run_id, data, identity_of(request))
 
     @delete(
         "/{run_id:str}",
@@ -302,10 +302,12 @@ class RunController(Controller):
         opt=needs("operator"),
     )
     async def remove(
-        self, run_id: str, run_service: RunService, lifecycle: Lifecycle, user: Identity
+        self, run_id: str, run_service: RunService, lifecycle: Lifecycle, request: Request
     ) -> None:
         run = await run_service.load(run_id)
-        await lifecycle.delete_run(run, audit(user, "run.delete", "run", run_id, task_id=run.task_id))
+        await lifecycle.delete_run(
+            run, audit(identity_of(request), "run.delete", "run", run_id, task_id=run.task_id)
+        )
 
     @post(
         "/{run_id:str}/approve",
@@ -320,8 +322,8 @@ class RunController(Controller):
         operation_class=accepts(ApproveBody, REVISE_ONLY_REJECTED),
         opt=needs("approver"),
     )
-    async def approve(self, run_id: str, data: ApproveBody, run_service: RunService, user: Identity) -> Run:
-        return await run_service.decide(run_id, data, user)
+    async def approve(self, run_id: str, data: ApproveBody, run_service: RunService, request: Request) -> Run:
+        return await run_service.decide(run_id, data, identity_of(request))
 
     @post(
         "/{run_id:str}/cancel",
@@ -332,9 +334,9 @@ class RunController(Controller):
         opt=needs("operator"),
     )
     async def cancel(
-        self, run_id: str, run_service: RunService, user: Identity, data: CancelBody | None = None
+        self, run_id: str, run_service: RunService, request: Request, data: CancelBody | None = None
     ) -> Run:
-        return await run_service.cancel(run_id, data.reason if data else None, user)
+        return await run_service.cancel(run_id, data.reason if data else None, identity_of(request))
 
     @get(
         "/{run_id:str}/logs",

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from litestar import Controller, delete, get, patch, post
+from litestar import Controller, Request, delete, get, patch, post
 from litestar.exceptions import NotFoundException
 
 from agentbus.gateway.access import needs
@@ -17,7 +17,7 @@ from agentbus.gateway.errors import BODY, WRITE, documented
 from agentbus.gateway.identity import LOCAL, Identity
 from agentbus.gateway.lifecycle import Lifecycle
 from agentbus.gateway.params import Cursor, Limit, Skip, checked_cursor, page_input, whole_numbers
-from agentbus.gateway.people import audit
+from agentbus.gateway.people import audit, identity_of
 from agentbus.gateway.schemas import Task, TaskCreate, TaskPage, TaskStatus, TaskUpdate, accepts
 from agentbus.gateway.store import GatewayStore
 
@@ -97,8 +97,8 @@ class TaskController(Controller):
         operation_class=accepts(TaskCreate),
         opt=needs("operator"),
     )
-    async def create(self, data: TaskCreate, task_service: TaskService, user: Identity) -> Task:
-        return await task_service.create(data, user)
+    async def create(self, data: TaskCreate, task_service: TaskService, request: Request) -> Task:
+        return await task_service.create(data, identity_of(request))
 
     @get("/", summary="List tasks, newest first", responses=documented(503), before_request=whole_numbers)
     async def list_page(
@@ -122,8 +122,10 @@ class TaskController(Controller):
         operation_class=accepts(TaskUpdate),
         opt=needs("operator"),
     )
-    async def update(self, task_id: str, data: TaskUpdate, task_service: TaskService, user: Identity) -> Task:
-        return await task_service.update(task_id, data, user)
+    async def update(
+        self, task_id: str, data: TaskUpdate, task_service: TaskService, request: Request
+    ) -> Task:
+        return await task_service.update(task_id, data, identity_of(request))
 
     @delete(
         "/{task_id:str}",
@@ -132,5 +134,5 @@ class TaskController(Controller):
         responses=documented(404, *WRITE),
         opt=needs("operator"),
     )
-    async def remove(self, task_id: str, task_service: TaskService, user: Identity) -> None:
-        await task_service.delete(task_id, user)
+    async def remove(self, task_id: str, task_service: TaskService, request: Request) -> None:
+        await task_service.delete(task_id, identity_of(request))
