@@ -17,6 +17,7 @@ import math
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from bench.services import (
     rss_kb,
 )
 from bench.stats import Row, compare_table, fmt, median_of, plain_table
-from tests.support.servers import nats_server
+from tests.support.servers import create_database, nats_server
 from tests.support.system import System
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -55,6 +56,7 @@ ALL = (
     "parked",
     "memory",
     "startup",
+    "metrics-queries",
 )
 
 
@@ -506,6 +508,25 @@ class Bench:
             self.row("gateway RSS after the benchmarks", db, after, "rss_kb", "MB", scale=1 / 1024)
             self.row("runner RSS idle (before)", db, mem, "before_kb", "MB", scale=1 / 1024)
 
+    def metrics_queries(self, db: str, pg_admin: str | None) -> None:
+        """The metrics service's queries over up to a million rows, and its recording rate
+        (bench/metricsquery.py; the harness's code only, in-process, no --compare side)."""
+        steps = (10_000, 100_000, 1_000_000) if not self.a.quick else (10_000,)
+
+        def measure(_: Any) -> dict:
+            url = create_database(pg_admin, f"mq_{uuid.uuid4().hex[:12]}") if pg_admin else ""
+            args = ["--steps", ",".join(map(str, steps)), "--requests", "5", "--events", "5000"]
+            return scenarios.tool(
+                "metricsquery", *args, *(["--database-url", url] if url else []), timeout=1800
+            )
+
+        runs = self.repeat("metrics queries", measure, over=[0], repeats=1)
+        for step in steps:
+            for label in ("summary", "agent summary", "task summary", "series 1h"):
+                key = f"p95_ms {label} @{step}"
+                self.row(f"metrics {label} p95, {step:,} rows", db, runs, key, "ms", 100, higher=False)
+        self.row("metrics recording, events/s", db, runs, "events_per_s", "events/s", 2000)
+
     def startup(self) -> None:
         runs = self.repeat("make run -> /ready", lambda code: scenarios.startup(root=code.root), self.codes)
         self.row(
@@ -524,9 +545,13 @@ def measure(b: Bench, dbs: list[str]) -> None:
         b.ceilings()
     if "sqlite" in dbs:
         b.run_db("sqlite", None)
+        if b.wants("metrics-queries"):
+            b.metrics_queries("sqlite", None)
     if "postgresql" in dbs:
         with postgres() as admin:
             b.run_db("postgresql", admin)
+            if b.wants("metrics-queries"):
+                b.metrics_queries("postgresql", admin)
     if b.wants("startup"):
         b.startup()
 

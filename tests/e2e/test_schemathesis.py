@@ -33,8 +33,8 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 ST = Path(sys.executable).with_name("st")
-# Per operation (fuzzing phase): with the coverage and stateful phases, about 45 s on two cores.
-MAX_EXAMPLES = 70
+# Per operation (fuzzing phase): with the coverage and stateful phases, about 35 s on two cores.
+MAX_EXAMPLES = 40
 LIVE = ("pending", "running", "awaiting_approval")
 
 

@@ -366,6 +366,7 @@ async def test_health_ready_and_docs(client: AsyncTestClient) -> None:
     body = r.json()
     assert body["checks"]["broker"] and body["checks"]["database"]
     assert "runner" in body["detail"] and "metrics" in body["detail"]
+    assert set(body["timings"]) == set(body["checks"]) and all(ms >= 0 for ms in body["timings"].values())
     spec = (await client.get("/openapi.json")).json()
     assert "/api/tasks" in spec["paths"] and "/api/runs/{run_id}/approve" in spec["paths"]
     assert (await client.get("/docs")).status_code == 200

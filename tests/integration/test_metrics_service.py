@@ -234,15 +234,27 @@ async def test_records_and_queries(service: MetricsService, nc: Client) -> None:
         "max": 2.5,
         "avg": 2.5,
         "last": 2.5,
+        "sum": 2.5,
+        "p50": 2.5,
+        "p95": 2.5,
     }
     task_summary = await request(
         nc, subjects.METRICS_TASK_SUMMARY, MetricsSummaryQuery(task_id=task), MetricsSummary
     )
     assert task_summary.task_id == task and task_summary.metric_count == 8
     stats = {name: msgspec.to_builtins(s) for name, s in task_summary.metrics.items()}
-    assert stats["duration"] == {"count": 2, "min": 2.5, "max": 4.5, "avg": 3.5, "last": 4.5}
-    assert stats["steps"] == {"count": 2, "min": 1.0, "max": 3.0, "avg": 2.0, "last": 1.0}
-    assert stats["cost_usd"] == {"count": 1, "min": 0.25, "max": 0.25, "avg": 0.25, "last": 0.25}
+    assert stats["duration"] == {
+        **{"count": 2, "min": 2.5, "max": 4.5, "avg": 3.5, "last": 4.5},
+        **{"sum": 7.0, "p50": 2.5, "p95": 4.5},
+    }
+    assert stats["steps"] == {
+        **{"count": 2, "min": 1.0, "max": 3.0, "avg": 2.0, "last": 1.0},
+        **{"sum": 4.0, "p50": 1.0, "p95": 3.0},
+    }
+    assert stats["cost_usd"] == {
+        **{"count": 1, "min": 0.25, "max": 0.25, "avg": 0.25, "last": 0.25},
+        **{"sum": 0.25, "p50": 0.25, "p95": 0.25},
+    }
     assert set(stats) == {
         "duration",
         "steps",
@@ -359,11 +371,11 @@ async def test_bad_payloads_do_not_stop_the_service(service: MetricsService, nc:
     marker = new_id()
     garbage = f"not json {marker}".encode()
     wrong_shape = encode({"event_type": "completion", "id": marker, "seq": "one"})
-    await nc.jetstream().publish("events.run.x.y.z", garbage)
+    await nc.jetstream().publish("events.run.x.y.failure", garbage)
     await nc.jetstream().publish(f"events.run.x.{marker}.completion", wrong_shape)
 
     # Both are dead-lettered with their subject, and the service keeps recording.
-    expected = {(garbage, "events.run.x.y.z"), (wrong_shape, f"events.run.x.{marker}.completion")}
+    expected = {(garbage, "events.run.x.y.failure"), (wrong_shape, f"events.run.x.{marker}.completion")}
     seen: set[tuple[bytes, str]] = set()
     deadline = time.monotonic() + 20
     while not expected <= seen and time.monotonic() < deadline:

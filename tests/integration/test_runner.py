@@ -252,6 +252,9 @@ async def test_run_without_approval(js: Any, kv: Any, runner: Runner) -> None:
         "scripted",
     )
     assert stats.approval_wait is None and stats.duration == data.duration > 0
+    # time_to_plan: from analysis_start to plan_ready, as their timestamps say (rounded to ms).
+    to_plan = (plan_ready.timestamp - events[0].timestamp).total_seconds()
+    assert stats.time_to_plan == pytest.approx(to_plan, abs=0.0011)
     await wait_released(kv, start.run_id, runner)
     assert await log.all_stored() == events
 

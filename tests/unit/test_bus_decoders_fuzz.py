@@ -30,6 +30,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from litestar.exceptions import HTTPException
+from nats import micro
 from sqlalchemy import func, select
 
 from agentbus.common.db import make_engine, migrate
@@ -56,7 +57,17 @@ from agentbus.contracts import (
 from agentbus.contracts import events as ev
 from agentbus.contracts.codec import decoder
 from agentbus.contracts.events import SEQ_MAX
-from agentbus.contracts.messages import ERROR_HEADER, MetricOut, MetricsPage, MetricsSummary
+from agentbus.contracts.messages import (
+    ERROR_HEADER,
+    MetricCreate,
+    MetricOut,
+    MetricsPage,
+    MetricsReport,
+    MetricsReportQuery,
+    MetricsSeries,
+    MetricsSeriesQuery,
+    MetricsSummary,
+)
 from agentbus.gateway import ingest as ingest_module
 from agentbus.gateway.agents import Discovery
 from agentbus.gateway.bus import Bus
@@ -856,12 +867,17 @@ def test_metrics_requests_are_answered_never_raised(run: Run, metrics_store: Met
         subjects.METRICS_RUN_SUMMARY: (handlers.run_summary, MetricsSummary),
         subjects.METRICS_TASK_SUMMARY: (handlers.task_summary, MetricsSummary),
         subjects.METRICS_PING: (handlers.ping, Pong),
+        subjects.METRICS_REPORT: (handlers.report, MetricsReport),
+        subjects.METRICS_SERIES: (handlers.series, MetricsSeries),
+        subjects.METRICS_CREATE: (handlers.create, MetricOut),
     }
 
     def answer(subject: str, data: bytes) -> tuple[Any, ServiceError | None]:
         nc.published.clear()
         handler, tp = routes[subject]
-        run(handlers._answer(handler, FakeMsg(subject, data, reply="_INBOX.m")))
+        msg = FakeMsg(subject, data, reply="_INBOX.m")
+        msg._client = nc  # type: ignore[attr-defined]  # what a nats.micro Request replies through
+        run(handlers._answer(handler, micro.Request(msg)))  # type: ignore[arg-type]
         [(to, reply, hdrs)] = nc.published
         assert to == "_INBOX.m"
         if hdrs and hdrs.get(ERROR_HEADER):
@@ -879,7 +895,12 @@ def test_metrics_requests_are_answered_never_raised(run: Run, metrics_store: Met
         assert error is not None and error.status_code == 400, query
 
     requests = payloads(
-        MetricsQuery(task_id="t", skip=1), MetricsGet(metric_id="m"), MetricsSummaryQuery(run_id="r")
+        MetricsQuery(task_id="t", skip=1),
+        MetricsGet(metric_id="m"),
+        MetricsSummaryQuery(run_id="r"),
+        MetricsReportQuery(agent="a"),
+        MetricsSeriesQuery(name="duration", bucket="5m"),
+        MetricCreate(task_id="t", run_id="r", agent="a", name="x.y", value=1.5),
     )
 
     @FUZZ_DB

@@ -37,8 +37,9 @@ COMMON_ENV = {"NATS_URL", "NATS_REPLICAS", "LOG_LEVEL"} | NATS_ACCESS_ENV
 SERVICE_ENV = {
     "gateway": COMMON_ENV | {"DATABASE_URL", "GATEWAY_HOST", "GATEWAY_PORT", "AGENTBUS_ADMIN_TOKEN"},
     "runner": COMMON_ENV
-    | {"RUNNER_MAX_CONCURRENCY", "RUNNER_GRACE_S", "OPENAI_BASE_URL", "OPENAI_MODEL", "OPENAI_API_KEY"},
-    "metrics": COMMON_ENV | {"METRICS_DATABASE_URL"},
+    | {"RUNNER_MAX_CONCURRENCY", "RUNNER_GRACE_S", "OPENAI_BASE_URL", "OPENAI_MODEL", "OPENAI_API_KEY"}
+    | {"RUNNER_METRICS_HOST", "RUNNER_METRICS_PORT"},
+    "metrics": COMMON_ENV | {"METRICS_DATABASE_URL", "METRICS_METRICS_HOST", "METRICS_METRICS_PORT"},
 }
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 # Where `make broker-users` writes the broker's users (auth.conf) and each user's <user>.env.
@@ -431,8 +432,11 @@ def test_probes_on_health_and_ready_where_http_is_served() -> None:
             assert not any("httpGet" in c.get(p, {}) for p in ("livenessProbe", "readinessProbe"))
             continue
         port_names = {p.get("name") for p in c["ports"]} | {p["containerPort"] for p in c["ports"]}
-        assert c["livenessProbe"]["httpGet"]["path"] == "/health"
-        assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
+        name = deployment["metadata"]["name"]
+        # The gateway's own routes; the runner and the metrics service answer on their metrics port.
+        live, ready = ("/health", "/ready") if name == "gateway" else ("/healthz", "/readyz")
+        assert c["livenessProbe"]["httpGet"]["path"] == live
+        assert c["readinessProbe"]["httpGet"]["path"] == ready
         for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
             if probe in c:
                 assert c[probe]["httpGet"]["port"] in port_names
@@ -570,3 +574,23 @@ def test_nats_config_is_accepted_by_nats_server(tmp_path: Path) -> None:
     broker.write(tmp_path / posixpath.dirname(nats_auth_path()).lstrip("/"))
     out = check()
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(("service", "prefix"), [("runner", "RUNNER"), ("metrics", "METRICS")])
+def test_runner_and_metrics_serve_probes_and_are_scraped_on_their_metrics_port(
+    service: str, prefix: str
+) -> None:
+    deployment = one("Deployment", service)
+    c = container(deployment)
+    env = env_of(c)
+    port = int(env[f"{prefix}_METRICS_PORT"]["value"])
+    assert env[f"{prefix}_METRICS_HOST"]["value"] == "0.0.0.0"  # the kubelet and Prometheus reach it
+    assert [p["containerPort"] for p in c["ports"] if p["name"] == "metrics"] == [port]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"]["port"] == "metrics"
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port),
+        "prometheus.io/path": "/metrics",
+    }

@@ -265,6 +265,7 @@ def test_every_variable_is_read_from_the_environment() -> None:
                 "DATABASE_URL": "sqlite:///x.db",
                 "METRICS_DATABASE_URL": "sqlite:///x.db",
                 "LOG_LEVEL": "ERROR",
+                "LOG_FORMAT": "json",
                 "OPENAI_BASE_URL": "https://x",
                 "AGENTBUS_ADMIN_TOKEN": "x7-at-least-sixteen",
                 "JWT_JWKS_URL": "https://idp.example/jwks.json",

@@ -40,12 +40,16 @@ KV_STREAM = f"KV_{s.RUN_STATE_BUCKET}"
 OBJ = f"$O.{s.ARTIFACTS_BUCKET}"
 OBJ_STREAM = f"OBJ_{s.ARTIFACTS_BUCKET}"
 STREAMS = (s.RUN_COMMANDS_STREAM, s.EVENTS_STREAM, s.LIFECYCLE_STREAM, KV_STREAM, OBJ_STREAM)
+MICRO = "$SRV.>"  # nats.micro: discovery requests to every service (PING, INFO, STATS)
 METRICS_REQUESTS = (
     s.METRICS_QUERY,
     s.METRICS_GET,
     s.METRICS_RUN_SUMMARY,
     s.METRICS_TASK_SUMMARY,
     s.METRICS_PING,
+    s.METRICS_REPORT,
+    s.METRICS_SERIES,
+    s.METRICS_CREATE,
 )
 
 
@@ -172,7 +176,8 @@ def permissions(service: str) -> Permissions:
                 _acks(s.EVENTS_STREAM, s.METRICS_EVENTS_CONSUMER),
                 _acks(s.LIFECYCLE_STREAM, s.METRICS_LIFECYCLE_CONSUMER),
             ],
-            subscribe=[own_inbox, legacy_deliver, *METRICS_REQUESTS],
+            # `$SRV.>`: the nats.micro discovery subjects (PING, INFO, STATS) it answers.
+            subscribe=[own_inbox, legacy_deliver, *METRICS_REQUESTS, MICRO],
             responds=True,
         )
     if service == OPERATOR:
@@ -182,6 +187,7 @@ def permissions(service: str) -> Permissions:
                 "$JS.API.STREAM.NAMES",
                 "$JS.API.STREAM.INFO.*",
                 "$JS.API.CONSUMER.INFO.>",
+                MICRO,  # `nats micro ls|info|stats`: the services' discovery and endpoint stats
             ],
             subscribe=[own_inbox, s.EVENTS_DEAD, s.EVENTS_LIVE_ALL, s.RUN_HEARTBEAT],
         )

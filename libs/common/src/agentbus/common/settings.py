@@ -46,6 +46,7 @@ __all__ = [
     "DB_URL_ALLOWED",
     "DB_URL_PATTERN",
     "EnvSettings",
+    "LogFormat",
     "LogLevel",
     "NatsAccess",
     "NatsReplicas",
@@ -132,6 +133,16 @@ LogLevel = Annotated[
         "logging level",
         pattern=r"(?i)^(debug|info|warning|error|critical)$",
         allowed="one of DEBUG, INFO, WARNING, ERROR, CRITICAL (any case)",
+    ),
+]
+LogFormat = Annotated[
+    str,
+    env(
+        "LOG_FORMAT",
+        "log line format: `json` (one JSON object a line), `text` (for a person), or `auto`: text "
+        "when stderr is a terminal, JSON otherwise",
+        pattern=r"(?i)^(auto|json|text)$",
+        allowed="one of auto, json, text (any case)",
     ),
 ]
 # normalize_url in agentbus.common.db accepts these: plain or with an explicit driver.

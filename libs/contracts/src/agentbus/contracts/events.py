@@ -28,6 +28,7 @@ class RunStats(msgspec.Struct, omit_defaults=True):
     tokens_completion: int | None = None
     cost_usd: float | None = None
     agent: str | None = None
+    time_to_plan: float | None = None  # seconds from analysis_start to the first plan_ready
 
 
 class Event(msgspec.Struct, tag_field="event_type", kw_only=True):

@@ -38,6 +38,9 @@ class RunStart(msgspec.Struct, kw_only=True):
     on_approval_timeout: ApprovalTimeoutPolicy = "timeout"
     max_tokens: int | None = None  # budget: prompt + completion tokens; None: no cap
     max_cost_usd: float | None = None  # budget in USD; None: no cap
+    # W3C trace context of the request that started the run (tracing on): a runner that takes or
+    # resumes it continues that trace.
+    traceparent: str | None = None
     v: int = PROTOCOL_VERSION
 
 
@@ -193,11 +196,16 @@ class MetricsPage(msgspec.Struct, kw_only=True):
 
 
 class SummaryStat(msgspec.Struct):
+    """p50/p95: nearest rank (the value at rank ceil(p/100 * count) in ascending order)."""
+
     count: int
     min: float
     max: float
     avg: float
     last: float
+    sum: float = 0.0
+    p50: float = 0.0
+    p95: float = 0.0
 
 
 class MetricsSummary(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -205,3 +213,78 @@ class MetricsSummary(msgspec.Struct, kw_only=True, omit_defaults=True):
     metrics: dict[str, SummaryStat]
     task_id: str | None = None
     run_id: str | None = None
+
+
+class RunOutcomes(msgspec.Struct, kw_only=True):
+    """Runs by terminal outcome, each run counted once; success_rate: completed / total (null: none)."""
+
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    rejected: int = 0
+    cancelled: int = 0
+    timeout: int = 0
+    success_rate: float | None = None
+
+
+class MetricsReportQuery(msgspec.Struct, kw_only=True):
+    """The overall summary (no agent) or one agent kind's, over [since, until]."""
+
+    agent: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    v: int = PROTOCOL_VERSION
+
+
+class MetricsReport(msgspec.Struct, kw_only=True):
+    metric_count: int
+    runs: RunOutcomes
+    metrics: dict[str, SummaryStat]
+
+
+SeriesBucket = Literal["1m", "5m", "1h", "1d"]
+
+
+class MetricsSeriesQuery(msgspec.Struct, kw_only=True):
+    name: str
+    task_id: str | None = None
+    agent: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    bucket: SeriesBucket = "1h"
+    v: int = PROTOCOL_VERSION
+
+
+class SeriesPoint(msgspec.Struct, kw_only=True):
+    t: datetime  # the bucket's start (UTC)
+    count: int
+    sum: float
+    min: float
+    max: float
+    avg: float
+    p95: float
+
+
+class MetricsSeries(msgspec.Struct, kw_only=True):
+    name: str
+    bucket: SeriesBucket
+    points: list[SeriesPoint]
+
+
+# A metric's name (POST /api/metrics); `(?!\n)`: Python's `$` also matches before a final newline.
+METRIC_NAME_PATTERN = r"^[a-z][a-z0-9_.]{0,63}$(?!\n)"
+METRIC_UNIT_MAX_LENGTH = 32
+
+
+class MetricCreate(msgspec.Struct, kw_only=True):
+    """A metric recorded by hand (POST /api/metrics): the gateway fills task_id and agent from the run."""
+
+    task_id: str
+    run_id: str
+    agent: str
+    name: str
+    value: float
+    metric_type: Literal["timer", "counter", "gauge"] = "gauge"
+    unit: str | None = None
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    v: int = PROTOCOL_VERSION

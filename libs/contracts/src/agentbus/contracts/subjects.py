@@ -41,6 +41,9 @@ METRICS_GET = "run.metrics.get"
 METRICS_RUN_SUMMARY = "run.metrics.summary"
 METRICS_TASK_SUMMARY = "task.metrics.summary"
 METRICS_PING = "run.metrics.ping"
+METRICS_REPORT = "run.metrics.report"  # the overall summary, or one agent kind's
+METRICS_SERIES = "run.metrics.series"
+METRICS_CREATE = "run.metrics.create"
 EVENTS_RUN_PREFIX = "events.run"  # events.run.<task_id>.<run_id>.<event_type>
 EVENTS_RUN_ALL = "events.run.>"
 EVENTS_LIVE_PREFIX = "events.live"  # events.live.<task_id>.<run_id>, published after storage
@@ -149,6 +152,9 @@ SUBJECTS: tuple[Subject, ...] = (
         METRICS_TASK_SUMMARY, "request/reply", "MetricsSummaryQuery -> MetricsSummary", "gateway", "metrics"
     ),
     Subject(METRICS_PING, "request/reply", "Ping -> Pong", "gateway (/ready)", "metrics"),
+    Subject(METRICS_REPORT, "request/reply", "MetricsReportQuery -> MetricsReport", "gateway", "metrics"),
+    Subject(METRICS_SERIES, "request/reply", "MetricsSeriesQuery -> MetricsSeries", "gateway", "metrics"),
+    Subject(METRICS_CREATE, "request/reply", "MetricCreate -> MetricOut", "gateway", "metrics"),
     Subject(
         "events.run.<task_id>.<run_id>.<event_type>",
         "jetstream",

@@ -12,6 +12,7 @@ import uvicorn
 
 from agentbus.common.logs import setup_logging
 from agentbus.common.settings import SettingsError
+from agentbus.common.tracing import setup_tracing
 from agentbus.gateway.app import Gateway
 from agentbus.gateway.settings import Settings, is_loopback
 from agentbus.gateway.streams.hub import Hub
@@ -64,7 +65,8 @@ def main() -> None:
         print(f"agentbus-gateway: invalid configuration: {exc}", file=sys.stderr)
         sys.exit(2)
     settings.check()
-    setup_logging("gateway", settings.log_level)
+    setup_logging("gateway", settings.log_level, settings.log_format)
+    setup_tracing("agentbus-gateway")
     if not settings.auth_on:
         log.warning(
             "authentication is off (no AGENTBUS_ADMIN_TOKEN, JWT_KEY or JWT_JWKS_URL): %s",

@@ -30,17 +30,19 @@ from agentbus.gateway.agents import AgentController, Discovery
 from agentbus.gateway.approvals import ApprovalController, ApprovalService
 from agentbus.gateway.bus import Bus
 from agentbus.gateway.errors import EXCEPTION_HANDLERS, GatewayRequest, unexpected
+from agentbus.gateway.exposition import Exposition, prometheus_metrics
 from agentbus.gateway.guard import Guard, Methods, MethodTable
 from agentbus.gateway.health import health, ready
 from agentbus.gateway.identity import Authenticator
 from agentbus.gateway.ingest import EventIngest
 from agentbus.gateway.lifecycle import Lifecycle
 from agentbus.gateway.metrics import MetricsController
-from agentbus.gateway.people import AuditController, KeyController, identity_of, me
+from agentbus.gateway.people import AuditController, KeyController, me
 from agentbus.gateway.reaper import Reaper
 from agentbus.gateway.runs import RunController, RunService
 from agentbus.gateway.settings import Settings
 from agentbus.gateway.store import MIGRATIONS, GatewayStore
+from agentbus.gateway.store.effects import Batch
 from agentbus.gateway.streams.hub import Hub
 from agentbus.gateway.streams.routes import all_stream, run_stream, task_stream
 from agentbus.gateway.streams.sse import run_event_stream
@@ -74,10 +76,11 @@ class Gateway:
         self.authenticator = Authenticator(s, self.store.people.key_secret)
         self.access = Access(s, self.authenticator, self.store.people)
         self.bus = Bus(s.nats_url, f"gateway-{s.instance}", s.nats_replicas, s.request_timeout_s, s.nats)
+        self.exposition = Exposition(self.store, self.bus)  # /metrics: what is counted, and read
         self.admission = Admission(self.store, self.bus)  # runs over a task's max_concurrent_runs
         self.hub = Hub(self.store, s.ws_heartbeat_s, s.ws_queue_size, origin, on_frames=self.admission.stored)
         self.ingest = EventIngest(
-            self.store, self.bus, on_stored=self.hub.deliver, origin=origin, batch=s.ingest_batch
+            self.store, self.bus, on_stored=self._stored, origin=origin, batch=s.ingest_batch
         )
         self.reaper = Reaper(
             self.store,
@@ -103,9 +106,16 @@ class Gateway:
         self.runs = RunService(
             self.store, self.bus, self.discovery, self.lifecycle, self.tasks, watch=self.admission.watch
         )
+        self.exposition.watch(self.hub, self.ingest, self.reaper)
         self.app = self._app()
         self.methods = MethodTable(self.app)
-        self.asgi = Guard(Methods(self.app, self.methods), s.served_hosts(), s.cors_origins)
+        guarded = Guard(Methods(self.app, self.methods), s.served_hosts(), s.cors_origins)
+        self.asgi = self.exposition.middleware(guarded)  # outermost: every request is counted
+
+    def _stored(self, batch: Batch) -> None:
+        """The ingest's `on_stored`: runs that ended are counted, then the hub fans the events out."""
+        self.exposition.stored(batch)
+        self.hub.deliver(batch)
 
     def _not_allowed(self, request: Request, exc: MethodNotAllowedException) -> Response:
         """The router's 405, with `Allow` naming the path's methods."""
@@ -144,6 +154,7 @@ class Gateway:
                 MetricsController,
                 health,
                 ready,
+                prometheus_metrics,
                 run_stream,
                 task_stream,
                 all_stream,
@@ -164,7 +175,7 @@ class Gateway:
                 "approval_service": _provide(self.approvals),
                 "authenticator": _provide(self.authenticator),
                 "access": _provide(self.access),
-                "user": Provide(identity_of, sync_to_thread=False),
+                "exposition": _provide(self.exposition),
             },
             middleware=[self.access.middleware],
             guards=[self.access.authorize],

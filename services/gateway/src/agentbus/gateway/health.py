@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from litestar import Response, get
 from litestar.openapi.datastructures import ResponseSpec
@@ -15,6 +17,8 @@ from agentbus.gateway import __version__
 from agentbus.gateway.bus import Bus
 from agentbus.gateway.schemas import NotReady, Ready
 from agentbus.gateway.store import GatewayStore
+
+T = TypeVar("T")
 
 
 class Open(Operation):
@@ -45,12 +49,13 @@ async def health() -> dict[str, str]:
     },
 )
 async def ready(store: GatewayStore, bus: Bus) -> Response[dict[str, object]]:
-    db, runner, metrics, missing_assets = await asyncio.gather(
-        store.ping(),
-        bus.ping(subjects.RUN_PING),
-        bus.ping(subjects.METRICS_PING),
-        bus.missing_assets(),
+    (db, t_db), (runner, t_runner), (metrics, t_metrics), (missing_assets, t_broker) = await asyncio.gather(
+        _timed(store.ping()),
+        _timed(bus.ping(subjects.RUN_PING)),
+        _timed(bus.ping(subjects.METRICS_PING)),
+        _timed(bus.missing_assets()),
     )
+    timings = {"broker": t_broker, "database": t_db, "runner": t_runner, "metrics": t_metrics}
     checks = {
         "broker": bus.connected and not missing_assets,
         "database": db,
@@ -62,6 +67,13 @@ async def ready(store: GatewayStore, bus: Bus) -> Response[dict[str, object]]:
         detail = "not ready: " + ", ".join(missing) + " unavailable"
         if missing_assets:
             detail += " (missing on the broker: " + ", ".join(missing_assets) + ")"
-        body = {"status_code": 503, "detail": detail, "checks": checks}
+        body = {"status_code": 503, "detail": detail, "checks": checks, "timings": timings}
         return Response(body, status_code=503)
-    return Response({"status": "ready", "checks": checks}, status_code=200)
+    return Response({"status": "ready", "checks": checks, "timings": timings}, status_code=200)
+
+
+async def _timed(check: Awaitable[T]) -> tuple[T, float]:
+    """A check's answer and the milliseconds it took."""
+    start = time.perf_counter()
+    answer = await check
+    return answer, round((time.perf_counter() - start) * 1000, 3)

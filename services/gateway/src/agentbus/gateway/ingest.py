@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,12 @@ class EventIngest:
         self.queue: asyncio.Queue[Msg] = asyncio.Queue()
         self.sub: Any = None
         self.task: asyncio.Task[None] | None = None
+        # read by the Prometheus exposition: events stored, undecodable ones, dead letters, and the
+        # age (seconds) of the newest event of the last stored batch when it was committed
+        self.stored = 0
+        self.decode_failures = 0
+        self.dead_letters = 0
+        self.lag_s = 0.0
 
     async def start(self) -> None:
         self.sub = await retrying_setup("the gateway's event consumer", self._subscribe)
@@ -111,6 +118,7 @@ class EventIngest:
                             await self._store_batch([m])
                         return
                     log.error("an event on %s can never be stored (%s); dead-lettered", msgs[0].subject, exc)
+                    self.dead_letters += 1
                     with contextlib.suppress(Exception):
                         await self.bus.nc.publish(subjects.EVENTS_DEAD, msgs[0].data)
                         await msgs[0].term()
@@ -131,6 +139,8 @@ class EventIngest:
                 sent_by[m.data] = m
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 log.warning("dropping an event on %s that does not decode: %s", m.subject, exc)
+                self.decode_failures += 1
+                self.dead_letters += 1
                 await self.bus.nc.publish(subjects.EVENTS_DEAD, m.data)
         result = await self.store.store_events(decoded) if decoded else Stored([], [])
         stored = list(result.events)
@@ -142,6 +152,9 @@ class EventIngest:
             if verdict is Verdict.LATER:
                 later.add(id(m))
         if stored:
+            self.stored += len(stored)
+            with contextlib.suppress(Exception):  # the newest message's JetStream timestamp
+                self.lag_s = max(0.0, time.time() - msgs[-1].metadata.timestamp.timestamp())
             # Committed: this process's stream clients get the events directly, the other gateway
             # copies through events.live (they tell theirs from ours by the origin header).
             self.on_stored(stored)

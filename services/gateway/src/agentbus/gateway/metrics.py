@@ -1,27 +1,72 @@
-"""`/api/metrics`: answered by the metrics service over NATS request/reply; the gateway only asks."""
+"""`/api/metrics`: answered by the metrics service over NATS request/reply; the gateway only asks.
+
+A metric posted by hand names its run: the gateway checks the run (it owns runs), takes its task and
+agent kind from it, has the metrics service store the metric, and records the audit entry.
+"""
 
 from __future__ import annotations
 
-from litestar import Controller, Response, get
+import math
+from typing import Annotated, Literal
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.exceptions import NotFoundException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
+from msgspec import Meta
 
 from agentbus.contracts import MetricsGet, MetricsQuery, MetricsSummaryQuery, subjects
-from agentbus.contracts.messages import MetricOut, MetricsPage, MetricsSummary
+from agentbus.contracts.kinds import AGENT_KIND_MAX_LENGTH, AGENT_KIND_PATTERN, AgentKind
+from agentbus.contracts.messages import (
+    METRIC_NAME_PATTERN,
+    METRIC_UNIT_MAX_LENGTH,
+    MetricCreate,
+    MetricOut,
+    MetricsPage,
+    MetricsReport,
+    MetricsReportQuery,
+    MetricsSeries,
+    MetricsSeriesQuery,
+    MetricsSummary,
+    SeriesBucket,
+)
+from agentbus.gateway.access import needs
 from agentbus.gateway.bus import Bus
-from agentbus.gateway.errors import documented
+from agentbus.gateway.errors import BODY, documented
 from agentbus.gateway.params import Filter, Instant, Limit, Skip, instant, whole_numbers
+from agentbus.gateway.people import audit, identity_of
+from agentbus.gateway.schemas import Labels, accepts
+from agentbus.gateway.store import GatewayStore
 
 JSON = "application/json"
 # The metrics service's answer is passed on as it is: its shape is documented here. An error it
-# answers (400, 404, 503) is passed on too; one the gateway cannot read is a 502.
+# answers (400, 404, 409, 503) is passed on too; one the gateway cannot read is a 502. Litestar
+# documents the 400 of every route that takes parameters or a body.
 UPSTREAM = (502, 503)
+MetricName = Annotated[str, Meta(pattern=METRIC_NAME_PATTERN, max_length=64)]
 
 
-def _answers(shape: type, *errors: int) -> dict[int, ResponseSpec]:
+class MetricCreateBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    run_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    name: MetricName
+    value: float  # finite: NaN and infinities are a 400
+    metric_type: Literal["timer", "counter", "gauge"] = "gauge"
+    unit: Annotated[str, Meta(min_length=1, max_length=METRIC_UNIT_MAX_LENGTH)] | None = None
+    labels: Annotated[Labels, Meta(max_length=50)] = msgspec.field(default_factory=dict)
+
+
+def _answers(shape: type, *errors: int, why: dict[int, str] | None = None, status: int = 200) -> dict:
     return {
-        200: ResponseSpec(shape, description="OK", generate_examples=False),
-        **documented(*errors, *UPSTREAM),
+        status: ResponseSpec(
+            shape, description="OK" if status == 200 else "Created", generate_examples=False
+        ),
+        **documented(*errors, *UPSTREAM, why=why),
     }
+
+
+def _json(data: bytes, status_code: int = 200) -> Response[bytes]:
+    return Response(data, media_type=JSON, status_code=status_code)
 
 
 class MetricsController(Controller):
@@ -49,13 +94,114 @@ class MetricsController(Controller):
             skip=skip,
             limit=limit,
         )
-        return Response(await bus.request(subjects.METRICS_QUERY, query), media_type=JSON)
+        return _json(await bus.request(subjects.METRICS_QUERY, query))
+
+    @post(
+        "/",
+        status_code=201,
+        summary="Record a metric of a run (its task and agent kind are the run's)",
+        responses=_answers(
+            MetricOut,
+            404,
+            409,
+            *BODY,
+            status=201,
+            why={
+                404: "the run is not found (or was deleted)",
+                409: "the run already has a metric of that name",
+            },
+        ),
+        operation_class=accepts(MetricCreateBody),
+        opt=needs("operator"),
+    )
+    async def create(
+        self,
+        data: MetricCreateBody,
+        bus: Bus,
+        store: GatewayStore,
+        request: Request,  # type: ignore[type-arg]
+    ) -> Response[bytes]:
+        if not math.isfinite(data.value):
+            raise ValidationException("value must be a finite number")
+        run = await store.run(data.run_id)
+        if run is None:
+            raise NotFoundException(f"run {data.run_id} not found")
+        ask = MetricCreate(
+            task_id=run.task_id,
+            run_id=data.run_id,
+            agent=run.agent,
+            name=data.name,
+            value=data.value,
+            metric_type=data.metric_type,
+            unit=data.unit,
+            labels=data.labels,
+        )
+        answer = await bus.request(subjects.METRICS_CREATE, ask)
+        created = msgspec.json.decode(answer, type=MetricOut)
+        entry = audit(
+            identity_of(request), "metric.create", "metric", created.id, run_id=data.run_id, name=data.name
+        )
+        await store.people.audit(entry)
+        return _json(answer, 201)
+
+    @get(
+        "/summary",
+        summary="Summary of every metric, and the runs by outcome",
+        responses=_answers(MetricsReport),
+    )
+    async def summary(self, bus: Bus, since: Instant = None, until: Instant = None) -> Response[bytes]:
+        query = MetricsReportQuery(since=instant("since", since), until=instant("until", until))
+        return _json(await bus.request(subjects.METRICS_REPORT, query))
+
+    @get(
+        "/agent/{agent:str}/summary",
+        summary="Summary of one agent kind's metrics, and its runs by outcome",
+        responses=_answers(MetricsReport),
+    )
+    async def agent_summary(
+        self,
+        agent: Annotated[
+            str, Parameter(min_length=1, max_length=AGENT_KIND_MAX_LENGTH, pattern=AGENT_KIND_PATTERN)
+        ],
+        bus: Bus,
+        since: Instant = None,
+        until: Instant = None,
+    ) -> Response[bytes]:
+        try:
+            msgspec.convert(agent, AgentKind)
+        except msgspec.ValidationError:
+            raise ValidationException(f"{agent!r} is not an agent kind") from None
+        query = MetricsReportQuery(agent=agent, since=instant("since", since), until=instant("until", until))
+        return _json(await bus.request(subjects.METRICS_REPORT, query))
+
+    @get(
+        "/series",
+        summary="One metric over time, in buckets (empty ones left out), oldest first",
+        responses=_answers(MetricsSeries),
+    )
+    async def series(
+        self,
+        bus: Bus,
+        name: Annotated[str, Parameter(pattern=METRIC_NAME_PATTERN, max_length=64)],
+        task_id: Filter = None,
+        agent: Filter = None,
+        since: Instant = None,
+        until: Instant = None,
+        bucket: SeriesBucket = "1h",
+    ) -> Response[bytes]:
+        query = MetricsSeriesQuery(
+            name=name,
+            task_id=task_id,
+            agent=agent,
+            since=instant("since", since),
+            until=instant("until", until),
+            bucket=bucket,
+        )
+        return _json(await bus.request(subjects.METRICS_SERIES, query))
 
     @get("/{metric_id:str}", summary="Get a metric", responses=_answers(MetricOut, 404))
     async def retrieve(self, metric_id: str, bus: Bus) -> Response[bytes]:
-        return Response(
-            await bus.request(subjects.METRICS_GET, MetricsGet(metric_id=metric_id)), media_type=JSON
-        )
+        return _json(await bus.request(subjects.METRICS_GET, MetricsGet(metric_id=metric_id)))
 
     @get(
         "/task/{task_id:str}/summary",
@@ -63,12 +209,10 @@ class MetricsController(Controller):
         responses=_answers(MetricsSummary),
     )
     async def task_summary(self, task_id: str, bus: Bus) -> Response[bytes]:
-        data = await bus.request(subjects.METRICS_TASK_SUMMARY, MetricsSummaryQuery(task_id=task_id))
-        return Response(data, media_type=JSON)
+        return _json(await bus.request(subjects.METRICS_TASK_SUMMARY, MetricsSummaryQuery(task_id=task_id)))
 
     @get(
         "/run/{run_id:str}/summary", summary="Summary of a run's metrics", responses=_answers(MetricsSummary)
     )
     async def run_summary(self, run_id: str, bus: Bus) -> Response[bytes]:
-        data = await bus.request(subjects.METRICS_RUN_SUMMARY, MetricsSummaryQuery(run_id=run_id))
-        return Response(data, media_type=JSON)
+        return _json(await bus.request(subjects.METRICS_RUN_SUMMARY, MetricsSummaryQuery(run_id=run_id)))

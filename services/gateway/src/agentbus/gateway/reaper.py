@@ -88,6 +88,8 @@ class Reaper:
         self.seen: dict[str, float] = {}  # run_id -> monotonic time of the last announcement
         self.woken: dict[str, float] = {}  # run_id -> when a missed deadline's wake was sent
         self.started = time.monotonic()
+        # what it did, by action (redelivered, woken, reaped): read by the Prometheus exposition
+        self.actions: dict[str, int] = {"redelivered": 0, "woken": 0, "reaped": 0}
         self.sub: Any = None
         self.task: asyncio.Task[None] | None = None
 
@@ -130,6 +132,7 @@ class Reaper:
         rows = await self.store.pending_decisions(cutoff)
         for row in rows:
             await self.bus.decide(decision_of(row.id, row.approval), row.agent, row.task_id)
+            self.actions["redelivered"] += 1
             log.info("run %s: stored decision handed to the runners again", row.id)
         return [r.id for r in rows]
 
@@ -160,6 +163,7 @@ class Reaper:
         self.woken[row.id] = time.monotonic()
         wake = RunWake(run_id=row.id, task_id=row.task_id, reason="deadline")
         await self.bus.js.publish(subjects.run_wake(row.agent), encode(wake))
+        self.actions["woken"] += 1
         log.warning("run %s: its approval deadline passed unanswered; woken again", row.id)
 
     async def reap(self, row: Any) -> bool:
@@ -230,6 +234,7 @@ class Reaper:
             encode(event),
             headers={"Nats-Msg-Id": subjects.event_msg_id(row.id, seq)},
         )
+        self.actions["reaped"] += 1
         log.warning("run %s reaped (%s): no runner announced it for %ss", row.id, event_type, waited)
         return True
 

@@ -14,6 +14,8 @@ from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.exceptions import NotFoundException, PermissionDeniedException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 
+from agentbus.common import tracing
+from agentbus.common.logs import run_fields
 from agentbus.contracts import encode
 from agentbus.contracts.status import TERMINAL_RUN_STATUSES, RunStatus
 from agentbus.gateway import plans
@@ -69,6 +71,9 @@ def _iso(ts: datetime) -> str:
 _BYTES = ResponseSpec(Any, media_type="*/*", description="the artifact's bytes", generate_examples=False)
 
 
+_CREATE_SPAN = {"http.request.method": "POST", "http.route": "/api/runs"}
+
+
 class RunService:
     def __init__(
         self,
@@ -114,6 +119,8 @@ class RunService:
             "updated_at": ts,
             "created_by": user.actor(),
         }
+        if tracing.enabled():  # the runner continues this request's trace, even for a run held now
+            values["traceparent"] = tracing.traceparent()
         # The record goes to the broker whole (KV and the work queue): one over its message size
         # limit is refused here, before anything is stored (a run number of ten digits at most, and
         # room for the message's headers).
@@ -141,7 +148,8 @@ class RunService:
         try:
             await self.bus.start_run(cmd)
         except Exception as exc:
-            log.warning("could not queue run %s: %s", run_id, type(exc).__name__)
+            fields = run_fields(task.id, run_id, cmd.traceparent)
+            log.warning("could not queue run %s: %s", run_id, type(exc).__name__, extra=fields)
             await self.store.mark_unqueued(run_id)
             raise ServiceUnavailable("message broker unavailable; the run was not queued") from exc
         return run_out(row)
@@ -206,6 +214,15 @@ class RunService:
         # handed to the bus. If the bus is away the reaper hands it over again (`redeliver`).
         if not await self.store.record_decision(run_id, approval, decided_at, entry):
             raise Conflict(f"run {run_id} is not awaiting approval (already decided)")
+        log.info(
+            "run %s: plan version %s %s by %s (%s)",
+            run_id,
+            version,
+            "approved" if data.approved else "sent back for revision" if data.revise else "rejected",
+            user.name or user.id,
+            user.id,
+            extra=run_fields(run.task_id, run_id, getattr(run, "traceparent", None)),
+        )
         try:
             await self.bus.decide(decision_of(run_id, approval), run.agent, run.task_id)
         except Exception as exc:
@@ -213,6 +230,7 @@ class RunService:
                 "decision on run %s stored; handing it to runners failed (%s), retried later",
                 run_id,
                 type(exc).__name__,
+                extra=run_fields(run.task_id, run_id),
             )
         return run_out(run._replace(approval=approval, updated_at=decided_at))
 
@@ -266,7 +284,12 @@ class RunController(Controller):
         opt=needs("operator"),
     )
     async def create(self, data: RunCreate, run_service: RunService, request: Request) -> Run:
-        return await run_service.create(data, identity_of(request))
+        if not tracing.enabled():
+            return await run_service.create(data, identity_of(request))
+        # A caller's own trace (its `traceparent` header) continues here; else this starts one.
+        parent = request.headers.get("traceparent")
+        with tracing.span("POST /api/runs", parent=parent, kind="server", attributes=_CREATE_SPAN):
+            return await run_service.create(data, identity_of(request))
 
     @get("/", summary="List runs, newest first", responses=documented(503), before_request=whole_numbers)
     async def list_page(

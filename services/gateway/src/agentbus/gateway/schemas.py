@@ -272,6 +272,7 @@ class Error(msgspec.Struct, kw_only=True):
 class Ready(msgspec.Struct, kw_only=True):
     status: str
     checks: dict[str, bool]
+    timings: dict[str, float]  # check name -> milliseconds it took
 
 
 class NotReady(msgspec.Struct, kw_only=True):
@@ -280,6 +281,7 @@ class NotReady(msgspec.Struct, kw_only=True):
     status_code: int
     detail: str
     checks: dict[str, bool]
+    timings: dict[str, float]  # check name -> milliseconds it took
 
 
 def body_schema(tp: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from agentbus.common.settings import (
     DB_URL_ALLOWED,
     DB_URL_PATTERN,
     EnvSettings,
+    LogFormat,
     LogLevel,
     NatsAccess,
     NatsReplicas,
@@ -304,6 +305,7 @@ class Settings(EnvSettings, frozen=True, kw_only=True):
         ),
     ] = 8
     log_level: LogLevel = "INFO"
+    log_format: LogFormat = "auto"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

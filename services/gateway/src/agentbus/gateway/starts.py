@@ -30,4 +30,5 @@ def run_start(task: Any, run: Any) -> RunStart:
         max_tokens=task.max_tokens,
         max_cost_usd=task.max_cost_usd,
         created_at=run.created_at,
+        traceparent=getattr(run, "traceparent", None),  # the runner continues the creating request's trace
     )

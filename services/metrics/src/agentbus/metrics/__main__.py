@@ -10,6 +10,8 @@ import sys
 
 from agentbus.common.logs import setup_logging
 from agentbus.common.settings import SettingsError
+from agentbus.common.tracing import setup_tracing
+from agentbus.metrics.ops import MetricsOps
 from agentbus.metrics.service import MetricsService
 from agentbus.metrics.settings import Settings
 
@@ -23,6 +25,9 @@ async def serve(settings: Settings) -> None:
         with contextlib.suppress(NotImplementedError):  # Windows has no add_signal_handler
             loop.add_signal_handler(sig, stop.set)
     service = MetricsService(settings)
+    ops = MetricsOps(service) if settings.metrics_port else None  # /metrics, /healthz, /readyz
+    if ops is not None:
+        await ops.start()  # /healthz answers (and /readyz says 503) while it starts
     # Race the start against the signal: a copy still waiting for its database or
     # broker must stop promptly when told to.
     starting = asyncio.create_task(service.start())
@@ -38,6 +43,8 @@ async def serve(settings: Settings) -> None:
             task.cancel()
         await asyncio.gather(starting, stopping, return_exceptions=True)
         await service.stop()
+        if ops is not None:
+            await ops.stop()
 
 
 def main() -> int:
@@ -46,7 +53,8 @@ def main() -> int:
     except SettingsError as exc:
         print(f"agentbus-metrics: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    setup_logging("metrics", settings.log_level)
+    setup_logging("metrics", settings.log_level, settings.log_format)
+    setup_tracing("agentbus-metrics")
     try:
         import uvloop
     except ImportError:

@@ -19,11 +19,14 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import Error as JetStreamError
+from nats.js.errors import NotFoundError
 
+from agentbus.common import tracing
 from agentbus.common.bus import guarded
 from agentbus.common.db import is_poison
 from agentbus.contracts import decode_event, subjects
 from agentbus.contracts.codec import decoder
+from agentbus.contracts.events import TERMINAL_EVENT_TYPES
 from agentbus.contracts.messages import ResourceDeleted
 from agentbus.metrics.recorder import metric_rows
 from agentbus.metrics.store import MetricsStore
@@ -87,6 +90,23 @@ async def settle(msg: Msg, ok: bool) -> None:
         log.debug("could not settle a message on %s: %s", msg.subject, exc)
 
 
+TERMINAL_SUBJECTS = sorted(f"{subjects.EVENTS_RUN_PREFIX}.*.*.{t}" for t in TERMINAL_EVENT_TYPES)
+
+
+async def narrow_existing(js: JetStreamContext, config: ConsumerConfig) -> None:
+    """A consumer created before it was filtered to terminal events gets the filter (binding to an
+    existing durable keeps its config as it is)."""
+    try:
+        info = await js.consumer_info(subjects.EVENTS_STREAM, subjects.METRICS_EVENTS_CONSUMER)
+    except NotFoundError:
+        return
+    if sorted(info.config.filter_subjects or []) == config.filter_subjects:
+        return
+    wanted = dataclasses.replace(info.config, filter_subject=None, filter_subjects=config.filter_subjects)
+    await js.add_consumer(subjects.EVENTS_STREAM, config=wanted)
+    log.info("consumer %s now takes terminal events only", subjects.METRICS_EVENTS_CONSUMER)
+
+
 class EventsConsumer:
     """Callback queues messages; one writer task stores them in batches, one transaction per batch."""
 
@@ -97,7 +117,15 @@ class EventsConsumer:
         self._sub: JetStreamContext.PushSubscription | None = None
 
     async def start(self) -> None:
-        config = ConsumerConfig(ack_wait=30, max_ack_pending=20000, deliver_policy=DeliverPolicy.ALL)
+        # Only terminal events yield metrics: the server delivers those alone (a run's other events
+        # cost this service nothing, nor an ack each).
+        config = ConsumerConfig(
+            ack_wait=30,
+            max_ack_pending=20000,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subjects=TERMINAL_SUBJECTS,
+        )
+        await narrow_existing(self._js, config)
         self._sub = await durable_push_subscribe(
             self._js,
             subjects.EVENTS_RUN_ALL,
@@ -138,6 +166,24 @@ class EventsConsumer:
                     self._queue.task_done()
 
     async def _handle(self, batch: list[Msg]) -> None:
+        if not tracing.enabled():
+            await self._store_batch(batch)
+            return
+        # Tracing on: each event's recording is a span of its run's trace (the runner's header).
+        spans = [
+            tracing.begin(
+                "metrics record", parent=m.headers, attributes={"messaging.destination.name": m.subject}
+            )
+            for m in batch
+        ]
+        try:
+            await self._store_batch(batch)
+        finally:
+            for span in spans:
+                if span is not None:
+                    span.end()
+
+    async def _store_batch(self, batch: list[Msg]) -> None:
         decoded: list[tuple[Msg, list[dict[str, Any]]]] = []
         for msg in batch:
             try:

@@ -1,29 +1,38 @@
-"""Request/reply over core NATS, queue group "metrics" so every copy shares the load.
+"""Request/reply over core NATS as a `nats.micro` service, queue group "metrics" so every copy
+shares the load.
 
 Requests are decoded strictly; an error is answered with a ServiceError and the
-`Agentbus-Error: 1` header, never left to time out.
+`Agentbus-Error: 1` header (and micro's error headers), never left to time out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import re
+import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+from nats import micro
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from agentbus.common.db import is_poison
 from agentbus.contracts import encode, subjects
 from agentbus.contracts.codec import decoder
 from agentbus.contracts.messages import (
     ERROR_HEADER,
+    METRIC_NAME_PATTERN,
+    METRIC_UNIT_MAX_LENGTH,
+    MetricCreate,
     MetricsGet,
     MetricsQuery,
+    MetricsReportQuery,
+    MetricsSeriesQuery,
     MetricsSummaryQuery,
     Ping,
     Pong,
@@ -35,6 +44,7 @@ from agentbus.metrics.store import MetricsStore
 log = logging.getLogger(__name__)
 
 QUEUE_GROUP = "metrics"
+SERVICE_NAME = "agentbus-metrics"
 MAX_LIMIT = 1000
 MAX_SKIP = 2**63 - 1  # the largest OFFSET the databases take
 MAX_CONCURRENT = 64  # requests in flight per copy; beyond that NATS buffers them
@@ -46,7 +56,19 @@ class RequestError(Exception):
         self.error = ServiceError(status_code=status_code, detail=detail)
 
 
-_decoders = {tp: decoder(tp) for tp in (MetricsQuery, MetricsGet, MetricsSummaryQuery, Ping)}
+_decoders = {
+    tp: decoder(tp)
+    for tp in (
+        MetricsQuery,
+        MetricsGet,
+        MetricsSummaryQuery,
+        Ping,
+        MetricsReportQuery,
+        MetricsSeriesQuery,
+        MetricCreate,
+    )
+}
+NAME = re.compile(METRIC_NAME_PATTERN)
 
 
 def _decode(tp: Any, data: bytes) -> Any:
@@ -57,38 +79,52 @@ def _decode(tp: Any, data: bytes) -> Any:
 
 
 class RequestHandlers:
+    """The query endpoints as one `nats.micro` service: `$SRV.PING|INFO|STATS[.agentbus-metrics]`
+    discover the copies and report each endpoint's requests, errors and processing time."""
+
     def __init__(self, nc: Client, store: MetricsStore, instance: str) -> None:
         self._nc, self._store, self._instance = nc, store, instance
-        self._subs: list[Subscription] = []
+        self._service: micro.Service | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
 
     async def start(self) -> None:
-        routes: dict[str, Callable[[bytes], Awaitable[Any]]] = {
-            subjects.METRICS_QUERY: self.query,
-            subjects.METRICS_GET: self.get,
-            subjects.METRICS_RUN_SUMMARY: self.run_summary,
-            subjects.METRICS_TASK_SUMMARY: self.task_summary,
-            subjects.METRICS_PING: self.ping,
+        routes: dict[str, tuple[str, Callable[[bytes], Awaitable[Any]]]] = {
+            "query": (subjects.METRICS_QUERY, self.query),
+            "get": (subjects.METRICS_GET, self.get),
+            "run-summary": (subjects.METRICS_RUN_SUMMARY, self.run_summary),
+            "task-summary": (subjects.METRICS_TASK_SUMMARY, self.task_summary),
+            "ping": (subjects.METRICS_PING, self.ping),
+            "report": (subjects.METRICS_REPORT, self.report),
+            "series": (subjects.METRICS_SERIES, self.series),
+            "create": (subjects.METRICS_CREATE, self.create),
         }
-        for subject, handler in routes.items():
-            self._subs.append(
-                await self._nc.subscribe(subject, queue=QUEUE_GROUP, cb=self._dispatcher(handler))
-            )
+        config = micro.ServiceConfig(
+            name=SERVICE_NAME,
+            version=__version__,
+            description="agentbus metrics: summaries, series and metrics of runs",
+            metadata={"instance": self._instance},
+            queue_group=QUEUE_GROUP,
+        )
+        self._service = await micro.add_service(self._nc, config)
+        for name, (subject, handler) in routes.items():
+            await self._service.add_endpoint(name=name, subject=subject, handler=self._dispatcher(handler))
 
     async def stop(self, timeout: float = 10) -> None:
-        for sub in self._subs:
+        if self._service is not None:
             with suppress(Exception):
-                await asyncio.wait_for(sub.drain(), timeout)
+                await asyncio.wait_for(self._service.stop(), timeout)
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=timeout)
 
-    def _dispatcher(self, handler: Callable[[bytes], Awaitable[Any]]) -> Callable[[Msg], Awaitable[None]]:
+    def _dispatcher(
+        self, handler: Callable[[bytes], Awaitable[Any]]
+    ) -> Callable[[micro.Request], Awaitable[None]]:
         # nats.py runs one callback at a time per subscription: answer in tasks so a slow query
         # does not hold up the others, with a bound on how many run at once.
-        async def cb(msg: Msg) -> None:
+        async def cb(request: micro.Request) -> None:
             await self._slots.acquire()
-            task = asyncio.create_task(self._answer(handler, msg))
+            task = asyncio.create_task(self._answer(handler, request))
             self._inflight.add(task)
             task.add_done_callback(self._done)
 
@@ -98,26 +134,33 @@ class RequestHandlers:
         self._inflight.discard(task)
         self._slots.release()
 
-    async def _answer(self, handler: Callable[[bytes], Awaitable[Any]], msg: Msg) -> None:
-        headers = None
+    async def _answer(self, handler: Callable[[bytes], Awaitable[Any]], request: micro.Request) -> None:
+        error: ServiceError | None = None
         try:
-            reply = await handler(msg.data)
+            reply = await handler(request.data)
         except RequestError as exc:
-            reply, headers = exc.error, {ERROR_HEADER: "1"}
+            error = exc.error
         except Exception as exc:
-            headers = {ERROR_HEADER: "1"}
             if is_poison(exc):  # a value the database cannot take (a NUL in a PostgreSQL string)
-                log.warning("request on %s refused by the database: %s", msg.subject, type(exc).__name__)
-                reply = ServiceError(status_code=400, detail="invalid request: a value the store cannot take")
+                log.warning("request on %s refused by the database: %s", request.subject, type(exc).__name__)
+                error = ServiceError(status_code=400, detail="invalid request: a value the store cannot take")
             else:
-                log.exception("request on %s failed", msg.subject)
-                reply = ServiceError(status_code=503, detail="metrics store unavailable")
-        if not msg.reply:
-            return
+                log.exception("request on %s failed", request.subject)
+                error = ServiceError(status_code=503, detail="metrics store unavailable")
         try:
-            await self._nc.publish(msg.reply, encode(reply), headers=headers)
+            if error is None:
+                await request.respond(encode(reply))
+            else:
+                # Both conventions: ours (`Agentbus-Error`, the gateway reads it) and micro's
+                # (`Nats-Service-Error`, `Nats-Service-Error-Code`: tools such as `nats micro` read it).
+                await request.respond_error(
+                    str(error.status_code),
+                    error.detail.splitlines()[0][:200],
+                    encode(error),
+                    {ERROR_HEADER: "1"},
+                )
         except Exception as exc:
-            log.warning("could not reply on %s: %s", msg.subject, exc)
+            log.warning("could not reply on %s: %s", request.subject, exc)
 
     async def query(self, data: bytes) -> Any:
         q = _decode(MetricsQuery, data)
@@ -150,3 +193,40 @@ class RequestHandlers:
         if data:  # a bare ping with no body is fine too
             _decode(Ping, data)
         return Pong(service="metrics", instance=self._instance, version=__version__)
+
+    async def report(self, data: bytes) -> Any:
+        return await self._store.report(_decode(MetricsReportQuery, data))
+
+    async def series(self, data: bytes) -> Any:
+        q = _decode(MetricsSeriesQuery, data)
+        if not NAME.search(q.name):
+            raise RequestError(400, "name must match ^[a-z][a-z0-9_.]{0,63}$")
+        return await self._store.series(q)
+
+    async def create(self, data: bytes) -> Any:
+        m = _decode(MetricCreate, data)
+        if not NAME.search(m.name):
+            raise RequestError(400, "name must match ^[a-z][a-z0-9_.]{0,63}$")
+        if not math.isfinite(m.value):
+            raise RequestError(400, "value must be a finite number")
+        if m.unit is not None and len(m.unit) > METRIC_UNIT_MAX_LENGTH:
+            raise RequestError(400, f"unit must be at most {METRIC_UNIT_MAX_LENGTH} characters")
+        row = {
+            "id": uuid.uuid4().hex,
+            "task_id": m.task_id,
+            "run_id": m.run_id,
+            "name": m.name,
+            "metric_type": m.metric_type,
+            "value": m.value,
+            "unit": m.unit,
+            "labels": m.labels,
+            "timestamp": datetime.now(UTC),
+            "agent": m.agent,
+            "outcome": None,
+        }
+        stored = await self._store.create(row)
+        if stored == "gone":
+            raise RequestError(404, f"run {m.run_id} was deleted")
+        if stored == "exists":
+            raise RequestError(409, f"run {m.run_id} already has a metric {m.name}")
+        return stored

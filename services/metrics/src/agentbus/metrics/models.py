@@ -1,6 +1,6 @@
 """Tables owned by the metrics service (no other service reads or writes them)."""
 
-from sqlalchemy import Column, Float, MetaData, String, Table, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Float, Index, MetaData, String, Table, UniqueConstraint
 
 from agentbus.common.db import JSONType, UTCDateTime
 
@@ -20,8 +20,14 @@ metrics = Table(
     Column("unit", String(32), nullable=True),
     Column("labels", JSONType, nullable=False),
     Column("timestamp", UTCDateTime, nullable=False, index=True),
+    # The run's agent kind (also in `labels`), as a column so summaries and series filter on it.
+    Column("agent", String(100), nullable=True),
+    # The run's terminal status on the rows its terminal event yielded; null on metrics posted by hand.
+    Column("outcome", String(16), nullable=True),
     # A redelivered terminal event must never record a run's metric twice.
     UniqueConstraint("run_id", "name", name="uq_metrics_run_id_name"),
+    Index("ix_metrics_name_timestamp", "name", "timestamp"),
+    Index("ix_metrics_agent_name_timestamp", "agent", "name", "timestamp"),
 )
 
 # Deleted tasks and runs. A run's terminal event can reach us after its
@@ -34,4 +40,25 @@ metric_tombstones = Table(
     Column("resource_id", String, primary_key=True),
     Column("kind", String(8), nullable=False),  # "task" or "run"
     Column("deleted_at", UTCDateTime, nullable=False, index=True),
+)
+
+# Hourly roll-ups of raw rows older than the retention age (retention.py): one row per task, agent
+# kind, name, outcome ("" for none) and hour. Percentiles are the hour's own (nearest rank).
+metric_rollups = Table(
+    "metric_rollups",
+    metadata,
+    Column("task_id", String, primary_key=True),
+    Column("agent", String(100), primary_key=True),
+    Column("name", String, primary_key=True),
+    Column("outcome", String(16), primary_key=True),
+    Column("hour", BigInteger, primary_key=True),  # epoch seconds of the hour's start (UTC)
+    Column("count", BigInteger, nullable=False),
+    Column("sum", Float, nullable=False),
+    Column("min", Float, nullable=False),
+    Column("max", Float, nullable=False),
+    Column("p50", Float, nullable=False),
+    Column("p95", Float, nullable=False),
+    Column("last", Float, nullable=False),  # the value of the newest row
+    Column("last_at", Float, nullable=False),  # and its time, in epoch seconds
+    Index("ix_metric_rollups_name_hour", "name", "hour"),
 )

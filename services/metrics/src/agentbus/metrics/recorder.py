@@ -14,6 +14,7 @@ _OPTIONAL = (
     ("tokens_prompt", "tokens_prompt", "counter", "tokens"),
     ("tokens_completion", "tokens_completion", "counter", "tokens"),
     ("cost_usd", "cost_usd", "gauge", "USD"),
+    ("time_to_plan", "time_to_plan", "timer", "s"),
 )
 
 
@@ -30,7 +31,9 @@ def metric_rows(event: Event) -> list[dict[str, Any]]:
     if stats is None:
         # An agent that reported nothing: still record the run. Only `completion` carries a duration.
         stats = RunStats(duration=float(getattr(event.data, "duration", 0.0) or 0.0))  # type: ignore[attr-defined]
-    labels = {"agent": stats.agent or "", "status": STATUS_AFTER_EVENT[kind] or kind}
+    agent = stats.agent or ""
+    outcome = STATUS_AFTER_EVENT[kind] or kind
+    labels = {"agent": agent, "status": outcome}
 
     def row(name: str, metric_type: str, value: float, unit: str) -> dict[str, Any]:
         return {
@@ -43,6 +46,8 @@ def metric_rows(event: Event) -> list[dict[str, Any]]:
             "unit": unit,
             "labels": labels,
             "timestamp": event.timestamp,
+            "agent": agent,
+            "outcome": outcome,
         }
 
     rows = [row("duration", "timer", stats.duration, "s"), row("steps", "counter", stats.steps, "steps")]

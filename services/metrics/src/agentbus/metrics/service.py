@@ -15,6 +15,7 @@ from agentbus.common.db import make_engine, migrate, wait_for_database
 from agentbus.metrics import __version__
 from agentbus.metrics.consumers import EventsConsumer, LifecycleConsumer
 from agentbus.metrics.handlers import RequestHandlers
+from agentbus.metrics.retention import Retention
 from agentbus.metrics.settings import Settings
 from agentbus.metrics.store import MetricsStore
 
@@ -45,6 +46,7 @@ class MetricsService:
         self.engine: AsyncEngine | None = None
         self.nc: Client | None = None
         self._parts: list[EventsConsumer | LifecycleConsumer | RequestHandlers] = []
+        self._retention: Retention | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -64,10 +66,19 @@ class MetricsService:
         ):
             await part.start()
             self._parts.append(part)
+        self._retention = Retention(self.engine, s.retention_days, s.retention_interval_s)
+        await self._retention.start()
         log.info("metrics ready")
+
+    @property
+    def running(self) -> bool:
+        """Started: its request handlers and both consumers are up."""
+        return {type(part) for part in self._parts} >= {RequestHandlers, LifecycleConsumer, EventsConsumer}
 
     async def stop(self) -> None:
         """Stop taking messages, finish (and ack) what was received, then close; safe after a failed start."""
+        if self._retention is not None:
+            await self._retention.stop()
         for part in reversed(self._parts):
             with suppress(Exception):
                 await part.stop()

@@ -11,6 +11,7 @@ from agentbus.common.settings import (
     DB_URL_ALLOWED,
     DB_URL_PATTERN,
     EnvSettings,
+    LogFormat,
     LogLevel,
     NatsAccess,
     NatsReplicas,
@@ -36,6 +37,7 @@ class Settings(EnvSettings, frozen=True, kw_only=True):
     ] = "sqlite+aiosqlite:///./var/metrics.db"
     nats_replicas: NatsReplicas = 1
     log_level: LogLevel = "INFO"
+    log_format: LogFormat = "auto"
     instance: Annotated[
         str,
         env(
@@ -54,6 +56,34 @@ class Settings(EnvSettings, frozen=True, kw_only=True):
             le=100,
         ),
     ] = 10
+    retention_days: Annotated[
+        float,
+        env(
+            "METRICS_RETENTION_DAYS",
+            "age after which raw metric rows are rolled up into hourly buckets and deleted (summaries "
+            "and series of older ranges answer from the roll-ups); keep it above the events stream's "
+            "7 days; 0: raw rows are kept",
+            ge=0,
+        ),
+    ] = 0
+    retention_interval_s: Annotated[
+        float,
+        env("METRICS_RETENTION_INTERVAL_S", "how often the roll-up runs, in seconds", gt=0),
+    ] = 300
+    # /metrics, /healthz, /readyz (docs/operations.md): off unless a port is given, so copies
+    # started side by side (make run, the tests) do not fight for one port.
+    metrics_port: Annotated[
+        int,
+        env(
+            "METRICS_METRICS_PORT",
+            "port of the metrics service's `/metrics`, `/healthz` and `/readyz`; 0: not served",
+            ge=0,
+            le=65535,
+        ),
+    ] = 0
+    metrics_host: Annotated[
+        str, env("METRICS_METRICS_HOST", "address `METRICS_METRICS_PORT` listens on", min_length=1)
+    ] = "127.0.0.1"
 
     @property
     def database_url_redacted(self) -> str:

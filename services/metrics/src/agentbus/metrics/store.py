@@ -5,12 +5,32 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import case, delete, func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from agentbus.contracts.messages import MetricOut, MetricsPage, MetricsQuery, MetricsSummary, SummaryStat
-from agentbus.metrics.models import metric_tombstones, metrics
+from agentbus.common.db import read_then_write
+from agentbus.contracts.messages import (
+    MetricOut,
+    MetricsPage,
+    MetricsQuery,
+    MetricsReport,
+    MetricsReportQuery,
+    MetricsSeries,
+    MetricsSeriesQuery,
+    MetricsSummary,
+)
+from agentbus.metrics.models import metric_rollups, metric_tombstones, metrics
+from agentbus.metrics.queries import (
+    BUCKET_SECONDS,
+    outcomes,
+    rollup_outcomes,
+    rollup_points,
+    rollup_window,
+    series_points,
+    summary_stats,
+    with_rollups,
+)
 
 ResourceKind = Literal["task", "run"]
 
@@ -42,12 +62,15 @@ def _to_out(row: Any) -> MetricOut:
 class MetricsStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # Reads, then writes (tombstones, then rows): on SQLite it takes the write lock up front, as a
+        # deferred transaction that has read cannot wait for another writer (SQLITE_BUSY at once).
+        self.writing = read_then_write(engine)
 
     async def insert(self, rows: list[dict[str, Any]]) -> None:
         """Record rows in one transaction, skipping a (run_id, name) already there and deleted tasks/runs."""
         if not rows:
             return
-        async with self.engine.begin() as conn:
+        async with self.writing.begin() as conn:
             ids = {r["task_id"] for r in rows} | {r["run_id"] for r in rows if r["run_id"]}
             tombstoned = select(metric_tombstones.c.resource_id).where(
                 metric_tombstones.c.resource_id.in_(ids)
@@ -64,6 +87,8 @@ class MetricsStore:
         now = datetime.now(UTC)
         async with self.engine.begin() as conn:
             result = await conn.execute(delete(metrics).where(column == resource_id))
+            if kind == "task":
+                await conn.execute(delete(metric_rollups).where(metric_rollups.c.task_id == resource_id))
             await conn.execute(
                 _insert(conn, metric_tombstones)
                 .values(resource_id=resource_id, kind=kind, deleted_at=now)
@@ -104,33 +129,70 @@ class MetricsStore:
         return None if row is None else _to_out(row)
 
     async def summary(self, kind: ResourceKind, resource_id: str) -> MetricsSummary:
-        """Per-name count/min/max/avg/last in one SQL pass; `last` is the value with the latest timestamp."""
+        """Per-name count/min/max/avg/sum/last/p50/p95 in one SQL pass (queries.py)."""
         column = metrics.c.task_id if kind == "task" else metrics.c.run_id
-        newest_first = func.row_number().over(
-            partition_by=metrics.c.name, order_by=(metrics.c.timestamp.desc(), metrics.c.id.desc())
-        )
-        ranked = (
-            select(metrics.c.name, metrics.c.value, newest_first.label("rank"))
-            .where(column == resource_id)
-            .subquery()
-        )
-        stmt = select(
-            ranked.c.name,
-            func.count(),
-            func.min(ranked.c.value),
-            func.max(ranked.c.value),
-            func.avg(ranked.c.value),
-            func.max(case((ranked.c.rank == 1, ranked.c.value))),
-        ).group_by(ranked.c.name)
         async with self.engine.connect() as conn:
-            result = await conn.execute(stmt)
-            stats = {
-                name: SummaryStat(count=count, min=lo, max=hi, avg=float(avg), last=last)
-                for name, count, lo, hi, avg, last in result
-            }
+            stats = await summary_stats(conn, [column == resource_id])
+            if kind == "task":  # roll-ups keep no run ids: a run's summary is its raw rows'
+                stats = await with_rollups(conn, stats, [metric_rollups.c.task_id == resource_id])
         return MetricsSummary(
             metric_count=sum(s.count for s in stats.values()),
             metrics=stats,
             task_id=resource_id if kind == "task" else None,
             run_id=resource_id if kind == "run" else None,
         )
+
+    async def report(self, q: MetricsReportQuery) -> MetricsReport:
+        """Every metric (or one agent kind's) in [since, until], with the runs' outcomes."""
+        conds = _window(q.since, q.until)
+        if q.agent is not None:
+            conds.append(metrics.c.agent == q.agent)
+        rolled = rollup_window(q.since, q.until)
+        if q.agent is not None:
+            rolled.append(metric_rollups.c.agent == q.agent)
+        async with self.engine.connect() as conn:
+            stats = await with_rollups(conn, await summary_stats(conn, conds), rolled)
+            runs = await rollup_outcomes(conn, await outcomes(conn, conds), rolled)
+        return MetricsReport(metric_count=sum(s.count for s in stats.values()), runs=runs, metrics=stats)
+
+    async def series(self, q: MetricsSeriesQuery) -> MetricsSeries:
+        conds = [metrics.c.name == q.name, *_window(q.since, q.until)]
+        if q.task_id is not None:
+            conds.append(metrics.c.task_id == q.task_id)
+        if q.agent is not None:
+            conds.append(metrics.c.agent == q.agent)
+        r = metric_rollups.c
+        rolled = [r.name == q.name, *rollup_window(q.since, q.until)]
+        if q.task_id is not None:
+            rolled.append(r.task_id == q.task_id)
+        if q.agent is not None:
+            rolled.append(r.agent == q.agent)
+        seconds = BUCKET_SECONDS[q.bucket]
+        async with self.engine.connect() as conn:
+            points = await rollup_points(conn, await series_points(conn, conds, seconds), rolled, seconds)
+        return MetricsSeries(name=q.name, bucket=q.bucket, points=points)
+
+    async def create(self, row: dict[str, Any]) -> MetricOut | Literal["gone", "exists"]:
+        """Record one metric; "exists" when its run already has one of that name, "gone" when the
+        run or its task was deleted."""
+        async with self.writing.begin() as conn:
+            tombstoned = select(metric_tombstones.c.resource_id).where(
+                metric_tombstones.c.resource_id.in_({row["task_id"], row["run_id"]})
+            )
+            if (await conn.execute(tombstoned)).first() is not None:
+                return "gone"
+            stmt = _insert(conn, metrics).on_conflict_do_nothing(index_elements=["run_id", "name"])
+            result = await conn.execute(stmt.values(**row))
+            if not result.rowcount:
+                return "exists"
+            stored = (await conn.execute(select(metrics).where(metrics.c.id == row["id"]))).one()
+        return _to_out(stored)
+
+
+def _window(since: datetime | None, until: datetime | None) -> list[Any]:
+    conds = []
+    if since is not None:
+        conds.append(metrics.c.timestamp >= since)
+    if until is not None:
+        conds.append(metrics.c.timestamp <= until)
+    return conds

@@ -9,6 +9,8 @@ import sys
 
 from agentbus.common.logs import setup_logging
 from agentbus.common.settings import SettingsError
+from agentbus.common.tracing import setup_tracing
+from agentbus.runner.ops import RunnerOps
 from agentbus.runner.service import Runner
 from agentbus.runner.settings import Settings
 
@@ -16,7 +18,11 @@ log = logging.getLogger("agentbus.runner")
 
 
 async def serve(settings: Settings) -> None:
-    runner = await Runner(settings).start()
+    runner = Runner(settings)
+    ops = RunnerOps(runner) if settings.metrics_port else None  # /metrics, /healthz, /readyz
+    if ops is not None:
+        await ops.start()  # /healthz answers (and /readyz says 503) while it connects
+    await runner.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -24,6 +30,8 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     log.info("signal received: stopping (grace %ss)", settings.grace_s)
     await runner.stop()
+    if ops is not None:
+        await ops.stop()
 
 
 def main() -> None:
@@ -32,7 +40,8 @@ def main() -> None:
     except SettingsError as exc:  # one line, before connecting anywhere
         print(f"agentbus-runner: invalid configuration: {exc}", file=sys.stderr)
         sys.exit(2)
-    setup_logging("runner", settings.log_level)
+    setup_logging("runner", settings.log_level, settings.log_format)
+    setup_tracing("agentbus-runner")
     try:
         import uvloop
     except ImportError:

@@ -17,11 +17,13 @@ from typing import Any
 import msgspec
 from nats.js.api import ObjectMeta
 
+from agentbus.common import tracing
 from agentbus.contracts import (
     ArtifactCreated,
     Cancelled,
     Event,
     Failure,
+    PlanReady,
     RunControl,
     RunStart,
     RunStats,
@@ -31,6 +33,7 @@ from agentbus.contracts import (
 from agentbus.contracts.events import ArtifactData, CancelledData, FailureData
 from agentbus.runner.agents import AgentContext, ArtifactLimitError
 from agentbus.runner.budget import Overrun
+from agentbus.runner.lifelog import life
 from agentbus.runner.store import Checkpoint, RunStore, retrying
 
 log = logging.getLogger(__name__)
@@ -196,6 +199,7 @@ class RunRecord:
             tokens_completion=usage.completion_tokens if usage else None,
             cost_usd=usage.cost_usd if usage else None,
             agent=self.start.agent,
+            time_to_plan=cp.time_to_plan,
         )
 
     async def _emit(
@@ -219,6 +223,8 @@ class RunRecord:
             parked=False,
             **changes,
         )
+        if cls is PlanReady and cp.time_to_plan is None:
+            cp = msgspec.structs.replace(cp, time_to_plan=round(since(cp.started_at, now), 3))
         if callable(data):
             data = data(self._stats(cp, now))
         fields: dict[str, Any] = {} if data is None else {"data": data}
@@ -261,6 +267,8 @@ class RunRecord:
         subject = subjects.run_event(self.start.task_id, self.run_id, str(event_type))
         payload = encode(event)
         headers = {"Nats-Msg-Id": subjects.event_msg_id(self.run_id, event.seq)}
+        if tracing.enabled():  # the metrics service's recording joins the run's trace
+            tracing.headers(headers)
         tries = 0
 
         def publish() -> Any:
@@ -276,11 +284,12 @@ class RunRecord:
             log.warning(
                 "run %s: seq %d was taken by another event; publishing ours beside it", self.run_id, event.seq
             )
-            alt = {"Nats-Msg-Id": f"{headers['Nats-Msg-Id']}:{self.runner_id}"}
+            alt = {**headers, "Nats-Msg-Id": f"{headers['Nats-Msg-Id']}:{self.runner_id}"}
             await retrying(
                 lambda: self.js.publish(subject, payload, headers=alt),
                 f"publish {event_type} #{event.seq} again",
             )
+        life(str(event_type), event, self.start)
         await self.durable()
         if cp.phase == "finished":
             await self.store.save(cp)  # finished only once its checkpoint is stored

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from agentbus.common import tracing
 from agentbus.contracts import (
     AnalysisStart,
     Completion,
@@ -160,6 +161,10 @@ class RunExecution(RunApproval):
             return None
 
     async def _plan(self, agent: Agent) -> None:
+        with tracing.span("plan", attributes={"agentbus.plan_version": len(self.cp.revisions) + 1}):
+            await self._plan_now(agent)
+
+    async def _plan_now(self, agent: Agent) -> None:
         if self.cp.phase == "new":
             await self._emit(AnalysisStart, None, "Analysing the task", phase="planning")
         version = len(self.cp.revisions) + 1
@@ -193,29 +198,35 @@ class RunExecution(RunApproval):
         total = len(steps)
         for index in range(self.cp.steps_done, total):
             title = step_title(index, steps[index])
-            self.ctx.outputs = list(self.cp.outputs)
-            self.progress.at(index + 1, total, round(100 * index / total, 1), "executing", title)
-            output = await self._call(
-                f"step {index + 1}/{total} '{title}'", agent.execute_step(self.ctx, index, steps[index])
-            )
-            output = self._jsonable(output, f"the output of step {index + 1}")
-            await self._emit(
-                Progress,
-                ProgressData(
-                    step=index + 1,
-                    total_steps=total,
-                    progress_percent=round(100 * (index + 1) / total, 1),
-                    current_phase="executing",
-                    title=title,
-                ),
-                f"Step {index + 1}/{total} done: {title}",
-                steps_done=index + 1,
-                outputs=[*self.cp.outputs, output],
-            )
+            with tracing.span(f"step {index + 1}/{total}", attributes={"agentbus.step.title": title}):
+                await self._step(agent, steps, index, title)
         self.ctx.outputs = list(self.cp.outputs)
         self.progress.at(total, total, 100.0, "finalizing", None)
-        results = await self._call("finalizing", agent.finalize(self.ctx, list(self.cp.outputs)))
+        with tracing.span("finalize"):
+            results = await self._call("finalizing", agent.finalize(self.ctx, list(self.cp.outputs)))
         return self._jsonable(results, "the results")
+
+    async def _step(self, agent: Agent, steps: list[Any], index: int, title: str) -> None:
+        total = len(steps)
+        self.ctx.outputs = list(self.cp.outputs)
+        self.progress.at(index + 1, total, round(100 * index / total, 1), "executing", title)
+        output = await self._call(
+            f"step {index + 1}/{total} '{title}'", agent.execute_step(self.ctx, index, steps[index])
+        )
+        output = self._jsonable(output, f"the output of step {index + 1}")
+        await self._emit(
+            Progress,
+            ProgressData(
+                step=index + 1,
+                total_steps=total,
+                progress_percent=round(100 * (index + 1) / total, 1),
+                current_phase="executing",
+                title=title,
+            ),
+            f"Step {index + 1}/{total} done: {title}",
+            steps_done=index + 1,
+            outputs=[*self.cp.outputs, output],
+        )
 
     def _usage_reported(self) -> None:
         """The agent reported usage: a run that passed its budget stops now, model calls in flight

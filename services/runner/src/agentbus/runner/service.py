@@ -28,13 +28,16 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
+from agentbus.common import tracing
 from agentbus.common.bus import artifacts_store, connect_with_retry, ensure_streams, guarded, run_state_kv
+from agentbus.common.logs import bind_run
 from agentbus.contracts import (
     Ping,
     Pong,
     RunControl,
     RunnerHeartbeat,
     RunnerInfo,
+    RunStart,
     encode,
     subjects,
 )
@@ -143,6 +146,7 @@ class Runner:
 
     async def _hold(self, msg: Msg, work: Work, lane: Lane) -> None:
         run_id = work.run_id
+        bind_run(work.task_id, run_id)  # this task handles this run only: every line names it
         token = msg.metadata.sequence.stream
         current = asyncio.current_task()
         assert current is not None
@@ -183,6 +187,24 @@ class Runner:
         start = stored.start or start_decoder.decode(msg.data)  # see work.verdict: a run from before records
         if stored.start_raw is not None and not work.wake and stored.start_raw != msg.data:
             log.warning("run %s: its start message differs from its stored record; using the record", run_id)
+        if not tracing.enabled():
+            await self._execute(msg, work, start, store, stored, token, current)
+            return
+        attributes = {
+            "agentbus.run_id": run_id,
+            "agentbus.task_id": start.task_id,
+            "agentbus.agent": start.agent,
+        }
+        with tracing.span(
+            f"run {start.agent}", parent=start.traceparent, kind="consumer", attributes=attributes
+        ):
+            await self._execute(msg, work, start, store, stored, token, current)
+
+    async def _execute(
+        self, msg: Msg, work: Work, start: RunStart, store: RunStore, stored: Any, token: int, current: Any
+    ) -> None:
+        run_id = work.run_id
+        bind_run(start.task_id, run_id, tracing.traceparent() or start.traceparent)
         log.info(
             "run %s %s (delivery %d)",
             run_id,
@@ -208,7 +230,8 @@ class Runner:
             await execution.run(stored.checkpoint, stored.cancel, stored.decision)
         except RunParked as exc:
             parked = exc.delay
-            log.info("run %s parked: waiting for a decision, at most %.0fs", run_id, exc.delay)
+            # The wait itself is logged once, as its `approval_required` event (lifelog.py).
+            log.debug("run %s parked: waiting for a decision, at most %.0fs", run_id, exc.delay)
         except asyncio.CancelledError:
             if not execution.finished:
                 log.info("run %s handed back (runner stopping)", run_id)

@@ -10,6 +10,7 @@ import msgspec
 
 from agentbus.common.settings import (
     EnvSettings,
+    LogFormat,
     LogLevel,
     NatsAccess,
     NatsReplicas,
@@ -189,6 +190,7 @@ class Settings(EnvSettings, frozen=True, kw_only=True):
     ] = 10.0
     replicas: NatsReplicas = 1
     log_level: LogLevel = "INFO"
+    log_format: LogFormat = "auto"
     # How long one pull request lingers at the server; bounds how long stopping takes to stop pulling.
     fetch_timeout_s: Annotated[
         float,
@@ -243,4 +245,18 @@ class Settings(EnvSettings, frozen=True, kw_only=True):
             ge=0,
         ),
     ] = 0.1
+    # /metrics, /healthz, /readyz (docs/operations.md): off unless a port is given, so copies
+    # started side by side (make run, the tests) do not fight for one port.
+    metrics_port: Annotated[
+        int,
+        env(
+            "RUNNER_METRICS_PORT",
+            "port of the runner's `/metrics`, `/healthz` and `/readyz`; 0: not served",
+            ge=0,
+            le=65535,
+        ),
+    ] = 0
+    metrics_host: Annotated[
+        str, env("RUNNER_METRICS_HOST", "address `RUNNER_METRICS_PORT` listens on", min_length=1)
+    ] = "127.0.0.1"
     model: ModelDefaults = msgspec.field(default_factory=ModelDefaults)

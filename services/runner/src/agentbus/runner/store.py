@@ -102,6 +102,7 @@ class Checkpoint(msgspec.Struct, kw_only=True, omit_defaults=True):
     revisions: list[dict[str, Any]] = msgspec.field(default_factory=list)
     approval_wait_before: float = 0.0
     artifacts: dict[str, int] = msgspec.field(default_factory=dict)  # name -> size, for the run's limit
+    time_to_plan: float | None = None  # seconds from the first event (analysis_start) to the first plan
     v: int = 1
 
 

@@ -84,6 +84,7 @@ runs = Table(
     Column("created_by", JSONType),  # {id, name, role} of who started it
     # Pending and not queued yet: its task already has `max_concurrent_runs` live runs.
     Column("held", Boolean, nullable=False, default=False, server_default=text("false")),
+    Column("traceparent", String(64)),  # tracing on: the creating request's, for its RunStart
     UniqueConstraint("task_id", "run_number", name="uq_runs_task_number"),
     Index("ix_runs_task_created", "task_id", "created_at"),
     Index("ix_runs_status_created", "status", "created_at"),

@@ -31,6 +31,7 @@ from agentbus.contracts.events import Seq
 from agentbus.gateway.ingest import ORIGIN_HEADER
 from agentbus.gateway.store import GatewayStore
 from agentbus.gateway.store.effects import Batch
+from agentbus.gateway.streams.stats import StreamStats
 from agentbus.gateway.streams.subscription import (
     CLOSE_GOING_AWAY,
     CLOSE_TOO_SLOW,
@@ -82,6 +83,7 @@ class Hub:
         self._timelines: dict[str, asyncio.Future[Timeline]] = {}
         self._arrivals: dict[str, set[asyncio.Event]] = {}  # run_id -> who waits for its events
         self._gone: asyncio.Event | None = None  # set when the last client has gone (at shutdown)
+        self.stats = StreamStats()  # open streams, frames sent, clients cut off
 
     async def start(self, nc: Any, subject: str) -> None:
         self.sub = await nc.subscribe(subject, cb=self._on_live, pending_msgs_limit=-1)
@@ -299,19 +301,26 @@ class Hub:
     ) -> None:
         """Serve one accepted WebSocket until it goes away, falls behind (1013) or we shut down (1001)."""
         async with self.subscription(run_id, task_id, since) as client:
-            client.direct = sender = WebSocketSender(socket)
-            pump = asyncio.create_task(self._pump(client, sender))
-            listen = asyncio.create_task(self._drain_input(socket))
-            done, pending = await asyncio.wait({pump, listen}, return_when=asyncio.FIRST_COMPLETED)
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            for t in done:
-                exc = t.exception()
-                if exc and not isinstance(exc, WebSocketDisconnect | RuntimeError):
-                    log.debug("websocket ended: %r", exc)
-            if sender.pending is not None:
-                sender.pending.cancel()
+            client.direct = sender = WebSocketSender(socket, stats=self.stats)
+            self.stats.open["websocket"] += 1
+            try:
+                await self._serve(socket, client, sender)
+            finally:
+                self.stats.open["websocket"] -= 1
+
+    async def _serve(self, socket: WebSocket, client: Subscription, sender: WebSocketSender) -> None:
+        pump = asyncio.create_task(self._pump(client, sender))
+        listen = asyncio.create_task(self._drain_input(socket))
+        done, pending = await asyncio.wait({pump, listen}, return_when=asyncio.FIRST_COMPLETED)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for t in done:
+            exc = t.exception()
+            if exc and not isinstance(exc, WebSocketDisconnect | RuntimeError):
+                log.debug("websocket ended: %r", exc)
+        if sender.pending is not None:
+            sender.pending.cancel()
 
     async def _pump(self, client: Subscription, sender: WebSocketSender) -> None:
         """Send what the fan-out could not send straight away: a replay, a gap filled from the log,

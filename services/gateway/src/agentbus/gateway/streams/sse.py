@@ -53,9 +53,12 @@ async def _events(
 
 
 async def _subscribed(hub: Hub, run_id: str, after: int) -> AsyncIterator[bytes]:
+    stats = hub.stats
     async with hub.subscription(run_id=run_id, since=after) as client:
+        stats.open["sse"] += 1
         try:
             async for frame in client.frames():
+                stats.frames["sse"] += 1
                 if frame is None:
                     yield f": heartbeat {datetime.now(UTC).isoformat()}\n\n".encode()
                     continue
@@ -63,9 +66,13 @@ async def _subscribed(hub: Hub, run_id: str, after: int) -> AsyncIterator[bytes]
                 if frame.event_type in TERMINAL_EVENT_TYPES:
                     return
         except TooSlow:
+            stats.cut_off["too_slow"] += 1
             yield b": client too slow; reconnect with Last-Event-ID\n\n"
         except GoingAway:
+            stats.cut_off["shutdown"] += 1
             yield b": gateway shutting down; reconnect with Last-Event-ID\n\n"
+        finally:
+            stats.open["sse"] -= 1
 
 
 @get(

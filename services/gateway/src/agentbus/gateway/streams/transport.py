@@ -24,6 +24,8 @@ from typing import Any
 
 from litestar import WebSocket
 
+from agentbus.gateway.streams.stats import StreamStats
+
 log = logging.getLogger(__name__)
 
 
@@ -71,8 +73,9 @@ async def _finish(coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
 class WebSocketSender:
     """A subscription's way to one accepted WebSocket (see the module's docstring)."""
 
-    def __init__(self, socket: WebSocket, grace_s: float = 10.0) -> None:
+    def __init__(self, socket: WebSocket, grace_s: float = 10.0, stats: StreamStats | None = None) -> None:
         self.socket = socket
+        self.stats = stats or StreamStats()
         self.grace_s = grace_s
         self.loop = asyncio.get_running_loop()
         self.now = self.loop.time
@@ -88,6 +91,7 @@ class WebSocketSender:
         """Send these ASGI messages in order; what has to wait for the client is finished by a task."""
         if self.closing is not None or self.failed:
             return
+        self.stats.frames["websocket"] += len(messages)
         send = self.socket.send
         for i, message in enumerate(messages):
             try:
@@ -124,6 +128,7 @@ class WebSocketSender:
     def cut_off(self, code: int, reason: str) -> None:
         """Close after what the connection already holds; drop the client if it reads nothing."""
         if self.closing is None:
+            self.stats.cut_off["shutdown" if code == 1001 else "too_slow"] += 1
             self.closing = self.loop.create_task(self._close(code, reason))
 
     async def closed(self) -> None:

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import httpx
 import msgspec
 
+from agentbus.common import tracing
 from agentbus.runner.agents.base import AgentError
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,13 @@ class ChatClient:
             body["response_format"] = response_format
         if stream and self.include_usage:
             body["stream_options"] = {"include_usage": True}
+        if not tracing.enabled():
+            return await self._retrying(body, on_text)
+        attributes = {"gen_ai.operation.name": "chat", "gen_ai.request.model": model}
+        with tracing.span(f"chat {model}", kind="client", attributes=attributes):
+            return await self._retrying(body, on_text)
+
+    async def _retrying(self, body: dict[str, Any], on_text: TextCallback | None) -> Completion:
         attempt = 0
         while True:
             attempt += 1
