@@ -60,10 +60,11 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, sending)
         finally:
-            key = (scope.get("path_template") or "", scope["method"], status)
+            # Every part of the key is bounded (a client's made-up method counts as `other`).
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            key = (scope.get("path_template") or "", method, status)
             child = self.children.get(key)
             if child is None:
-                method = key[1] if key[1] in METHODS else "other"
                 child = self.children[key] = self.histogram.labels(key[0] or "unmatched", method, str(status))
             child.observe(perf_counter() - start)
 
