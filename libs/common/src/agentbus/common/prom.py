@@ -36,6 +36,22 @@ def render(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
+def pool_metrics(engine: Any) -> Iterator[Metric]:
+    """The gauges of a SQLAlchemy engine's pool: connections checked out, and its size (0 for a
+    pool that keeps none, like SQLite's)."""
+    pool = getattr(engine, "pool", None)
+    checked_out = getattr(pool, "checkedout", None)
+    size = getattr(pool, "size", None)
+    in_use = GaugeMetricFamily(
+        "agentbus_db_pool_connections_in_use", "database connections checked out of the pool"
+    )
+    in_use.add_metric([], checked_out() if callable(checked_out) else 0)
+    yield in_use
+    pool_size = GaugeMetricFamily("agentbus_db_pool_size", "connections the database pool keeps")
+    pool_size.add_metric([], size() if callable(size) else 0)
+    yield pool_size
+
+
 class Scraped(Collector):
     """A collector whose metrics a function builds at scrape time."""
 

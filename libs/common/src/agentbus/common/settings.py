@@ -42,6 +42,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from agentbus.common.masking import mask_url, secret_repr
+
 __all__ = [
     "DB_URL_ALLOWED",
     "DB_URL_PATTERN",
@@ -183,7 +185,7 @@ class EnvSettings(msgspec.Struct, frozen=True, kw_only=True):
         out = []
         for name in self.__struct_fields__:
             value = getattr(self, name)
-            out.append((name, _secret_repr(value) if name in secret else repr(value)))
+            out.append((name, secret_repr(value) if name in secret else repr(value)))
         return out
 
 
@@ -331,32 +333,6 @@ def _shown_value(raw: str, secret: bool) -> str:
 def _one_line(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= 200 else text[:197] + "..."
-
-
-def mask_url(value: str) -> str | None:
-    """`scheme://user:***@host/path?***`, or None when the value is not a URL.
-
-    Only for showing a secret URL: a password, a token (`nats://token@host`) and the query
-    (which may carry a password) are hidden. Everything before the last `@` counts as user
-    info, so a password with an unescaped `/`, `?` or `@` in it is hidden too.
-    """
-    scheme, sep, rest = value.partition("://")
-    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
-        return None
-    userinfo, at, rest = rest.rpartition("@")
-    cut = min((i for i in (rest.find(c) for c in "?#") if i >= 0), default=-1)
-    rest = rest if cut < 0 else rest[:cut] + "?***"
-    if not at:
-        return f"{scheme}://{rest}"
-    user, colon, _ = userinfo.partition(":")
-    return f"{scheme}://{user + ':***' if colon else '***'}@{rest}"
-
-
-def _secret_repr(value: Any) -> str:
-    if value is None or value == "":
-        return repr(value)
-    masked = mask_url(value) if isinstance(value, str) else None
-    return repr(masked) if masked is not None else "'***'"
 
 
 # --- introspection ------------------------------------------------------------------------------

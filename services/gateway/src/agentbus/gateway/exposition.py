@@ -19,7 +19,7 @@ from litestar import Response, get
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from agentbus.common.prom import CONTENT_TYPE, ConsumerWatch, Scraped, new_registry, render
+from agentbus.common.prom import CONTENT_TYPE, ConsumerWatch, Scraped, new_registry, pool_metrics, render
 from agentbus.contracts import subjects
 from agentbus.contracts.events import TERMINAL_EVENT_TYPES
 from agentbus.gateway.access import needs
@@ -180,17 +180,7 @@ class Exposition:
             "action",
             self.reaper.actions,
         )
-        pool = getattr(self.store.engine, "pool", None)
-        checked_out = getattr(pool, "checkedout", None)
-        size = getattr(pool, "size", None)
-        in_use = GaugeMetricFamily(
-            "agentbus_db_pool_connections_in_use", "database connections checked out of the pool"
-        )
-        in_use.add_metric([], checked_out() if callable(checked_out) else 0)
-        yield in_use
-        pool_size = GaugeMetricFamily("agentbus_db_pool_size", "connections the database pool keeps")
-        pool_size.add_metric([], size() if callable(size) else 0)
-        yield pool_size
+        yield from pool_metrics(self.store.engine)
         yield from self.consumers.metrics()
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from sqlalchemy import text
 
-from agentbus.common.prom import ConsumerWatch, OpsServer, Scraped, new_registry
+from agentbus.common.prom import ConsumerWatch, OpsServer, Scraped, new_registry, pool_metrics
 from agentbus.contracts import subjects
 from agentbus.metrics.service import MetricsService
 
@@ -60,15 +60,5 @@ class MetricsOps:
         return True
 
     def _live(self) -> Iterator[Metric]:
-        pool = getattr(self.service.engine, "pool", None)
-        checked_out = getattr(pool, "checkedout", None)
-        size = getattr(pool, "size", None)
-        in_use = GaugeMetricFamily(
-            "agentbus_db_pool_connections_in_use", "database connections checked out of the pool"
-        )
-        in_use.add_metric([], checked_out() if callable(checked_out) else 0)
-        yield in_use
-        pool_size = GaugeMetricFamily("agentbus_db_pool_size", "connections the database pool keeps")
-        pool_size.add_metric([], size() if callable(size) else 0)
-        yield pool_size
+        yield from pool_metrics(self.service.engine)
         yield from self.consumers.metrics()
