@@ -526,6 +526,14 @@ class Bench:
                 key = f"p95_ms {label} @{step}"
                 self.row(f"metrics {label} p95, {step:,} rows", db, runs, key, "ms", 100, higher=False)
         self.row("metrics recording, events/s", db, runs, "events_per_s", "events/s", 2000)
+        top = steps[-1]
+        self.row(
+            f"metrics rows counted into sketches per second (the step to {top:,})",
+            db,
+            runs,
+            f"counted_rows_per_s @{top}",
+            "rows/s",
+        )
 
     def startup(self) -> None:
         runs = self.repeat("make run -> /ready", lambda code: scenarios.startup(root=code.root), self.codes)

@@ -27,6 +27,17 @@ STREAMS = f"""
 | stream | `{subjects.LIFECYCLE_STREAM}` | `task.deleted`, `run.deleted` |
 | key-value | `{subjects.RUN_STATE_BUCKET}` | `<run_id>.start` (the run as the gateway created it: runners act only on runs stored here), `<run_id>.state` (runner checkpoint), `<run_id>.decision` and `<run_id>.cancel` (stored decisions) |
 | object store | `{subjects.ARTIFACTS_BUCKET}` | artifact bytes under `<run_id>/<name>` |
+
+## nats.micro services
+
+`$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` (to every service, or `.<name>`, or `.<name>.<id>`) list
+each copy of these services with its endpoints and count each endpoint's requests, errors and
+processing time (`nats micro ls`, `nats micro info <name>`, `nats micro stats <name>`).
+
+| service | endpoints | queue groups |
+|---|---|---|
+| `{subjects.RUNNER_SERVICE}` | `ping` (`{subjects.RUN_PING}`), `info` (`{subjects.RUN_INFO}`) | `runner` for `ping` (one runner answers); for `info` one per runner, `runner-<service id>`, so every runner answers |
+| `agentbus-metrics` | its request/reply subjects above (`run.metrics.*`, `task.metrics.summary`) | `metrics` |
 """
 
 

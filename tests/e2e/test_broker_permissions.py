@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -123,6 +124,7 @@ async def test_a_runner_cannot_decide_start_or_cancel_a_run(api: Api, system: Sy
         ("metrics", subjects.RUN_CONTROL_ALL),
         ("runner", "_INBOX_gateway.>"),  # reading the gateway's replies
         ("operator", subjects.RUN_INFO),
+        ("runner", "$SRV.INFO.agentbus-metrics"),  # answering for the metrics service in discovery
     ],
 )
 async def test_who_may_listen(system: System, user: str, subject: str) -> None:
@@ -214,3 +216,21 @@ async def test_no_service_may_redirect_the_gateways_consumer(system: System, use
             subjects.EVENTS_STREAM, subjects.GATEWAY_EVENTS_CONSUMER
         )
     assert after.config.deliver_subject == before.config.deliver_subject
+
+
+async def test_an_operator_sees_the_runners_in_micro_discovery(system: System) -> None:
+    """The runner answers nats.micro discovery on the secured broker (`nats micro info agentbus-runner`
+    as the operator): its endpoints, and their request counts."""
+    async with session(system, "operator") as operator:
+        reply = await operator.nc.request(f"$SRV.INFO.{subjects.RUNNER_SERVICE}", b"", timeout=5)
+        info = json.loads(reply.data)
+        assert {e["name"]: e["subject"] for e in info["endpoints"]} == {
+            "ping": subjects.RUN_PING,
+            "info": subjects.RUN_INFO,
+        }
+        reply = await operator.nc.request(
+            f"$SRV.STATS.{subjects.RUNNER_SERVICE}.{info['id']}", b"", timeout=5
+        )
+        stats = {e["name"]: e for e in json.loads(reply.data)["endpoints"]}
+        assert stats["info"]["num_errors"] == 0 and stats["ping"]["num_errors"] == 0
+        assert not operator.errors

@@ -3,7 +3,12 @@ the overall and per-agent summaries, series, and the runner's time_to_plan."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
+import os
+import sys
+from pathlib import Path
 
 import pytest
 from openapi_spec_validator import validate
@@ -147,3 +152,49 @@ async def test_the_live_openapi_document_is_valid(api: Api) -> None:
             assert "$ref" in ok["content"]["application/json"]["schema"], (method, path)
             assert {"400", "401", "403", "502", "503"} <= set(op["responses"]), (method, path)
     assert {"404", "409", "413", "415", "429"} <= set(paths["/api/metrics"]["post"]["responses"])
+
+
+async def _python(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Runs this interpreter with `args`: its exit code and what it printed (stdout and stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
+async def test_a_client_generated_from_the_live_document_builds_and_imports(api: Api, tmp_path: Path) -> None:
+    """openapi-python-client reads every operation of the live document: it warns of each response
+    or schema it cannot turn into code (and leaves it out of the client), and fails on any warning
+    here. Its post-processing (ruff, from this environment) runs too; every generated module imports."""
+    r = await api.http.get("/openapi.json")
+    assert r.status_code == 200
+    document = tmp_path / "openapi.json"
+    document.write_text(json.dumps(r.json()))
+    package = tmp_path / "agentbus_client"
+    # The environment's tools first on PATH (ruff, for the generator's post-processing).
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    code, out = await _python(
+        "-m",
+        "openapi_python_client",
+        "generate",
+        "--path",
+        str(document),
+        "--output-path",
+        str(package),
+        "--meta",
+        "none",
+        "--fail-on-warning",
+        env=env,
+    )
+    assert code == 0, out
+    # Nothing but its progress line: a warning (or a skipped post-processing step) prints more.
+    assert [line for line in out.splitlines() if line.strip()] == [f"Generating {package}"], out
+    assert (package / "models" / "error.py").is_file()  # the gateway's one error shape, as a model
+
+    imports = (
+        "import importlib, pkgutil, agentbus_client as p; "
+        "[importlib.import_module(m.name) for m in pkgutil.walk_packages(p.__path__, p.__name__ + '.')]"
+    )
+    code, out = await _python("-c", imports, env={**env, "PYTHONPATH": str(tmp_path)})
+    assert code == 0, out

@@ -81,6 +81,7 @@ from agentbus.metrics.handlers import RequestHandlers
 from agentbus.metrics.service import MIGRATIONS as METRICS_MIGRATIONS
 from agentbus.metrics.service import VERSION_TABLE as METRICS_VERSION_TABLE
 from agentbus.metrics.store import MetricsStore
+from agentbus.runner.endpoints import Endpoints
 from agentbus.runner.record import RunRecord
 from agentbus.runner.service import Held, Runner
 from agentbus.runner.settings import Settings as RunnerSettings
@@ -783,11 +784,16 @@ def test_controls_never_raise_past_the_runner(run: Run) -> None:
         runner.held["r"] = Held(FakeMsg(), record, loop.create_future())
         return record
 
+    endpoints = Endpoints(
+        runner.nc, instance="fuzz", version="0.1.0", agents=["scripted"], pong=runner.pong, info=runner.info
+    )
+
     async def control(msg: FakeMsg) -> None:
         await hold_r()
         await runner._on_control(msg)
-        await runner._on_ping(msg)
-        await runner._on_info(msg)
+        msg._client = runner.nc  # type: ignore[attr-defined]  # what a nats.micro Request replies through
+        await endpoints.ping(micro.Request(msg))  # type: ignore[arg-type]
+        await endpoints.info(micro.Request(msg))  # type: ignore[arg-type]
 
     run(control(FakeMsg(subjects.run_control("r"), encode(CONTROL))))
     record = runner.held["r"].execution
@@ -797,9 +803,12 @@ def test_controls_never_raise_past_the_runner(run: Run) -> None:
     @given(payloads(CONTROL, RunControl(run_id="r", kind="cancel", reason="x")), headers)
     def check(data: bytes, hdrs: Any) -> None:
         msg = FakeMsg(subjects.run_control("r"), data, headers=hdrs, reply="_INBOX.r")
+        runner.nc.published.clear()
         run(control(msg))
-        assert isinstance(msgspec.json.decode(msg.responses[0], type=Pong), Pong)
-        assert isinstance(msgspec.json.decode(msg.responses[1], type=RunnerInfo), RunnerInfo)
+        [(to, pong, _), (to_info, info, _)] = runner.nc.published
+        assert to == to_info == "_INBOX.r"
+        assert isinstance(msgspec.json.decode(pong, type=Pong), Pong)
+        assert isinstance(msgspec.json.decode(info, type=RunnerInfo), RunnerInfo)
 
     with_examples(check, *((d, None) for d in nasty(CONTROL)))()
 

@@ -5,7 +5,8 @@ A service that is not allowed a subject cannot use it whatever it sends: the bro
 message. So a runner may publish run events and checkpoints but not decisions, starts or
 cancels; only the gateway publishes starts and decisions; only the metrics service can receive
 (and so answer) metrics requests; only runners receive discovery requests (so no one else can
-advertise agent kinds); and no service may delete or purge a stream or a durable consumer.
+advertise agent kinds), and a runner only the nats.micro discovery of every service or of its own
+(`agentbus-runner`); and no service may delete or purge a stream or a durable consumer.
 Replies go to per-service inboxes (`_INBOX_<service>.>`), which no other service can read.
 
 `python -m agentbus.common.broker DIR` writes, under DIR, `auth.conf` (the `authorization`
@@ -56,6 +57,13 @@ METRICS_REQUESTS = (
 def inbox_prefix(service: str) -> str:
     """Where a service's replies arrive: its own prefix, which only it may subscribe to."""
     return f"_INBOX_{service}"
+
+
+def micro_discovery(name: str) -> list[str]:
+    """The nats.micro discovery requests a service named `name` answers: those to every service
+    (`$SRV.PING`) and those to its name (`$SRV.PING.<name>[.<id>]`), not another service's."""
+    verbs = [f"$SRV.{verb}" for verb in ("PING", "INFO", "STATS")]
+    return [*verbs, f"$SRV.*.{name}", f"$SRV.*.{name}.*"]
 
 
 def _consumers(stream: str, *names: str) -> list[str]:
@@ -164,7 +172,14 @@ def permissions(service: str) -> Permissions:
                 f"$JS.API.CONSUMER.LIST.{s.RUN_COMMANDS_STREAM}",
                 f"$JS.ACK.{s.RUN_COMMANDS_STREAM}.>",
             ],
-            subscribe=[own_inbox, s.RUN_CONTROL_ALL, s.RUN_PING, s.RUN_INFO],
+            # Its ping and info endpoints, and the nats.micro discovery of its service.
+            subscribe=[
+                own_inbox,
+                s.RUN_CONTROL_ALL,
+                s.RUN_PING,
+                s.RUN_INFO,
+                *micro_discovery(s.RUNNER_SERVICE),
+            ],
             responds=True,
         )
     if service == "metrics":

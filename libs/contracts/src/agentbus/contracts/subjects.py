@@ -24,6 +24,9 @@ METRICS_LIFECYCLE_CONSUMER = "metrics-lifecycle"
 RUN_STATE_BUCKET = "agentbus_run_state"  # runner checkpoints and stored decisions
 ARTIFACTS_BUCKET = "agentbus_artifacts"  # artifact bytes, key "<run_id>/<name>"
 
+# nats.micro services: `$SRV.PING|INFO|STATS.<name>` list their copies and count their endpoints' requests
+RUNNER_SERVICE = "agentbus-runner"  # endpoints `ping` (RUN_PING) and `info` (RUN_INFO)
+
 # Subjects
 RUN_START_KIND_PREFIX = "run.start"  # run.start.<agent kind>: taken only by runners serving the kind
 RUN_START_KINDS = "run.start.>"
@@ -31,7 +34,7 @@ RUN_WAKE_KIND_PREFIX = "run.wake"  # run.wake.<agent kind>: a parked run has a d
 RUN_WAKE_KINDS = "run.wake.>"
 RUN_CONTROL_PREFIX = "run.control"  # run.control.<run_id>
 RUN_CONTROL_ALL = "run.control.*"
-RUN_PING = "run.runners.ping"
+RUN_PING = "run.runners.ping"  # one runner answers (queue group `runner`)
 RUN_HEARTBEAT = "run.heartbeat"
 RUN_INFO = "run.runners.info"  # scatter-gather: every runner answers with its agent kinds
 RUN_DELETED = "run.deleted"
@@ -132,10 +135,18 @@ SUBJECTS: tuple[Subject, ...] = (
         "runners serving the kind (same durable pull `runners-<agent_kind>`)",
     ),
     Subject("run.control.<run_id>", "core", "RunControl", "gateway", "runner holding the run"),
-    Subject(RUN_PING, "request/reply", "Ping -> Pong", "gateway (/ready)", "every runner"),
+    Subject(
+        RUN_PING,
+        "request/reply, one runner answers (nats.micro `agentbus-runner`, endpoint `ping`, "
+        "queue group `runner`)",
+        "Ping -> Pong",
+        "gateway (/ready), each runner at start",
+        "any one runner",
+    ),
     Subject(
         RUN_INFO,
-        "request/reply, every runner answers",
+        "request/reply, every runner answers (nats.micro `agentbus-runner`, endpoint `info`, "
+        "a queue group per runner: `runner-<service id>`)",
         "Ping -> RunnerInfo",
         "gateway (agent registry)",
         "every runner",

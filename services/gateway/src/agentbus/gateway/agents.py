@@ -1,9 +1,11 @@
 """The agent registry: which agent kinds runners serve right now, their config schemas, their record.
 
 Discovery is a scatter-gather on `run.runners.info`: one request, every runner
-answers with its kinds. Creating a run checks its kind against a short-lived
-cache first (no I/O on the hot path) and asks the runners again only on a miss,
-so a kind that no runner serves is refused with 409 instead of waiting forever.
+answers with its kinds (the `info` endpoint of the runners' `nats.micro` service,
+in a queue group of each runner's own, so none is left out). Creating a run
+checks its kind against a short-lived cache first (no I/O on the hot path) and
+asks the runners again only on a miss, so a kind that no runner serves is
+refused with 409 instead of waiting forever.
 """
 
 from __future__ import annotations

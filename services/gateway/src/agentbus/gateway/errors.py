@@ -44,9 +44,10 @@ class GatewayRequest(Request):  # type: ignore[type-arg]
         return value
 
 
-# What each error status means, for the OpenAPI document (`documented`). A route's 400 (invalid
-# parameters or body) is documented by Litestar itself.
+# What each error status means, for the OpenAPI document (`documented`).
 WHY = {
+    400: "invalid parameters or body (`extra` names each field that is wrong and why); or a `Host` "
+    "this gateway does not serve (GATEWAY_ALLOWED_HOSTS lists those it does)",
     401: "no credentials, or ones the gateway does not accept (unknown, revoked or expired)",
     403: "the identity's role may not do this (or, for decisions, the task's approvers rule); or a "
     "write or stream from a web page of a foreign origin (GATEWAY_CORS_ORIGINS lists the allowed)",
@@ -68,11 +69,14 @@ def documented(
     *codes: int, why: dict[int, str] | None = None, guarded: bool = True
 ) -> dict[int, ResponseSpec]:
     """The `responses=` of a route: each error status it can answer, as the gateway's JSON error.
-    A guarded route (all but the open ones) also answers 401 and 403 (`access.py`)."""
+    Every route answers 400 (the Host check of `guard.py` comes before routing): declared here, it
+    also takes the place of the 400 Litestar documents for a route with parameters or a body, whose
+    schema of its own (`extra` an array without `items`) a generated client cannot read. A guarded
+    route (all but the open ones) also answers 401 and 403 (`access.py`)."""
     texts = {**WHY, **(why or {})}
     return {
         code: ResponseSpec(Error, description=texts[code], generate_examples=False)
-        for code in sorted(set(codes) | ({401, 403} if guarded else set()))
+        for code in sorted({400, *codes} | ({401, 403} if guarded else set()))
     }
 
 

@@ -41,6 +41,7 @@ from agentbus.gateway.params import (
 from agentbus.gateway.people import audit, identity_of
 from agentbus.gateway.schemas import (
     REVISE_ONLY_REJECTED,
+    AnyBytes,
     ApproveBody,
     ArtifactInfo,
     CancelBody,
@@ -67,7 +68,7 @@ def _iso(ts: datetime) -> str:
     return ts.isoformat().replace("+00:00", "Z")
 
 
-# An artifact's bytes, with the content type it was stored with.
+# An artifact's bytes, with the content type it was stored with (`AnyBytes` lists octet-stream too).
 _BYTES = ResponseSpec(Any, media_type="*/*", description="the artifact's bytes", generate_examples=False)
 
 
@@ -380,6 +381,7 @@ class RunController(Controller):
         "/{run_id:str}/artifacts/{name:str}",
         summary="Download an artifact (streamed; `Range: bytes=a-b` gets a 206)",
         responses={200: _BYTES, 206: _BYTES, **documented(404, 416, 503)},
+        operation_class=AnyBytes,
     )
     async def get_artifact(
         self, run_id: str, name: str, request: Request, run_service: RunService

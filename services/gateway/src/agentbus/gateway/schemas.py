@@ -327,3 +327,18 @@ def accepts(tp: Any, rule: dict[str, Any] | None = None) -> type[Operation]:
 
     StrictBody.__name__ = StrictBody.__qualname__ = f"Accepts{getattr(tp, '__name__', 'Body')}"
     return StrictBody
+
+
+class AnyBytes(Operation):
+    """The `operation_class` of a route that answers bytes of any content type (`*/*`: an artifact
+    is served with the type it was stored with): each such answer also lists, first, the type the
+    gateway falls back to (`application/octet-stream`), which a generated client reads as bytes
+    where it knows no `*/*`."""
+
+    def to_schema(self) -> dict[str, Any]:
+        out = super().to_schema()
+        for response in out.get("responses", {}).values():
+            content = response.get("content", {})
+            if "*/*" in content:
+                response["content"] = {"application/octet-stream": copy.deepcopy(content["*/*"]), **content}
+        return out

@@ -34,6 +34,8 @@ from agentbus.metrics.store import MetricsStore
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
+# At most one batch per LINGER_S while events keep coming (see `_write_forever`).
+LINGER_S = 0.1
 NAK_DELAY_S = 2
 
 
@@ -148,13 +150,23 @@ class EventsConsumer:
             self._writer.cancel()
             with suppress(asyncio.CancelledError):
                 await self._writer
+        await self._store.close()
 
     async def _on_msg(self, msg: Msg) -> None:
         self._queue.put_nowait(msg)  # bounded by the consumer's max_ack_pending
 
     async def _write_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        began = float("-inf")
         while True:
             batch = [await self._queue.get()]
+            # Under load (the last batch began under LINGER_S ago), wait out the rest of LINGER_S: the
+            # events arriving meanwhile share this batch's transaction, thread hand-off and ack flush.
+            # Events further apart than that are written as soon as they come.
+            wait = began + LINGER_S - loop.time()
+            if wait > 0 and self._queue.qsize() < BATCH_SIZE:
+                await asyncio.sleep(wait)
+            began = loop.time()
             while len(batch) < BATCH_SIZE and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:

@@ -1,6 +1,18 @@
 """Tables owned by the metrics service (no other service reads or writes them)."""
 
-from sqlalchemy import BigInteger, Column, Float, Index, MetaData, String, Table, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    text,
+)
 
 from agentbus.common.db import JSONType, UTCDateTime
 
@@ -24,10 +36,22 @@ metrics = Table(
     Column("agent", String(100), nullable=True),
     # The run's terminal status on the rows its terminal event yielded; null on metrics posted by hand.
     Column("outcome", String(16), nullable=True),
+    # Counted in the hourly and daily sketches (sketches.py); rows not yet are read raw.
+    Column("aggregated", Boolean, nullable=False, server_default=text("false")),
     # A redelivered terminal event must never record a run's metric twice.
     UniqueConstraint("run_id", "name", name="uq_metrics_run_id_name"),
     Index("ix_metrics_name_timestamp", "name", "timestamp"),
     Index("ix_metrics_agent_name_timestamp", "agent", "name", "timestamp"),
+    # The rows not counted into the sketches yet (few: the open hour's, late ones), by name and by agent.
+    *(
+        Index(
+            f"ix_metrics_unaggregated{suffix}",
+            *columns,
+            sqlite_where=text("aggregated = 0"),  # `~metrics.c.aggregated` as SQLite reads it
+            postgresql_where=text("NOT aggregated"),
+        )
+        for suffix, columns in (("", ("name", "timestamp")), ("_agent", ("agent", "name", "timestamp")))
+    ),
 )
 
 # Deleted tasks and runs. A run's terminal event can reach us after its
@@ -61,4 +85,42 @@ metric_rollups = Table(
     Column("last", Float, nullable=False),  # the value of the newest row
     Column("last_at", Float, nullable=False),  # and its time, in epoch seconds
     Index("ix_metric_rollups_name_hour", "name", "hour"),
+)
+
+# What summaries and series over many rows read (sketches.py): per name, per hour ("h") and per UTC
+# day ("d"), for each agent kind ("" for none) and for all of them ("*"): exact count, sum, min, max,
+# newest value and runs by outcome, and the values' histogram in `metric_bins`.
+metric_sketches = Table(
+    "metric_sketches",
+    metadata,
+    Column("agent", String(100), primary_key=True),
+    Column("span", String(1), primary_key=True),
+    Column("start", BigInteger, primary_key=True),  # epoch seconds of the hour's or day's start
+    Column("name", String, primary_key=True),
+    Column("count", BigInteger, nullable=False),
+    Column("sum", Float, nullable=False),
+    Column("min", Float, nullable=False),
+    Column("max", Float, nullable=False),
+    Column("last", Float, nullable=False),
+    Column("last_at", Float, nullable=False),
+    *(
+        Column(o, BigInteger, nullable=False)
+        for o in ("completed", "failed", "rejected", "cancelled", "timeout")
+    ),
+    # This sketch's own p50 and p95 from its bins (sketches.refresh_percentiles): a series bucket
+    # that is one sketch reads its p95 here.
+    Column("p50", Float, nullable=True),
+    Column("p95", Float, nullable=True),
+)
+
+# The histograms: how many values fell in each logarithmic bin (sketches.bin_of: 1% wide).
+metric_bins = Table(
+    "metric_bins",
+    metadata,
+    Column("agent", String(100), primary_key=True),
+    Column("span", String(1), primary_key=True),
+    Column("start", BigInteger, primary_key=True),
+    Column("name", String, primary_key=True),
+    Column("bin", Integer, primary_key=True),
+    Column("count", BigInteger, nullable=False),
 )

@@ -26,21 +26,21 @@ def _rank_at(ranked: Any, p: int) -> Any:
     return case((ranked.c.rank == (ranked.c.n * p + 99) // 100, ranked.c.value))
 
 
-def epoch_seconds(dialect: str) -> Any:
+def epoch_seconds(dialect: str, timestamp: Any = None) -> Any:
     """A row's time as epoch seconds (with the fraction), computed in SQL."""
+    ts = metrics.c.timestamp if timestamp is None else timestamp
     if dialect == "postgresql":
-        return func.extract("epoch", metrics.c.timestamp)
-    return (func.julianday(metrics.c.timestamp) - 2440587.5) * 86400.0
+        return func.extract("epoch", ts)
+    return (func.julianday(ts) - 2440587.5) * 86400.0
 
 
-def bucket_start(dialect: str, seconds: int) -> Any:
+def bucket_start(dialect: str, seconds: int, timestamp: Any = None) -> Any:
     """Epoch seconds of the bucket's start, as an integer, computed in SQL."""
+    ts = metrics.c.timestamp if timestamp is None else timestamp
     if dialect == "postgresql":
-        epoch = func.extract("epoch", metrics.c.timestamp)
-        return cast(func.floor(epoch / seconds), BigInteger) * seconds
+        return cast(func.floor(func.extract("epoch", ts) / seconds), BigInteger) * seconds
     # SQLite keeps the UTC time as text; strftime('%s') reads it as epoch seconds.
-    epoch = cast(func.strftime("%s", metrics.c.timestamp), Integer)
-    return (epoch // seconds) * seconds
+    return (cast(func.strftime("%s", ts), Integer) // seconds) * seconds
 
 
 async def summary_stats(conn: AsyncConnection, conds: list[Any]) -> dict[str, SummaryStat]:
@@ -218,23 +218,6 @@ async def with_rollups(
     for name, count, total, lo, hi, p50w, p95w, last in await conn.execute(stmt):
         out[name] = _combine(out.get(name), int(count), float(total), lo, hi, float(p50w), float(p95w), last)
     return out
-
-
-async def rollup_outcomes(conn: AsyncConnection, runs: RunOutcomes, conds: list[Any]) -> RunOutcomes:
-    r = metric_rollups.c
-    stmt = (
-        select(r.outcome, func.sum(r["count"]))
-        .where(r.name == "duration", r.outcome != "", *conds)
-        .group_by(r.outcome)
-    )
-    counts = {o: getattr(runs, o) for o in OUTCOMES}
-    for outcome, count in await conn.execute(stmt):
-        if outcome in counts:
-            counts[outcome] += int(count)
-    total = sum(counts.values())
-    return RunOutcomes(
-        total=total, **counts, success_rate=None if total == 0 else counts["completed"] / total
-    )
 
 
 async def rollup_points(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from typing import Any
 
 from agentbus.contracts.events import TERMINAL_EVENT_TYPES, Event, RunStats, stats_of
@@ -22,6 +22,16 @@ def event_type(event: Event) -> str:
     return type(event).__struct_config__.tag  # type: ignore[return-value]
 
 
+def new_ids(n: int) -> list[str]:
+    """n ids as `uuid.uuid4().hex` makes them (version 4, RFC 4122 variant), from one read of the
+    system's randomness instead of one each (and without a UUID object each)."""
+    h = os.urandom(16 * n).hex()
+    return [
+        f"{h[i : i + 12]}4{h[i + 13 : i + 16]}{'89ab'[int(h[i + 16], 16) & 3]}{h[i + 17 : i + 32]}"
+        for i in range(0, 32 * n, 32)
+    ]
+
+
 def metric_rows(event: Event) -> list[dict[str, Any]]:
     """Rows for the `metrics` table; empty for a non-terminal event."""
     kind = event_type(event)
@@ -34,25 +44,25 @@ def metric_rows(event: Event) -> list[dict[str, Any]]:
     agent = stats.agent or ""
     outcome = STATUS_AFTER_EVENT[kind] or kind
     labels = {"agent": agent, "status": outcome}
-
-    def row(name: str, metric_type: str, value: float, unit: str) -> dict[str, Any]:
-        return {
-            "id": uuid.uuid4().hex,
-            "task_id": event.task_id,
-            "run_id": event.run_id,
+    values = [("duration", "timer", stats.duration, "s"), ("steps", "counter", stats.steps, "steps")]
+    for attr, name, metric_type, unit in _OPTIONAL:
+        value = getattr(stats, attr)
+        if value is not None:
+            values.append((name, metric_type, value, unit))
+    task_id, run_id, timestamp = event.task_id, event.run_id, event.timestamp
+    return [
+        {
+            "id": id_,
+            "task_id": task_id,
+            "run_id": run_id,
             "name": name,
             "metric_type": metric_type,
             "value": float(value),
             "unit": unit,
             "labels": labels,
-            "timestamp": event.timestamp,
+            "timestamp": timestamp,
             "agent": agent,
             "outcome": outcome,
         }
-
-    rows = [row("duration", "timer", stats.duration, "s"), row("steps", "counter", stats.steps, "steps")]
-    for attr, name, metric_type, unit in _OPTIONAL:
-        value = getattr(stats, attr)
-        if value is not None:
-            rows.append(row(name, metric_type, value, unit))
-    return rows
+        for id_, (name, metric_type, value, unit) in zip(new_ids(len(values)), values, strict=True)
+    ]

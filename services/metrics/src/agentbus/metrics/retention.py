@@ -5,7 +5,8 @@ deleted), so queries are never held up: PostgreSQL readers never wait for writer
 in WAL mode. A row that arrives for an hour already rolled up (a late event) is merged into it on the
 next round. Percentiles of a roll-up row are its hour's own (nearest rank); where roll-ups of several
 hours, or roll-ups and raw rows, are combined, p50 and p95 are count-weighted means of the parts'
-(an estimate, documented in the README).
+(an estimate, documented in the README). Only rows the sketches already count are rolled up and
+deleted (sketches.py), so reports and series over old ranges answer from the sketches.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from agentbus.common.db import read_then_write
 from agentbus.metrics.models import metric_rollups, metrics
 from agentbus.metrics.queries import epoch_seconds
+from agentbus.metrics.sketches import aggregate
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,12 @@ def _merge(stmt: Any) -> Any:
     )
 
 
+def _counted(hour: int) -> list[Any]:
+    """The hour's raw rows the sketches count (one not counted yet waits for the next round)."""
+    m = metrics.c
+    return [m.aggregated, m.timestamp >= _at(hour), m.timestamp < _at(hour + HOUR)]
+
+
 async def roll_up_hour(engine: AsyncEngine, hour: int) -> int:
     """Roll up the raw rows of [hour, hour + 1h) and delete them; returns how many went."""
     agent, outcome = func.coalesce(metrics.c.agent, ""), func.coalesce(metrics.c.outcome, "")
@@ -74,7 +82,7 @@ async def roll_up_hour(engine: AsyncEngine, hour: int) -> int:
             .over(partition_by=key, order_by=(metrics.c.timestamp.desc(), metrics.c.id.desc()))
             .label("newest"),
         )
-        .where(metrics.c.timestamp >= _at(hour), metrics.c.timestamp < _at(hour + HOUR))
+        .where(*_counted(hour))
         .subquery()
     )
     r = ranked.c
@@ -116,9 +124,7 @@ async def roll_up_hour(engine: AsyncEngine, hour: int) -> int:
             return 0
         dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
         await conn.execute(_merge(dialect.insert(metric_rollups)), rows)
-        gone = await conn.execute(
-            delete(metrics).where(metrics.c.timestamp >= _at(hour), metrics.c.timestamp < _at(hour + HOUR))
-        )
+        gone = await conn.execute(delete(metrics).where(*_counted(hour)))
     return gone.rowcount or 0
 
 
@@ -130,7 +136,9 @@ async def roll_up(engine: AsyncEngine, retention_s: float, now: float | None = N
         async with engine.connect() as conn:
             oldest = (
                 await conn.execute(
-                    select(func.min(metrics.c.timestamp)).where(metrics.c.timestamp < _at(cutoff))
+                    select(func.min(metrics.c.timestamp)).where(
+                        metrics.c.aggregated, metrics.c.timestamp < _at(cutoff)
+                    )
                 )
             ).scalar_one()
         if oldest is None:
@@ -140,16 +148,16 @@ async def roll_up(engine: AsyncEngine, retention_s: float, now: float | None = N
         await asyncio.sleep(0)  # let queries and recording in between hours
 
 
-class Retention:
-    """The schedule: a roll-up round at start and every `interval_s`; nothing when retention is 0."""
+class Upkeep:
+    """The schedule: a round at start and every `interval_s` counts the closed hours' new rows into
+    the sketches (sketches.py), then, when a retention age is set, rolls up what is older."""
 
     def __init__(self, engine: AsyncEngine, retention_days: float, interval_s: float) -> None:
         self._engine, self._retention_s, self._interval_s = engine, retention_days * 86400, interval_s
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        if self._retention_s > 0:
-            self._task = asyncio.create_task(self._loop(), name="metrics-retention")
+        self._task = asyncio.create_task(self._loop(), name="metrics-upkeep")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -159,9 +167,13 @@ class Retention:
     async def _loop(self) -> None:
         while True:
             try:
-                count = await roll_up(self._engine, self._retention_s)
-                if count:
-                    log.info("rolled up %d raw metrics older than the retention age", count)
+                counted = await aggregate(self._engine, wait=False)  # another copy is at it: its round
+                if counted:
+                    log.info("counted %d raw metrics of closed hours into the sketches", counted)
+                if self._retention_s > 0:
+                    count = await roll_up(self._engine, self._retention_s)
+                    if count:
+                        log.info("rolled up %d raw metrics older than the retention age", count)
             except Exception as exc:  # the database is away: the next round tries again
-                log.warning("roll-up failed, retrying in %ss: %s", self._interval_s, exc)
+                log.warning("metrics upkeep failed, retrying in %ss: %s", self._interval_s, exc)
             await asyncio.sleep(self._interval_s)

@@ -12,10 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentbus.common.bus import connect_with_retry, ensure_streams
 from agentbus.common.db import make_engine, migrate, wait_for_database
-from agentbus.metrics import __version__
+from agentbus.metrics import __version__, sketches
 from agentbus.metrics.consumers import EventsConsumer, LifecycleConsumer
 from agentbus.metrics.handlers import RequestHandlers
-from agentbus.metrics.retention import Retention
+from agentbus.metrics.retention import Upkeep
 from agentbus.metrics.settings import Settings
 from agentbus.metrics.store import MetricsStore
 
@@ -46,18 +46,19 @@ class MetricsService:
         self.engine: AsyncEngine | None = None
         self.nc: Client | None = None
         self._parts: list[EventsConsumer | LifecycleConsumer | RequestHandlers] = []
-        self._retention: Retention | None = None
+        self._upkeep: Upkeep | None = None
 
     async def start(self) -> None:
         s = self.settings
         log.info("metrics %s (%s) starting, database %s", __version__, s.instance, s.database_url_redacted)
         self.engine = make_engine(s.database_url, pool_size=s.db_pool_size)
+        sketches.register(self.engine)
         await wait_for_database(self.engine)
         await migrate_with_retry(self.engine)
         self.nc = await connect_with_retry(s.nats_url, f"metrics-{s.instance}", "metrics", s.nats)
         js = self.nc.jetstream()
         await ensure_streams(js, replicas=s.nats_replicas)
-        store = MetricsStore(self.engine)
+        store = MetricsStore(self.engine, retention_days=s.retention_days)
         # Answer requests first: the stored backlog may take a while to consume.
         for part in (
             RequestHandlers(self.nc, store, s.instance),
@@ -66,8 +67,8 @@ class MetricsService:
         ):
             await part.start()
             self._parts.append(part)
-        self._retention = Retention(self.engine, s.retention_days, s.retention_interval_s)
-        await self._retention.start()
+        self._upkeep = Upkeep(self.engine, s.retention_days, s.upkeep_interval_s)
+        await self._upkeep.start()
         log.info("metrics ready")
 
     @property
@@ -77,8 +78,8 @@ class MetricsService:
 
     async def stop(self) -> None:
         """Stop taking messages, finish (and ack) what was received, then close; safe after a failed start."""
-        if self._retention is not None:
-            await self._retention.stop()
+        if self._upkeep is not None:
+            await self._upkeep.stop()
         for part in reversed(self._parts):
             with suppress(Exception):
                 await part.stop()

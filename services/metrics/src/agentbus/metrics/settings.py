@@ -61,15 +61,20 @@ class Settings(EnvSettings, frozen=True, kw_only=True):
         env(
             "METRICS_RETENTION_DAYS",
             "age after which raw metric rows are rolled up into hourly buckets and deleted (summaries "
-            "and series of older ranges answer from the roll-ups); keep it above the events stream's "
-            "7 days; 0: raw rows are kept",
+            "and series of older ranges answer from the sketches and roll-ups); keep it above the "
+            "events stream's 7 days; 0: raw rows are kept",
             ge=0,
         ),
     ] = 0
-    retention_interval_s: Annotated[
+    upkeep_interval_s: Annotated[
         float,
-        env("METRICS_RETENTION_INTERVAL_S", "how often the roll-up runs, in seconds", gt=0),
-    ] = 300
+        env(
+            "METRICS_UPKEEP_INTERVAL_S",
+            "how often closed hours' rows are counted into the sketches summaries and series read "
+            "(and, with a retention age, old rows rolled up), in seconds",
+            gt=0,
+        ),
+    ] = 60
     # /metrics, /healthz, /readyz (docs/operations.md): off unless a port is given, so copies
     # started side by side (make run, the tests) do not fight for one port.
     metrics_port: Annotated[

@@ -1,5 +1,5 @@
 """The runner service: pulls `run.start.<kind>` and `run.wake.<kind>` work, holds runs, routes
-controls to them, answers pings.
+controls to them, answers pings and agent discovery (`endpoints.py`, a `nats.micro` service).
 
 Work comes from durable pull consumers shared by every runner copy, one per
 agent kind (pulled only by runners serving the kind, within its concurrency
@@ -43,6 +43,7 @@ from agentbus.contracts import (
 )
 from agentbus.contracts.codec import decoder
 from agentbus.runner.agents import Agent, AgentRegistry
+from agentbus.runner.endpoints import Endpoints
 from agentbus.runner.lanes import Lane, Puller
 from agentbus.runner.run import RunExecution, RunParked
 from agentbus.runner.settings import Settings
@@ -79,6 +80,7 @@ class Runner:
         self._stopping = asyncio.Event()
         self.puller = Puller(settings, self.registry.kinds(), self._accept, self._stopping)
         self._subs: list[Any] = []
+        self.endpoints: Endpoints | None = None
         self._announce_task: asyncio.Task[None] | None = None
         self.nc: Any = None
 
@@ -98,13 +100,21 @@ class Runner:
             await self.nc.subscribe(
                 subjects.RUN_CONTROL_ALL, cb=guarded(subjects.RUN_CONTROL_ALL, self._on_control)
             ),
-            await self.nc.subscribe(subjects.RUN_PING, cb=guarded(subjects.RUN_PING, self._on_ping)),
-            await self.nc.subscribe(subjects.RUN_INFO, cb=guarded(subjects.RUN_INFO, self._on_info)),
             *(lane.psub for lane in self.puller.lanes),  # unsubscribed with the others on stop
         ]
+        self.endpoints = Endpoints(
+            self.nc,
+            instance=s.runner_id,
+            version=VERSION,
+            agents=self.registry.kinds(),
+            pong=self.pong,
+            info=self.info,
+        )
+        await self.endpoints.start()
         # Make sure the subscriptions exist at the server once start() returns. Not flush(): nats-py
-        # writes its PING ahead of still-queued commands. A request to our own ping subject is queued
-        # after the SUBs, so any answer means the server has processed them.
+        # writes its PING ahead of still-queued commands. A request to the ping subject is queued
+        # after the SUBs (ours included), and the server takes a connection's commands in order: any
+        # answer, ours or another runner's, means the server has processed them.
         await self.nc.request(subjects.RUN_PING, encode(Ping()), timeout=10)
         self.puller.start()
         self._announce_task = asyncio.create_task(self._announce_loop(), name="runner-announce")
@@ -309,8 +319,8 @@ class Runner:
         else:
             held.execution.offer_decision(ctl)
 
-    async def _on_ping(self, msg: Msg) -> None:
-        pong = Pong(
+    def pong(self) -> Pong:
+        return Pong(
             service="runner",
             instance=self.settings.runner_id,
             version=VERSION,
@@ -318,9 +328,8 @@ class Runner:
             active_runs=self.active_runs,
             capacity=self.settings.max_concurrency,
         )
-        await msg.respond(encode(pong))
 
-    async def _on_info(self, msg: Msg) -> None:
+    def info(self) -> RunnerInfo:
         """Discovery: what this runner serves right now, with each kind's config schema and limit."""
         active: dict[str, int] = {}
         for held in self.held.values():
@@ -331,14 +340,13 @@ class Runner:
             desc.max_concurrency = self.settings.agent_concurrency.get(kind)
             desc.active_runs = active.get(kind, 0)
             agents.append(desc)
-        info = RunnerInfo(
+        return RunnerInfo(
             instance=self.settings.runner_id,
             version=VERSION,
             agents=agents,
             active_runs=self.active_runs,
             capacity=self.settings.max_concurrency,
         )
-        await msg.respond(encode(info))
 
     def _hand_back(self, held: Held) -> None:
         held.execution.hand_back()
@@ -379,6 +387,8 @@ class Runner:
         for sub in self._subs:
             with suppress(Exception):
                 await sub.unsubscribe()
+        if self.endpoints is not None:
+            await self.endpoints.stop()
         if self.nc is not None and not self.nc.is_closed:
             try:
                 await self.nc.drain()  # flushes the last acks/naks
