@@ -297,7 +297,7 @@ class Bench:
         self.row(f"fan-out: stalled clients cut off, {n}", db, runs, "stalled_cut_off", "")
 
     def lists(self, db: str) -> None:
-        """Every list and filter of the contract and a run's log against GET-by-id, on the fresh
+        """Every list and filter of the API and a run's log against GET-by-id, on the fresh
         database and again with a million tasks and runs seeded into it."""
         a = self.a
         d = a.duration

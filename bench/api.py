@@ -41,7 +41,7 @@ def cancel_run(system: System, run_id: str) -> None:
 
 
 def list_paths(task_id: str, run_id: str) -> dict[str, str]:
-    """Every list and filter of the contract, and a run's log: name -> path."""
+    """Every list and filter of the API (docs/api.md), and a run's log: name -> path."""
     return {
         "GET /api/tasks?limit=10": "/api/tasks?limit=10",
         "GET /api/tasks?status=completed": "/api/tasks?status=completed&limit=10",

@@ -43,7 +43,7 @@ EVIL = "http://evil.example"
 FREE_TEXT = {"task_id", "run_id", "name", "actor", "action", "target_id"}
 # Free text filters a page to nothing, except on these (a series needs a valid `name` besides).
 NOT_PAGES = {"/api/metrics/series"}
-# Summaries answer 200 for an id with no metrics (CONTRACT.md), so an odd id gets an empty one
+# Summaries answer 200 for an id with no metrics (docs/api.md, Metrics), so an odd id gets an empty one
 # (or a 404 where the id takes the path off the route).
 SUMMARIES = {"/api/metrics/task/{task_id}/summary", "/api/metrics/run/{run_id}/summary"}
 # A valid body per body-taking operation: each case changes one thing of it ("{task_id}" is

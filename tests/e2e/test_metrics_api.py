@@ -1,5 +1,5 @@
-"""Contract v1.1 of `/api/metrics` over HTTP against the real processes: a metric posted by hand,
-the overall and per-agent summaries, series, and the runner's time_to_plan."""
+"""`/api/metrics` as docs/api.md (Metrics) describes it, over HTTP against the real processes: a
+metric posted by hand, the overall and per-agent summaries, series, and the runner's time_to_plan."""
 
 from __future__ import annotations
 

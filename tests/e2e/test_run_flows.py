@@ -33,7 +33,7 @@ async def test_approval_flow_read_your_events(api: Api) -> None:
     run = await api.run(task["id"])
     async with api.ws(f"/ws/runs/{run['id']}?since=0") as ws:
         seen = await events_until(ws, lambda e: e["event_type"] == "approval_required")
-        # The contract's read-your-events rule: the state already shows what the stream said.
+        # docs/api.md's read-your-events rule: the state already shows what the stream said.
         state = await api.get_run(run["id"])
         assert state["status"] == "awaiting_approval" and state["plan"] == {"steps": ["Step 1", "Step 2"]}
         r = await api.http.post(f"/api/runs/{run['id']}/approve", json={"approved": True, "feedback": "lgtm"})

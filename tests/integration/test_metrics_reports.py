@@ -1,5 +1,6 @@
-"""Contract v1.1 of the metrics service: reports (overall, per agent kind), series, percentiles and
-metrics posted by hand, checked against values computed here, on both databases.
+"""The metrics service as docs/api.md (Metrics) describes it: reports (overall, per agent kind),
+series, percentiles and metrics posted by hand, checked against values computed here, on both
+databases.
 
 Percentiles are nearest-rank: the value at rank ceil(p/100 * n) of the sorted values.
 """

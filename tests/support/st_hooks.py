@@ -7,7 +7,7 @@ Each hook makes generated requests mean what the schema says they mean, without 
 - a schema-valid `cursor` is one the gateway handed out (cursors are opaque: the schema can only say
   "a string"), and it goes without `skip` ("pass either skip or cursor");
 - an integral float in a body's integer field is sent as an integer: JSON Schema counts 5.0 as an
-  integer, the gateway (its contract: "of the wrong type: 400") does not, and that 400 is tested
+  integer, the gateway (docs/api.md: a value of the wrong type is a 400) does not, and that 400 is tested
   in tests/e2e/test_hostile_input.py;
 - a body's `date-time` field holds an RFC 3339 time in the future: schemathesis's coverage phase
   ignores `format` and sends `""`, and a key's `expires_at` in the past is refused (400) for a reason

@@ -1,4 +1,4 @@
-"""Run statuses and the transitions the contract allows."""
+"""Run statuses and the transitions between them (docs/api.md, Runs)."""
 
 from typing import Literal, get_args
 

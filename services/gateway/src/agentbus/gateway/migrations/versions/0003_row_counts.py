@@ -4,7 +4,7 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2026-12-01 23:40:00
 
-A page's `total` is exact (the contract). `SELECT count(*)` over a million tasks or runs scans
+A page's `total` is exact (docs/api.md, Pages). `SELECT count(*)` over a million tasks or runs scans
 them all on every page, so triggers keep the counts, in the same transaction as the change.
 Names: `tasks`, `tasks|status=S`, `runs`, `runs|status=S`, `runs|task=T`, `runs|task=T|status=S`.
 
