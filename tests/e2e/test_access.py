@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def may(role: str, method: str, path: str) -> bool:
     """The role table (docs/security.md), written out independently of the gateway's code."""
-    if path.startswith(("/api/keys", "/api/audit")):
+    if path.startswith(("/api/keys", "/api/audit", "/api/webhooks")):
         return role == "admin"
     if method in ("GET", "HEAD"):
         return True
