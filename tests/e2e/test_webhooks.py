@@ -188,7 +188,9 @@ async def test_webhooks_are_for_admins_only(secured: System, admin: Api) -> None
             assert (await http.post("/api/webhooks", json=body, headers=auth)).status_code == 403
             assert (await http.delete(f"/api/webhooks/{hook['id']}", headers=auth)).status_code == 403
         assert (await http.get("/api/webhooks")).status_code == 401
-    assert (await admin.http.get(f"/api/webhooks/{hook['id']}")).json()["id"] == hook["id"]
+    one = await admin.http.get(f"/api/webhooks/{hook['id']}")
+    assert one.json()["id"] == hook["id"] and "secret" not in one.json()
+    assert SECRET not in one.text + (await admin.http.get("/api/webhooks", params={"limit": 100})).text
     assert (await admin.http.delete(f"/api/webhooks/{hook['id']}")).status_code == 204
     assert (await admin.http.get(f"/api/webhooks/{hook['id']}")).status_code == 404
     assert (await admin.http.get(f"/api/webhooks/{hook['id']}/deliveries")).status_code == 404
