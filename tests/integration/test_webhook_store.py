@@ -126,7 +126,7 @@ async def test_the_loop_signs_retries_and_settles(store: GatewayStore) -> None:
         hook = await webhook(store, receiver.url, ["approval_required"])
         await store.store_events([approval(1)])
         clock = [datetime.now(UTC)]
-        loop = Deliveries(store, 2.0, 3, 1.0, 5.0, 0.1, clock=lambda: clock[0])
+        loop = Deliveries(store, 2.0, 3, 1.0, 5.0, 0.1, 7.0, clock=lambda: clock[0])
         loop.http = httpx.AsyncClient(timeout=2.0)  # no loop task: the rounds are driven here
         try:
             assert not await loop.round()
@@ -165,3 +165,15 @@ async def test_deleting_a_webhook_deletes_its_deliveries(store: GatewayStore) ->
     assert await rows(store, hook) == []
     assert await store.webhooks.claim(datetime.now(UTC), 30, 10) == []
     assert not await store.webhooks.delete(hook, entry)
+
+
+async def test_settled_deliveries_are_pruned_after_their_keep(store: GatewayStore) -> None:
+    hook = await webhook(store, "http://127.0.0.1:9/a", ["*"])
+    await store.store_events([event(ev.AnalysisStart, 1), approval(2)])
+    now = datetime.now(UTC)
+    [first, _] = await store.webhooks.claim(now, 30, 10)
+    outcome = {"b_attempts": 1, "b_code": 204, "b_error": None, "b_next": None, "b_delivered": now}
+    await store.webhooks.settle([{**outcome, "b_id": first.id, "b_status": "delivered"}])
+    assert await store.webhooks.prune(now - timedelta(days=1)) == 0  # not old enough
+    assert await store.webhooks.prune(now + timedelta(seconds=1), batch=1) == 1  # the pending one stays
+    assert [r.status for r in await rows(store, hook)] == ["pending"]

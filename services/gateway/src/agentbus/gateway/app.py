@@ -89,6 +89,7 @@ class Gateway:
             s.webhook_backoff_s,
             s.webhook_backoff_max_s,
             s.webhook_poll_s,
+            s.webhook_keep_days,
         )
         self.ingest = EventIngest(
             self.store,

@@ -7,6 +7,7 @@ is delivered; anything else (another status, a redirect, a timeout, a refused co
 tried again after `WEBHOOK_BACKOFF_S` * 2^(attempts - 1), at most `WEBHOOK_BACKOFF_MAX_S`, until
 `WEBHOOK_MAX_ATTEMPTS` attempts have failed: then it is `failed`. The rows are the state, so a
 restarted gateway (or another copy, once a dead copy's claim lapses) goes on where it stopped.
+Settled deliveries are deleted `WEBHOOK_KEEP_DAYS` after they were made.
 
 The body is the event's stored JSON (what the WebSocket sends) with `webhook_id` and
 `delivery_id` added, signed with the webhook's secret. What is kept of a failure is its status
@@ -33,6 +34,7 @@ from agentbus.gateway.store.webhooks import Claimed
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Agentbus-Signature"
 CLAIM_BATCH = 32  # deliveries claimed (and sent at once) per round at most
+PRUNE_EVERY_S = 600.0  # how often settled deliveries older than WEBHOOK_KEEP_DAYS are deleted
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -64,6 +66,7 @@ class Deliveries:
         backoff_s: float,
         backoff_max_s: float,
         poll_s: float,
+        keep_days: float = 7.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
@@ -72,6 +75,8 @@ class Deliveries:
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self.poll_s = poll_s
+        self.keep = timedelta(days=keep_days)
+        self.pruned_at: datetime | None = None
         self.clock = clock
         self.wake = asyncio.Event()
         self.http: httpx.AsyncClient | None = None
@@ -103,6 +108,7 @@ class Deliveries:
     async def _run(self) -> None:
         while True:
             try:
+                await self._prune()
                 busy = await self.round()
             except Exception as exc:  # the database is away: next round
                 log.warning("webhook deliveries: a round failed (%s)", type(exc).__name__)
@@ -112,6 +118,15 @@ class Deliveries:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.poll_s)
             self.wake.clear()
+
+    async def _prune(self) -> None:
+        """Settled deliveries older than WEBHOOK_KEEP_DAYS go (every copy may: a delete is idempotent)."""
+        now = self.clock()
+        if self.pruned_at is not None and (now - self.pruned_at).total_seconds() < PRUNE_EVERY_S:
+            return
+        self.pruned_at = now
+        if n := await self.store.webhooks.prune(now - self.keep):
+            log.info("webhook deliveries: %d settled ones older than %s deleted", n, self.keep)
 
     async def round(self) -> bool:
         """Claim, send and settle the due deliveries; True when the batch was full."""

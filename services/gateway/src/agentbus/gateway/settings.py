@@ -304,6 +304,14 @@ class Settings(EnvSettings, frozen=True, kw_only=True):
     webhook_backoff_max_s: Annotated[
         float, env("WEBHOOK_BACKOFF_MAX_S", "longest wait between two attempts of a webhook delivery", gt=0)
     ] = 300.0
+    webhook_keep_days: Annotated[
+        float,
+        env(
+            "WEBHOOK_KEEP_DAYS",
+            "days a delivered or failed webhook delivery is kept (`/api/webhooks/{id}/deliveries`)",
+            gt=0,
+        ),
+    ] = 7.0
     webhook_poll_s: Annotated[
         float,
         env(

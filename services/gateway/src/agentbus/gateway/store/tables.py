@@ -223,4 +223,5 @@ webhook_deliveries = Table(
     UniqueConstraint("webhook_id", "run_id", "seq", name="uq_webhook_deliveries_event"),
     Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
     Index("ix_webhook_deliveries_webhook", "webhook_id", "created_at", "id"),
+    Index("ix_webhook_deliveries_created", "created_at"),  # pruning settled ones (WEBHOOK_KEEP_DAYS)
 )

@@ -261,3 +261,20 @@ class Webhooks:
         d = webhook_deliveries
         stmt = d.update().where(d.c.id.in_(ids), d.c.status == "pending").values(claimed_until=None)
         await self.writer(lambda conn: conn.execute(stmt))
+
+    async def prune(self, before: datetime, batch: int = 1000) -> int:
+        """Delete settled deliveries made before `before`, a short transaction per `batch` rows."""
+        d = webhook_deliveries
+        old = (
+            select(d.c.id)
+            .where(d.c.created_at < before, d.c.status != "pending")
+            .limit(batch)
+            .scalar_subquery()
+        )
+        stmt = d.delete().where(d.c.id.in_(old))
+        deleted = 0
+        while True:
+            n = int(await self.writer(lambda conn: conn.execute(stmt).rowcount) or 0)
+            deleted += n
+            if n < batch:
+                return deleted

@@ -7,7 +7,8 @@ Create Date: 2026-12-06 20:00:00
 - `webhooks`: url, the event types asked for (or `*`), the signing secret (kept as given: the
   gateway signs with it), who made it.
 - `webhook_deliveries`: inserted in the transaction that stores the event (at least once, and once
-  across gateway copies: unique per webhook and event), sent and retried by `gateway/deliveries.py`.
+  across gateway copies: unique per webhook and event), sent and retried by `gateway/deliveries.py`,
+  deleted `WEBHOOK_KEEP_DAYS` after they were made once settled (delivered or failed).
 """
 
 import sqlalchemy as sa
@@ -55,6 +56,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_webhook_deliveries_due", "webhook_deliveries", ["status", "next_attempt_at"])
     op.create_index("ix_webhook_deliveries_webhook", "webhook_deliveries", ["webhook_id", "created_at", "id"])
+    op.create_index("ix_webhook_deliveries_created", "webhook_deliveries", ["created_at"])
 
 
 def downgrade() -> None:
