@@ -23,6 +23,7 @@ from agentbus.gateway.store import GatewayStore
 from agentbus.gateway.store.people import AuditEntry
 from tests.support.gateway_db import engine_with_a_run
 from tests.support.receiver import Receiver
+from tests.support.waiting import eventually
 
 SECRET = "integration-secret-0123456789"
 ACTOR = {"id": "admin", "name": "admin", "role": "admin"}
@@ -129,13 +130,13 @@ async def test_the_loop_signs_retries_and_settles(store: GatewayStore) -> None:
         loop = Deliveries(store, 2.0, 3, 1.0, 5.0, 0.1, 7.0, clock=lambda: clock[0])
         loop.http = httpx.AsyncClient(timeout=2.0)  # no loop task: the rounds are driven here
         try:
-            assert not await loop.round()
+            await asyncio.gather(*await loop.round())
             [row] = await rows(store, hook)
             assert (row.status, row.attempts, row.last_status_code) == ("pending", 1, 500)
             assert row.next_attempt_at == clock[0] + timedelta(seconds=1)
-            assert not await loop.round() and len(receiver.requests) == 1  # not due yet
+            assert await loop.round() == [] and len(receiver.requests) == 1  # not due yet
             clock[0] += timedelta(seconds=1)
-            await loop.round()
+            await asyncio.gather(*await loop.round())
         finally:
             await loop.http.aclose()
         [row] = await rows(store, hook)
@@ -177,3 +178,25 @@ async def test_settled_deliveries_are_pruned_after_their_keep(store: GatewayStor
     assert await store.webhooks.prune(now - timedelta(days=1)) == 0  # not old enough
     assert await store.webhooks.prune(now + timedelta(seconds=1), batch=1) == 1  # the pending one stays
     assert [r.status for r in await rows(store, hook)] == ["pending"]
+
+
+async def test_a_slow_receiver_holds_only_its_own_delivery(store: GatewayStore) -> None:
+    with Receiver(delay_s=1.5) as slow, Receiver() as fast:
+        slow_hook = await webhook(store, slow.url, ["approval_required"])
+        fast_hook = await webhook(store, fast.url, ["approval_required"])
+        await store.store_events([approval(1)])
+        loop = Deliveries(store, 3.0, 3, 1.0, 5.0, 0.1, 7.0)
+        loop.http = httpx.AsyncClient(timeout=3.0)
+        try:
+            attempts = await loop.round()
+            assert len(attempts) == 2
+
+            async def fast_delivered() -> bool:
+                return [r.status for r in await rows(store, fast_hook)] == ["delivered"]
+
+            await eventually(fast_delivered, timeout=1.0, what="the fast receiver's delivery")
+            assert [r.status for r in await rows(store, slow_hook)] == ["pending"]  # still in flight
+            await asyncio.gather(*attempts)
+        finally:
+            await loop.http.aclose()
+        assert [r.status for r in await rows(store, slow_hook)] == ["delivered"]

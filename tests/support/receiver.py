@@ -1,5 +1,5 @@
 """A real HTTP receiver of webhook deliveries on loopback: records every request it gets, and answers
-500 to the first `fail_first` of them (then 204)."""
+500 to the first `fail_first` of them (then 204), each after `delay_s`."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ class Received:
 
 
 class Receiver:
-    def __init__(self, port: int | None = None, fail_first: int = 0) -> None:
+    def __init__(self, port: int | None = None, fail_first: int = 0, delay_s: float = 0.0) -> None:
         self.port = port or free_port()
         self.fail_first = fail_first
+        self.delay_s = delay_s
         self.requests: list[Received] = []
         self._server: ThreadingHTTPServer | None = None
         self._lock = threading.Lock()
@@ -45,6 +46,7 @@ class Receiver:
                         )
                     )
                     failing = len(receiver.requests) <= receiver.fail_first
+                time.sleep(receiver.delay_s)
                 self.send_response(500 if failing else 204)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

@@ -1,8 +1,9 @@
 """Sends webhook deliveries: a loop started in the app's lifespan, on every gateway copy.
 
-Each round claims the due deliveries (`GatewayStore.webhooks.claim`: a copy holds them for the
-request timeout plus a margin, so no other copy sends them meanwhile), POSTs each to its webhook
-(concurrently, `WEBHOOK_TIMEOUT_S` each) and writes the outcomes in one transaction. A 2xx answer
+Each round claims due deliveries for its free slots (`GatewayStore.webhooks.claim`: a copy holds
+them for the request timeout plus a margin, so no other copy sends them meanwhile) and POSTs each
+to its webhook in a task of its own (`WEBHOOK_TIMEOUT_S` each, at most `SLOTS` at once: a slow
+receiver holds its own slots, not the others'), which then writes the attempt's outcome. A 2xx answer
 is delivered; anything else (another status, a redirect, a timeout, a refused connection) is
 tried again after `WEBHOOK_BACKOFF_S` * 2^(attempts - 1), at most `WEBHOOK_BACKOFF_MAX_S`, until
 `WEBHOOK_MAX_ATTEMPTS` attempts have failed: then it is `failed`. The rows are the state, so a
@@ -33,7 +34,7 @@ from agentbus.gateway.store.webhooks import Claimed
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Agentbus-Signature"
-CLAIM_BATCH = 32  # deliveries claimed (and sent at once) per round at most
+SLOTS = 32  # deliveries being sent at once at most, by one gateway copy
 PRUNE_EVERY_S = 600.0  # how often settled deliveries older than WEBHOOK_KEEP_DAYS are deleted
 
 
@@ -81,7 +82,8 @@ class Deliveries:
         self.wake = asyncio.Event()
         self.http: httpx.AsyncClient | None = None
         self.task: asyncio.Task[None] | None = None
-        self.in_flight: list[str] = []  # claimed by the round under way
+        self.sending: dict[str, asyncio.Task[None]] = {}  # delivery id -> its attempt under way
+        self.backlog = False  # the last claim filled every free slot: more may be due
         # read by the Prometheus exposition: attempts by outcome
         self.counts = {"delivered": 0, "retried": 0, "failed": 0}
 
@@ -99,9 +101,13 @@ class Deliveries:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
-        if self.in_flight:  # stopped mid-round: its claims go back now, not when they lapse
+        unsent = list(self.sending)
+        for task in list(self.sending.values()):
+            task.cancel()
+        await asyncio.gather(*self.sending.values(), return_exceptions=True)
+        if unsent:  # stopped mid-attempt: the claims go back now, not when they lapse
             with contextlib.suppress(Exception):
-                await self.store.webhooks.release(self.in_flight)
+                await self.store.webhooks.release(unsent)
         if self.http is not None:
             await self.http.aclose()
 
@@ -109,12 +115,10 @@ class Deliveries:
         while True:
             try:
                 await self._prune()
-                busy = await self.round()
+                await self.round()
             except Exception as exc:  # the database is away: next round
                 log.warning("webhook deliveries: a round failed (%s)", type(exc).__name__)
-                busy = False
-            if busy:
-                continue  # a full batch: more may be due
+            # Woken by new deliveries, or by a slot freed while more may be due; else at the poll.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.poll_s)
             self.wake.clear()
@@ -128,17 +132,35 @@ class Deliveries:
         if n := await self.store.webhooks.prune(now - self.keep):
             log.info("webhook deliveries: %d settled ones older than %s deleted", n, self.keep)
 
-    async def round(self) -> bool:
-        """Claim, send and settle the due deliveries; True when the batch was full."""
-        hold_s = self.timeout_s + 10.0
-        claimed = await self.store.webhooks.claim(self.clock(), hold_s, CLAIM_BATCH)
-        if not claimed:
-            return False
-        results = await asyncio.gather(*(self._send(d) for d in claimed))
-        await self.store.webhooks.settle(
-            [self._outcome(d, *r) for d, r in zip(claimed, results, strict=True)]
-        )
-        return len(claimed) == CLAIM_BATCH
+    async def round(self) -> list[asyncio.Task[None]]:
+        """Claim due deliveries for the free slots and start an attempt at each (its own task, so a
+        slow receiver holds its slot only, not the others'); the attempts started."""
+        free = SLOTS - len(self.sending)
+        if free <= 0:
+            return []
+        claimed = await self.store.webhooks.claim(self.clock(), self.timeout_s + 10.0, free)
+        self.backlog = len(claimed) == free
+        started = []
+        for delivery in claimed:
+            task = asyncio.create_task(self._attempt(delivery), name=f"webhook-delivery-{delivery.id}")
+            self.sending[delivery.id] = task
+            task.add_done_callback(lambda _, key=delivery.id: self._done(key))
+            started.append(task)
+        return started
+
+    def _done(self, delivery_id: str) -> None:
+        self.sending.pop(delivery_id, None)
+        if self.backlog:  # a slot is free and more were due
+            self.wake.set()
+
+    async def _attempt(self, delivery: Claimed) -> None:
+        code, error = await self._send(delivery)
+        try:
+            await self.store.webhooks.settle([self._outcome(delivery, code, error)])
+        except Exception as exc:  # the claim lapses and the delivery is tried again
+            log.warning(
+                "webhook delivery %s: its outcome was not stored (%s)", delivery.id, type(exc).__name__
+            )
 
     async def _send(self, delivery: Claimed) -> tuple[int | None, str | None]:
         """(status code, None) of an answer; (None, why) when there was none."""
