@@ -20,16 +20,26 @@ def system() -> Iterator[System]:
 
 # The admin token of `secured`, the system with authentication on.
 ADMIN = "e2e-admin-token-0123456789abcdef"
+# Its webhook deliveries: attempts 0.2 s, 0.4 s, 0.8 s, then 1 s apart; failed after the 6th.
+WEBHOOK_SETTINGS = {
+    "WEBHOOK_BACKOFF_S": "0.2",
+    "WEBHOOK_BACKOFF_MAX_S": "1",
+    "WEBHOOK_MAX_ATTEMPTS": "6",
+    "WEBHOOK_TIMEOUT_S": "2",
+    "WEBHOOK_POLL_S": "0.2",
+}
 
 
 @pytest.fixture(scope="session")
 def secured() -> Iterator[System]:
-    """A second system, with authentication on; writes are not throttled (schemathesis sends many)."""
+    """A second system, with authentication on; writes are not throttled (schemathesis sends many);
+    webhook deliveries are retried within seconds (tests/e2e/test_webhooks.py)."""
     sys_ = start_system(
         AGENTBUS_ADMIN_TOKEN=ADMIN,
         GATEWAY_WRITE_RATE="100000",
         GATEWAY_WRITE_BURST="100000",
         WS_HEARTBEAT_S="0.5",
+        **WEBHOOK_SETTINGS,
     )
     try:
         yield sys_

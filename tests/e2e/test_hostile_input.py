@@ -58,6 +58,12 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
     "POST /api/keys": {"name": "hostile", "role": "viewer"},
     # A run that does not exist: a body that slips through is a 404, and writes nothing.
     "POST /api/metrics": {"run_id": "hostile", "name": "hostile", "value": 1.0},
+    # A receiver nobody runs: a body that slipped through would store a webhook (the test fails).
+    "POST /api/webhooks": {
+        "url": "http://127.0.0.1:9/hostile",
+        "events": ["completion"],
+        "secret": "hostile-secret-0123456789",
+    },
 }
 
 INTEGERS = {

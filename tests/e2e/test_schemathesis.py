@@ -46,7 +46,20 @@ async def _get(api: Api, path: str, **params: Any) -> Any:
 
 async def stored_things(api: Api) -> dict[str, str]:
     """A task with two finished runs, the first with an artifact and metrics; two approved plans (of
-    another task's runs); two API keys; page cursors."""
+    another task's runs); two API keys; two webhooks, the first with the runs' deliveries (to a port
+    no one listens on); page cursors."""
+    hooks = []
+    for _ in range(2):
+        r = await api.http.post(
+            "/api/webhooks",
+            json={
+                "url": "http://127.0.0.1:9/seed",
+                "events": ["completion"],
+                "secret": "schemathesis-seed-0123",
+            },
+        )
+        assert r.status_code == 201, r.text
+        hooks.append(r.json()["id"])
     task = await api.task(
         name="schemathesis seed",
         require_approval=False,
@@ -68,6 +81,11 @@ async def stored_things(api: Api) -> dict[str, str]:
         r = await api.http.post("/api/keys", json={"name": f"schemathesis {role}", "role": role})
         assert r.status_code == 201, r.text
     run_id = runs[0]["id"]
+    webhook_id = hooks[0]
+
+    async def delivery_cursor() -> str | None:
+        return (await _get(api, f"/api/webhooks/{webhook_id}/deliveries", limit=1))["next_cursor"]
+
     artifacts = await _get(api, f"/api/runs/{run_id}/artifacts")
     assert artifacts, "the scripted agent writes result.json"
 
@@ -86,6 +104,9 @@ async def stored_things(api: Api) -> dict[str, str]:
         "approval_cursor": (await _get(api, "/api/approvals", limit=1))["next_cursor"],
         "key_cursor": (await _get(api, "/api/keys", limit=1))["next_cursor"],
         "audit_cursor": (await _get(api, "/api/audit", limit=1))["next_cursor"],
+        "webhook_id": webhook_id,
+        "webhook_cursor": (await _get(api, "/api/webhooks", limit=1))["next_cursor"],
+        "delivery_cursor": await eventually(delivery_cursor, what="two deliveries of the seeded webhook"),
     }
 
 

@@ -32,6 +32,7 @@ IDS = {
     "run_id": KNOWN.get("run_id"),
     "metric_id": KNOWN.get("metric_id"),
     "approval_id": KNOWN.get("approval_id"),
+    "webhook_id": KNOWN.get("webhook_id"),
     "kind": "scripted",
 }
 CURSORS = {
@@ -40,6 +41,8 @@ CURSORS = {
     "/api/approvals": KNOWN.get("approval_cursor"),
     "/api/keys": KNOWN.get("key_cursor"),
     "/api/audit": KNOWN.get("audit_cursor"),
+    "/api/webhooks": KNOWN.get("webhook_cursor"),
+    "/api/webhooks/{webhook_id}/deliveries": KNOWN.get("delivery_cursor"),
 }
 BIG = 2**63 - 1
 

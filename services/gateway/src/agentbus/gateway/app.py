@@ -29,6 +29,7 @@ from agentbus.gateway.admission import Admission
 from agentbus.gateway.agents import AgentController, Discovery
 from agentbus.gateway.approvals import ApprovalController, ApprovalService
 from agentbus.gateway.bus import Bus
+from agentbus.gateway.deliveries import Deliveries
 from agentbus.gateway.errors import EXCEPTION_HANDLERS, GatewayRequest, unexpected
 from agentbus.gateway.exposition import Exposition, prometheus_metrics
 from agentbus.gateway.guard import Guard, Methods, MethodTable
@@ -47,6 +48,7 @@ from agentbus.gateway.streams.hub import Hub
 from agentbus.gateway.streams.routes import all_stream, run_stream, task_stream
 from agentbus.gateway.streams.sse import run_event_stream
 from agentbus.gateway.tasks import TaskController, TaskService
+from agentbus.gateway.webhooks import WebhookController
 
 __all__ = ["MIGRATIONS", "Gateway", "create_app"]
 
@@ -57,7 +59,8 @@ SECURITY_SCHEMES: dict[str, Any] = {
         scheme="bearer",
         description="An API key (`ab_...`), the admin token, or a JWT; streams also take `?token=`. "
         "Roles: viewer (every GET, every stream), operator (+ create, update, delete tasks and runs, "
-        "cancel runs), approver (+ approve and reject), admin (everything, keys and the audit trail).",
+        "cancel runs), approver (+ approve and reject), admin (everything, keys, webhooks and the audit "
+        "trail).",
     )
 }
 
@@ -79,8 +82,22 @@ class Gateway:
         self.exposition = Exposition(self.store, self.bus)  # /metrics: what is counted, and read
         self.admission = Admission(self.store, self.bus)  # runs over a task's max_concurrent_runs
         self.hub = Hub(self.store, s.ws_heartbeat_s, s.ws_queue_size, origin, on_frames=self.admission.stored)
+        self.deliveries = Deliveries(
+            self.store,
+            s.webhook_timeout_s,
+            s.webhook_max_attempts,
+            s.webhook_backoff_s,
+            s.webhook_backoff_max_s,
+            s.webhook_poll_s,
+            s.webhook_keep_days,
+        )
         self.ingest = EventIngest(
-            self.store, self.bus, on_stored=self._stored, origin=origin, batch=s.ingest_batch
+            self.store,
+            self.bus,
+            on_stored=self._stored,
+            origin=origin,
+            batch=s.ingest_batch,
+            on_deliveries=self.deliveries.nudge,
         )
         self.reaper = Reaper(
             self.store,
@@ -106,7 +123,7 @@ class Gateway:
         self.runs = RunService(
             self.store, self.bus, self.discovery, self.lifecycle, self.tasks, watch=self.admission.watch
         )
-        self.exposition.watch(self.hub, self.ingest, self.reaper)
+        self.exposition.watch(self.hub, self.ingest, self.reaper, self.deliveries)
         self.app = self._app()
         self.methods = MethodTable(self.app)
         guarded = Guard(Methods(self.app, self.methods), s.served_hosts(), s.cors_origins)
@@ -132,8 +149,10 @@ class Gateway:
             await self.hub.start(self.bus.nc, subjects.EVENTS_LIVE_ALL)
             await self.ingest.start()
             await self.reaper.start()
+            await self.deliveries.start()  # pending deliveries of earlier lives are sent too
             yield
         finally:
+            await self.deliveries.stop()
             await self.reaper.stop()
             await self.hub.stop()
             await self.ingest.stop()
@@ -161,6 +180,7 @@ class Gateway:
                 run_event_stream,
                 KeyController,
                 AuditController,
+                WebhookController,
                 me,
             ],
             dependencies={

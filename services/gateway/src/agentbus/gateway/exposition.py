@@ -23,6 +23,7 @@ from agentbus.common.prom import CONTENT_TYPE, ConsumerWatch, Scraped, new_regis
 from agentbus.contracts import subjects
 from agentbus.contracts.events import TERMINAL_EVENT_TYPES
 from agentbus.gateway.access import needs
+from agentbus.gateway.deliveries import Deliveries
 from agentbus.gateway.errors import documented
 from agentbus.gateway.ingest import EventIngest
 from agentbus.gateway.reaper import Reaper
@@ -77,6 +78,7 @@ class Exposition:
         self.hub: Hub | None = None
         self.ingest: EventIngest | None = None
         self.reaper: Reaper | None = None
+        self.deliveries: Deliveries | None = None
         self.registry = new_registry()
         self.runs_ended = Counter(
             "agentbus_runs_ended",
@@ -110,9 +112,11 @@ class Exposition:
         )
         self.registry.register(Scraped(self._live))
 
-    def watch(self, hub: Hub, ingest: EventIngest, reaper: Reaper) -> None:
+    def watch(
+        self, hub: Hub, ingest: EventIngest, reaper: Reaper, deliveries: Deliveries | None = None
+    ) -> None:
         """The pieces whose counters are read at scrape time."""
-        self.hub, self.ingest, self.reaper = hub, ingest, reaper
+        self.hub, self.ingest, self.reaper, self.deliveries = hub, ingest, reaper, deliveries
 
     def stored(self, batch: Batch) -> None:
         """Events just stored (before the ingest's `on_stored`): runs that ended are counted, once
@@ -180,6 +184,14 @@ class Exposition:
             "action",
             self.reaper.actions,
         )
+        if self.deliveries is not None:
+            yield _counter(
+                "agentbus_gateway_webhook_deliveries",
+                "webhook delivery attempts by outcome: delivered (a 2xx), retried (another answer or "
+                "none; tried again later), failed (the last attempt failed: given up)",
+                "outcome",
+                self.deliveries.counts,
+            )
         yield from pool_metrics(self.store.engine)
         yield from self.consumers.metrics()
 

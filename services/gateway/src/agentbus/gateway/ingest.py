@@ -35,9 +35,16 @@ OnStored = Callable[[Batch], None]
 
 class EventIngest:
     def __init__(
-        self, store: GatewayStore, bus: Bus, on_stored: OnStored, origin: str, batch: int = 500
+        self,
+        store: GatewayStore,
+        bus: Bus,
+        on_stored: OnStored,
+        origin: str,
+        batch: int = 500,
+        on_deliveries: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
+        self.on_deliveries = on_deliveries  # a batch made webhook deliveries (committed with it)
         self.bus = bus
         self.conflicts = Conflicts(store, bus)
         self.on_stored = on_stored
@@ -143,6 +150,8 @@ class EventIngest:
                 self.dead_letters += 1
                 await self.bus.nc.publish(subjects.EVENTS_DEAD, m.data)
         result = await self.store.store_events(decoded) if decoded else Stored([], [])
+        if result.deliveries and self.on_deliveries is not None:
+            self.on_deliveries()
         stored = list(result.events)
         later: set[int] = set()  # ids of the messages of conflicts to decide on a later delivery
         for conflict in result.conflicts:

@@ -286,6 +286,41 @@ class Settings(EnvSettings, frozen=True, kw_only=True):
     reaper_interval_s: Annotated[
         float, env("REAPER_INTERVAL_S", "seconds between the reaper's rounds", gt=0)
     ] = 10.0
+    webhook_timeout_s: Annotated[
+        float, env("WEBHOOK_TIMEOUT_S", "seconds a webhook delivery waits for the receiver's answer", gt=0)
+    ] = 5.0
+    webhook_max_attempts: Annotated[
+        int,
+        env("WEBHOOK_MAX_ATTEMPTS", "attempts of a webhook delivery before it is `failed`", ge=1, le=100),
+    ] = 8
+    webhook_backoff_s: Annotated[
+        float,
+        env(
+            "WEBHOOK_BACKOFF_S",
+            "seconds before a failed webhook delivery's second attempt; doubled after each failure",
+            gt=0,
+        ),
+    ] = 1.0
+    webhook_backoff_max_s: Annotated[
+        float, env("WEBHOOK_BACKOFF_MAX_S", "longest wait between two attempts of a webhook delivery", gt=0)
+    ] = 300.0
+    webhook_keep_days: Annotated[
+        float,
+        env(
+            "WEBHOOK_KEEP_DAYS",
+            "days a delivered or failed webhook delivery is kept (`/api/webhooks/{id}/deliveries`)",
+            gt=0,
+        ),
+    ] = 7.0
+    webhook_poll_s: Annotated[
+        float,
+        env(
+            "WEBHOOK_POLL_S",
+            "seconds between looks for due webhook deliveries (new ones are sent at once by the copy "
+            "that stored their event)",
+            gt=0,
+        ),
+    ] = 1.0
     db_pool_size: Annotated[
         int,
         env(

@@ -37,6 +37,7 @@ from agentbus.gateway.store.lists import BadCursor, Page
 from agentbus.gateway.store.people import AUDIT_INSERT, AuditEntry, People, audit_row
 from agentbus.gateway.store.reads import RowReader
 from agentbus.gateway.store.tables import artifacts, runs, tasks
+from agentbus.gateway.store.webhooks import Webhooks
 from agentbus.gateway.store.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class GatewayStore(EventLogReads):
         self.approvals = Approvals(self.engine, self.reader)  # the approvals inbox's reads
         self.people = People(self.engine, self.writer)  # API keys and the audit trail
         self.held = HeldRuns(self.engine, self.writer)  # runs over their task's max_concurrent_runs
+        self.webhooks = Webhooks(self.engine, self.writer)  # webhooks and their deliveries
 
     async def open(self) -> None:
         log.info("database %s", redact(str(self.engine.url)))

@@ -219,6 +219,7 @@ class Stored(NamedTuple):
 
     events: Batch
     conflicts: list[Conflict]
+    deliveries: int = 0  # webhook deliveries made in the same transaction (store/webhooks.py)
 
 
 def duplicates(

@@ -4,8 +4,10 @@ Both forms run the same steps and write the same `Effects` (computed once, in `e
 lock the batch's runs, insert the events with ON CONFLICT DO NOTHING RETURNING (which tells new
 events from redeliveries), then update the runs, their tasks' statuses and, for runs that ended,
 the tasks' counters, upsert the artifacts index, and keep the approvals inbox (settle pending
-requests, then add new ones, ON CONFLICT DO NOTHING; `approval_effects.py`). A batch without
-approval or terminal events runs no inbox statement.
+requests, then add new ones, ON CONFLICT DO NOTHING; `approval_effects.py`), and make the webhook
+deliveries of the new events (`webhooks.py`: one read of the small `webhooks` table, an insert only
+when a webhook asks for one of them). A batch without approval or terminal events runs no inbox
+statement.
 
 - SQLite (`SqliteEventBatch`): SQLAlchemy Core statements, built once, run as one unit of the
   process's writer thread (one hand-off per batch, on the connection that holds the write lock;
@@ -20,6 +22,7 @@ approval or terminal events runs no inbox statement.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -40,6 +43,7 @@ from agentbus.gateway.store.effects import (
     new_candidates,
 )
 from agentbus.gateway.store.tables import approvals, artifacts, run_events, runs, tasks
+from agentbus.gateway.store.webhooks import pg_deliveries, sqlite_deliveries
 from agentbus.gateway.store.writer import Writer
 
 
@@ -146,7 +150,8 @@ class SqliteEventBatch:
             conn.execute(self._SETTLE_APPROVALS, _binds(effects.approval_settles))
         if effects.approvals:
             conn.execute(self._INSERT_APPROVALS, [a._asdict() for a in effects.approvals])
-        return Stored(effects.stored, conflicts)
+        deliveries = sqlite_deliveries(conn, effects.stored, datetime.now(UTC))
+        return Stored(effects.stored, conflicts, deliveries)
 
     async def close(self) -> None:
         pass  # the writer belongs to the store
@@ -255,7 +260,8 @@ class PgEventBatch:
             await db.executemany(self.SETTLE_APPROVALS, effects.approval_settles)
         if effects.approvals:
             await db.executemany(self.INSERT_APPROVALS, [_pg_approval(a) for a in effects.approvals])
-        return Stored(effects.stored, conflicts)
+        deliveries = await pg_deliveries(db, effects.stored, datetime.now(UTC))
+        return Stored(effects.stored, conflicts, deliveries)
 
 
 def _pg_run(change: tuple[Any, ...]) -> list[Any]:

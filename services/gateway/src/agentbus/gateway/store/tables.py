@@ -185,3 +185,43 @@ approvals = Table(
     Index("ix_approvals_task", "task_id", "requested_at", "id"),
     Index("ix_approvals_run", "run_id", "plan_version"),
 )
+
+# Webhooks (migration 0007): where run events are POSTed. `secret` signs each delivery (HMAC-SHA256),
+# so it is kept as given; no answer, log, error or audit entry carries it.
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("url", String(2048), nullable=False),
+    Column("events", JSONType, nullable=False),  # event types, or ["*"]
+    Column("secret", String(256), nullable=False),
+    Column("created_by", JSONType),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_webhooks_created", "created_at", "id"),
+)
+
+# One row per (webhook, stored event) it asked for, inserted in the transaction that stores the
+# event; `payload` is the event's stored JSON (a run deleted later still has its deliveries sent).
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("webhook_id", String(32), ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False),
+    Column("event_type", String(40), nullable=False),
+    Column("run_id", String(32), nullable=False),
+    Column("task_id", String(32), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # pending, delivered, failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_status_code", Integer),
+    Column("last_error", String(200)),
+    Column("next_attempt_at", UTCDateTime),  # pending: due then; null once settled
+    Column("claimed_until", UTCDateTime),  # a gateway copy is sending it until then
+    Column("delivered_at", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("webhook_id", "run_id", "seq", name="uq_webhook_deliveries_event"),
+    Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    Index("ix_webhook_deliveries_webhook", "webhook_id", "created_at", "id"),
+    Index("ix_webhook_deliveries_created", "created_at"),  # pruning settled ones (WEBHOOK_KEEP_DAYS)
+)
