@@ -174,7 +174,8 @@ class Health(msgspec.Struct, kw_only=True):
 
 
 class Ready(msgspec.Struct, kw_only=True):
-    """`/ready`: `status` is "ok" only when every check holds (a 503 is returned as this too)."""
+    """`/ready`: `status` is "ready" only when every check holds (a 503 is returned as this too,
+    with `detail` naming what does not answer)."""
 
     status: str = "unavailable"
     checks: dict[str, bool] = {}
