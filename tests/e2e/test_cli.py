@@ -90,7 +90,7 @@ def test_exit_codes_and_json(system: System) -> None:
     assert json.loads(res["failed"][1].splitlines()[-1])["event_type"] == "failure"
     assert "Approve this plan?" not in res["timeout"][1] and "timeout" in res["timeout"][2]
     assert json.loads(res["unknown run"][1]) == {"status_code": 404, "detail": "run no-such-run not found"}
-    assert "not found" in res["unknown run"][2] and "many" in res["bad option"][2]
+    assert "not found" in res["unknown run"][2] and "--limit" in res["bad option"][2]
 
 
 def test_every_command(secured: System, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
