@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,32 @@ def test_exit_codes_and_json(system: System) -> None:
     assert json.loads(res["failed"][1].splitlines()[-1])["event_type"] == "failure"
     assert "Approve this plan?" not in res["timeout"][1] and "timeout" in res["timeout"][2]
     assert json.loads(res["unknown run"][1]) == {"status_code": 404, "detail": "run no-such-run not found"}
+
+    # examples/watch.py, a thin use of the client: the gateway from GATEWAY_PORT, the run's outcome
+    # as its exit code, an unknown run a message.
+    port = system.base_url.rsplit(":", 1)[1]
+    watch_env = {**cli_env(system), "GATEWAY_PORT": port}
+    del watch_env["AGENTBUS_URL"]
+    watched = {
+        "completed": (run["id"], 0),
+        "failed": (json.loads(res["failed"][1].splitlines()[0])["id"], 1),
+        "unknown": ("no-such-run", 4),
+    }
+    example = str(ROOT / "examples" / "watch.py")
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, example, run_id],
+            env=watch_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, (run_id, _) in watched.items()
+    }
+    outcomes = {name: (p.wait(60), *p.communicate()) for name, p in procs.items()}
+    assert {n: o[0] for n, o in outcomes.items()} == {n: w[1] for n, w in watched.items()}, outcomes
+    assert "not found" in outcomes["unknown"][2] and "Traceback" not in outcomes["unknown"][2]
+    assert outcomes["failed"][1].splitlines()[-1].split()[1] == "failure"
     assert "not found" in res["unknown run"][2] and "--limit" in res["bad option"][2]
 
 
@@ -144,3 +171,31 @@ def test_every_command(secured: System, tmp_path: Path, monkeypatch: pytest.Monk
     assert runner.invoke(app, ["runs", "show"], env=env).exit_code == 2
     nowhere = runner.invoke(app, ["tasks", "list", "--url", "http://127.0.0.1:1"], env=env)
     assert nowhere.exit_code == 1 and "cannot reach the gateway" in nowhere.output
+
+
+def test_readme_command_line_section_runs_as_written(system: System, tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The command line and the Python client", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    (snippet,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    marker = "=== next block ==="
+    script = "set -euo pipefail\n" + f"\necho '{marker}'\n".join(blocks)
+    script += f"\necho '{marker}'\n.venv/bin/python -c \"$SNIPPET\"\n"
+    env = cli_env(system, SNIPPET=snippet)
+    out = subprocess.run(
+        ["bash", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    watched, listed, python = out.stdout.split(marker)
+    assert "Plan (version 1):" in watched and "3. Step 3" in watched and "Plan approved" in watched
+    assert "100%" in watched and re.search(r"Run \w+ completed in", watched), watched
+    assert re.search(r"completed", listed) and re.search(r"\bsteps\b", listed), listed
+    assert python.split()[-2:] == [python.split()[-2], "Completion"], python

@@ -13,18 +13,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from agentbus.client import _base
+from agentbus.client._async_api import AsyncApi
 from agentbus.client.errors import CLOSE_STATUS, ConnectionFailed, error_for
 from agentbus.client.events import TERMINAL_EVENT_TYPES, RunEvent, event_type, parse_frame
-
-if TYPE_CHECKING:
-    from agentbus.client.aio import AsyncClient
 
 TERMINAL_RUN_STATUSES = frozenset({"completed", "failed", "rejected", "cancelled", "timeout"})
 # The gateway sends a heartbeat at least every 15 s: silence this long means a dead connection.
@@ -49,7 +46,7 @@ class Delivered:
 
 
 async def follow(
-    client: AsyncClient,
+    client: AsyncApi,
     *,
     run_id: str | None = None,
     task_id: str | None = None,
@@ -121,7 +118,7 @@ async def follow(
         delay = min(delay * 2, 1.0)
 
 
-async def _between(client: AsyncClient, seen: Delivered, event: RunEvent) -> list[RunEvent]:
+async def _between(client: AsyncApi, seen: Delivered, event: RunEvent) -> list[RunEvent]:
     """The stored events of a known run between the last one delivered and `event`."""
     last = seen.last[event.run_id]
     if event.seq <= last + 1:
@@ -131,7 +128,7 @@ async def _between(client: AsyncClient, seen: Delivered, event: RunEvent) -> lis
 
 
 async def _backfill(
-    client: AsyncClient, seen: Delivered, task_id: str | None, started: datetime
+    client: AsyncApi, seen: Delivered, task_id: str | None, started: datetime
 ) -> list[RunEvent]:
     """After a reconnect: what the gap held, from the stored events."""
     run_ids = [rid for rid in seen.last if rid not in seen.ended]
