@@ -171,6 +171,20 @@ def test_every_command(secured: System, tmp_path: Path, monkeypatch: pytest.Monk
     assert runner.invoke(app, ["runs", "show"], env=env).exit_code == 2
     nowhere = runner.invoke(app, ["tasks", "list", "--url", "http://127.0.0.1:1"], env=env)
     assert nowhere.exit_code == 1 and "cannot reach the gateway" in nowhere.output
+    # Hostile input: a message and an exit code, never a traceback.
+    hostile = {
+        ("runs", "show", "../../api/tasks"): 4,  # an id stays one path segment
+        ("runs", "watch", ""): 1,
+        ("tasks", "list", "--token", "tok\nen"): 2,
+        ("tasks", "list", "--url", "ftp://x"): 2,
+        ("tasks", "create", "x" * 201): 1,  # the gateway's 400
+        ("tasks", "create", "x", "--agent-config", "[1"): 2,
+    }
+    for args, code in hostile.items():
+        result = runner.invoke(app, list(args), env=env)
+        # An exception other than SystemExit is one the command let escape (a traceback).
+        assert result.exception is None or isinstance(result.exception, SystemExit), (args, result.exception)
+        assert result.exit_code == code and "Traceback" not in result.output, (args, result.output)
 
 
 def test_readme_command_line_section_runs_as_written(system: System, tmp_path: Path) -> None:

@@ -34,8 +34,14 @@ def resolve_url(url: str | None) -> str:
 
 
 def resolve_token(token: str | None) -> str | None:
+    """`token`, else `AGENTBUS_TOKEN`; it goes into a header, so only visible ASCII is accepted."""
     chosen = token if token is not None else os.environ.get("AGENTBUS_TOKEN")
-    return chosen.strip() or None if chosen else None
+    chosen = (chosen or "").strip()
+    if not chosen:
+        return None
+    if not (chosen.isascii() and chosen.isprintable()) or " " in chosen:
+        raise AgentbusError("the token has characters no API key or JWT has (visible ASCII only)")
+    return chosen
 
 
 def auth_headers(token: str | None) -> dict[str, str]:
