@@ -212,4 +212,5 @@ def test_readme_command_line_section_runs_as_written(system: System, tmp_path: P
     assert "Plan (version 1):" in watched and "3. Step 3" in watched and "Plan approved" in watched
     assert "100%" in watched and re.search(r"Run \w+ completed in", watched), watched
     assert re.search(r"completed", listed) and re.search(r"\bsteps\b", listed), listed
-    assert python.split()[-2:] == [python.split()[-2], "Completion"], python
+    first, *_, last = python.strip().splitlines()
+    assert first.split() == ["1", "AnalysisStart"] and last.split()[1] == "Completion", python

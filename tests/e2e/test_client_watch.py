@@ -4,6 +4,7 @@ delivered once, in order, exactly as `GET /logs` has them (nothing lost, nothing
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -26,9 +27,11 @@ async def test_watches_resume_across_a_gateway_restart(system: System) -> None:
         killed = asyncio.Event()
         after_kill: dict[str, int] = {}
 
-        async def collect(name: str, events: object, run_id: list[str]) -> None:
-            async for event in events:  # type: ignore[attr-defined]
-                if event.run_id != run_id[0]:
+        run = await api.start_run(task.id)
+
+        async def collect(name: str, events: AsyncIterator[RunEvent]) -> None:
+            async for event in events:
+                if event.run_id != run.id:
                     continue
                 got[name].append(event)
                 if killed.is_set():
@@ -36,13 +39,10 @@ async def test_watches_resume_across_a_gateway_restart(system: System) -> None:
                 if event_type(event) == "completion":
                     return
 
-        run_ref: list[str] = []
-        run = await api.start_run(task.id)
-        run_ref.append(run.id)
-        watch_run = asyncio.create_task(collect("run", api.watch(run.id), run_ref))
-        watch_task = asyncio.create_task(collect("task", api.watch_task(task.id, since=0), run_ref))
+        watch_run = asyncio.create_task(collect("run", api.watch(run.id)))
+        watch_task = asyncio.create_task(collect("task", api.watch_task(task.id, since=0)))
         # Live from when it connects: it sees the run from some event on, then every later one.
-        watch_all = asyncio.create_task(collect("all", api.watch_all(), run_ref))
+        watch_all = asyncio.create_task(collect("all", api.watch_all()))
 
         await eventually(lambda: any(event_type(e) == "progress" for e in got["run"]), 30, "first progress")
         system.gateways[0][0].kill()

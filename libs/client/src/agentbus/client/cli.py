@@ -16,18 +16,21 @@ from agentbus.client.cli_common import (
     JsonOpt,
     TokenOpt,
     UrlOpt,
-    fail,
     json_object,
     labels_of,
     out,
-    print_json,
     session,
     when,
 )
 from agentbus.client.cli_watch import Watcher
 from agentbus.client.events import as_dict
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__)
+HELP = (
+    "The agentbus gateway from a terminal or a script (AGENTBUS_URL, AGENTBUS_TOKEN). Exit codes: 0 done "
+    "(a watched run completed), 1 failed or error, 2 usage, 3 a watched run rejected, cancelled or timed "
+    "out, 4 not found or not allowed. --json on every command."
+)
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=HELP)
 tasks = typer.Typer(no_args_is_help=True, help="Create, list, show, update and delete tasks.")
 runs = typer.Typer(no_args_is_help=True, help="Start, follow, decide on and inspect runs.")
 app.add_typer(tasks, name="tasks")
@@ -335,4 +338,4 @@ def main() -> None:
         raise SystemExit(130) from None
 
 
-__all__ = ["app", "fail", "main", "print_json"]
+__all__ = ["app", "main"]
