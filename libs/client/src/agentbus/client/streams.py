@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from agentbus.client import _base
 from agentbus.client._async_api import AsyncApi
-from agentbus.client.errors import CLOSE_STATUS, ConnectionFailed, error_for
+from agentbus.client.errors import CLOSE_STATUS, ConnectionFailed, ServerError, error_for
 from agentbus.client.events import TERMINAL_EVENT_TYPES, RunEvent, event_type, parse_frame
 
 TERMINAL_RUN_STATUSES = frozenset({"completed", "failed", "rejected", "cancelled", "timeout"})
@@ -108,6 +108,8 @@ async def follow(
             if status in (400, 401, 403, 404):
                 raise error_for(status, f"stream refused ({status})") from None
         except (OSError, TimeoutError, InvalidHandshake):
+            pass
+        except (ConnectionFailed, ServerError):  # filling a gap while the gateway comes back: again
             pass
         # The connection dropped or could not be made: try again until `reconnect_for` runs out.
         now = asyncio.get_running_loop().time()
