@@ -56,7 +56,9 @@ function signIn(reason) {
   showError(null);
   document.getElementById("sign-out").hidden = true;
   document.getElementById("who").textContent = "";
+  // A credential the gateway refused (wrong, revoked, expired) is forgotten, and the reason shown.
   if (reason && auth.token) document.getElementById("signin-error").textContent = reason;
+  auth.set(null);
   document.getElementById("signin").addEventListener("submit", (e) => {
     e.preventDefault();
     auth.set(document.getElementById("token").value.trim());
