@@ -17,7 +17,6 @@ paths) and serves `/` with its default render plugin: the dashboard's page is th
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,8 @@ from litestar import Request
 from litestar.openapi.plugins import OpenAPIRenderPlugin, RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
+
+from agentbus.gateway.guard import ASGIApp, Message, Receive, Scope, Send
 
 STATIC = Path(__file__).parent / "static"
 UI_PATH = "/ui"
@@ -42,10 +43,6 @@ DOCS_CSP = (
 )
 _FAVICON = f"<link rel='icon' type='image/svg+xml' href='{UI_PATH}/favicon.svg'>"
 _STYLE = "<style>body { margin: 0; padding: 0 }</style>"
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Any]
 
 
 class DashboardPage(OpenAPIRenderPlugin):
@@ -97,7 +94,7 @@ class PageHeaders:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
