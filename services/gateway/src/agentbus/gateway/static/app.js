@@ -48,6 +48,8 @@ function render() {
 }
 
 function signIn(reason) {
+  // Several requests refused at once: the form (and the first reason) is already shown.
+  if (document.getElementById("signin") && !auth.token) return;
   stop();
   stopBadge();
   stop = () => {};
