@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install run test lint format test-only bench clean reliability soak broker-users
+.PHONY: install run test lint format test-only bench clean reliability soak broker-users screenshots
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -44,6 +44,10 @@ test-only: install
 	$(PY) -m pytest -q --durations=20 $(PYTEST_ARGS)
 
 test: lint test-only
+
+# The dashboard's pages, as its browser tests see them, into docs/screenshots/*.png.
+screenshots: install
+	AGENTBUS_SCREENSHOTS=1 $(PY) -m pytest -q tests/e2e/test_dashboard.py
 
 # Every benchmark against the real services (SQLite and PostgreSQL); writes docs/benchmarks.md.
 # Not part of `make test`. BENCH_ARGS="--quick" for a smoke run, "--compare REF" to measure a git

@@ -272,6 +272,7 @@ def main() -> int:
     base = f"http://{'127.0.0.1' if http_host in ('0.0.0.0', '::') else http_host}:{http_port}"
     banner = (
         f"\nagentbus is ready\n"
+        f"  dashboard  {base}/\n"
         f"  API        {base}/api/tasks\n"
         f"  docs       {base}/docs\n"
         f"  WebSocket  ws://{base.split('://')[1]}/ws/stream\n"

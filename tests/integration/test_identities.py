@@ -72,7 +72,7 @@ async def test_no_or_unknown_credentials_get_401_and_open_routes_stay_open(api: 
         assert r.status_code == 401, r.text
         assert r.json()["status_code"] == 401 and r.json()["detail"]
         assert r.headers["www-authenticate"] == "Bearer"
-    for path in ("/health", "/openapi.json", "/docs", "/redoc"):
+    for path in ("/health", "/openapi.json", "/docs", "/redoc", "/", "/ui/app.js"):
         r = await api.get(path)
         assert r.status_code == 200, path
         assert ADMIN not in r.text

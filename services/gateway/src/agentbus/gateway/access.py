@@ -40,8 +40,9 @@ from agentbus.gateway.store.people import AuditEntry, People
 
 log = logging.getLogger(__name__)
 
-# Need no credentials and reveal no secret.
-OPEN_PATHS = r"^/(health|ready|openapi\.json|openapi\.yaml|openapi\.yml|docs|redoc)(/.*)?$"
+# Need no credentials and reveal no secret: probes, the API's description, and the dashboard's
+# page (`/`) and files (`/ui/...`), which hold no data (`dashboard.py`).
+OPEN_PATHS = r"^/$|^/(health|ready|openapi\.json|openapi\.yaml|openapi\.yml|docs|redoc|ui)(/.*)?$"
 _OPEN = re.compile(OPEN_PATHS)
 READS = frozenset({"GET", "HEAD"})
 CLOSE_UNAUTHORIZED = 4401

@@ -19,7 +19,6 @@ from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.exceptions import LitestarDeprecationWarning, MethodNotAllowedException
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from agentbus.contracts import subjects
@@ -29,6 +28,7 @@ from agentbus.gateway.admission import Admission
 from agentbus.gateway.agents import AgentController, Discovery
 from agentbus.gateway.approvals import ApprovalController, ApprovalService
 from agentbus.gateway.bus import Bus
+from agentbus.gateway.dashboard import PageHeaders, render_plugins, static_files
 from agentbus.gateway.deliveries import Deliveries
 from agentbus.gateway.errors import EXCEPTION_HANDLERS, GatewayRequest, unexpected
 from agentbus.gateway.exposition import Exposition, prometheus_metrics
@@ -126,7 +126,7 @@ class Gateway:
         self.exposition.watch(self.hub, self.ingest, self.reaper, self.deliveries)
         self.app = self._app()
         self.methods = MethodTable(self.app)
-        guarded = Guard(Methods(self.app, self.methods), s.served_hosts(), s.cors_origins)
+        guarded = Guard(Methods(PageHeaders(self.app), self.methods), s.served_hosts(), s.cors_origins)
         self.asgi = self.exposition.middleware(guarded)  # outermost: every request is counted
 
     def _stored(self, batch: Batch) -> None:
@@ -182,6 +182,7 @@ class Gateway:
                 AuditController,
                 WebhookController,
                 me,
+                static_files(),
             ],
             dependencies={
                 "settings": _provide(s),
@@ -213,7 +214,7 @@ class Gateway:
                 version=__version__,
                 description="Background AI-agent runs with a human approval step.",
                 path="/",
-                render_plugins=[SwaggerRenderPlugin(path="/docs"), RedocRenderPlugin(path="/redoc")],
+                render_plugins=render_plugins(),  # the dashboard at `/`, /docs and /redoc
                 components=Components(security_schemes=SECURITY_SCHEMES),
                 security=[{"bearer": []}],
             ),
