@@ -41,7 +41,7 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 test-only: install
-	$(PY) -m pytest -q --durations=20 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=20 $(PYTEST_ARGS)
 
 test: lint test-only
 

@@ -4,7 +4,6 @@ typed at it, the progress bars reaching 100%, and the exit code."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.packages import apt_install
 from tests.support.system import System
 from tests.support.waiting import eventually
 
@@ -23,16 +23,9 @@ PROMPT = "Approve this plan? [y/N/e(dit feedback)]"
 
 def ensure_tmux() -> str:
     """tmux, installed with the system's package manager when it is missing and we may (root)."""
-    found = shutil.which("tmux")
-    if found is None and shutil.which("apt-get") and os.geteuid() == 0:
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        if subprocess.run(["apt-get", "install", "-y", "-q", "tmux"], env=env, **quiet).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, **quiet)
-            subprocess.run(["apt-get", "install", "-y", "-q", "tmux"], env=env, **quiet)
-        found = shutil.which("tmux")
+    found, why = apt_install("tmux", "tmux")
     if found is None:
-        pytest.skip("tmux is not installed and cannot be installed here (apt-get as root): no terminal tests")
+        pytest.skip(f"no terminal tests: {why}")
     return found
 
 

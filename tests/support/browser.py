@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
+
+from tests.support.packages import apt_install
 
 NAMES = ("chromium", "chromium-browser")
 
@@ -27,15 +28,6 @@ def find_chromium() -> str | None:
 
 def chromium_or_reason() -> tuple[str | None, str]:
     """The path of a Chromium to drive, installing Debian's when it can; else None and why not."""
-    path = find_chromium()
-    if path:
-        return path, ""
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return None, "no chromium on PATH, and apt-get is not available as root to install it"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
-        if done.returncode != 0:
-            return None, f"`{' '.join(cmd)}` failed: {done.stderr.strip()[-300:]}"
-    path = find_chromium()
-    return (path, "") if path else (None, "chromium was installed but is not on PATH")
+    if explicit := os.environ.get("AGENTBUS_CHROMIUM"):
+        return explicit, ""
+    return apt_install("chromium", *NAMES)
