@@ -29,6 +29,7 @@ from agentbus.metrics.sketches import ALPHA
 from tests.integration import test_metrics_service as base
 from tests.integration.test_metrics_reports import OUTCOME_EVENTS, nearest_rank, publish_runs, report, rows_of
 from tests.integration.test_metrics_service import new_id, publish, request, wait_total
+from tests.integration.test_metrics_sketches import sketched
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
@@ -80,22 +81,6 @@ def weighted(groups: list[list[float]], p: int) -> Any:
     """The estimate over roll-ups: each row's nearest-rank percentile, weighted by its count."""
     n = sum(len(g) for g in groups)
     return pytest.approx(sum(nearest_rank(g, p) * len(g) for g in groups) / n)
-
-
-def sketched(sent: list[dict], name: str) -> dict[str, Any]:
-    """What sketches answer: exact count/sum/min/max/avg and last; p50/p95 within 1%."""
-    rows = rows_of(sent, name)
-    values = [v for _, v in rows]
-    return {
-        "count": len(values),
-        "min": min(values),
-        "max": max(values),
-        "avg": pytest.approx(sum(values) / len(values)),
-        "last": max(rows)[1],
-        "sum": pytest.approx(sum(values)),
-        "p50": pytest.approx(nearest_rank(values, 50), rel=ALPHA),
-        "p95": pytest.approx(nearest_rank(values, 95), rel=ALPHA),
-    }
 
 
 def estimate(sent: list[dict], name: str) -> dict[str, Any]:
