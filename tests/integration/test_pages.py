@@ -220,3 +220,24 @@ async def test_counts_stay_exact_under_concurrent_writes(database_url: str) -> N
         assert (await store.list_runs(None, "pending", 0, 10)).total == 30
     finally:
         await store.close()
+
+
+async def test_every_page_is_read_in_index_order_on_sqlite(tmp_path: Any) -> None:
+    """SQLite reads each list and filter's page straight off an index, without sorting its rows in
+    a temporary B-tree (the indexes end with `id`, the order's tie-breaker: migration 0008)."""
+    engine = await engine_with_a_run(f"sqlite+aiosqlite:///{tmp_path / 'plans.db'}", datetime.now(UTC))
+    store = GatewayStore(str(engine.url))
+    try:
+        combos = [((), False), (("status",), False), ((), True), (("status",), True)]
+        run_combos = [*combos, (("task_id",), False), (("task_id", "status"), True)]
+        queries = [store._task_lists.query(*c) for c in combos]
+        queries += [store._run_lists.query(*c) for c in run_combos]
+        async with engine.connect() as conn:
+            for query in queries:
+                binds = ["x"] * query.sql.count("?")
+                plan = (await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + query.sql, tuple(binds))).all()
+                steps = [row[-1] for row in plan]
+                assert any("USING INDEX" in step for step in steps), (query.name, steps)
+                assert not any("TEMP B-TREE" in step for step in steps), (query.name, steps)
+    finally:
+        await engine.dispose()

@@ -53,8 +53,8 @@ tasks = Table(
     Column("max_tokens", Integer),
     Column("max_cost_usd", Float),
     Column("max_concurrent_runs", Integer),
-    Index("ix_tasks_status_created", "status", "created_at"),
-    Index("ix_tasks_created", "created_at"),
+    Index("ix_tasks_status_created", "status", "created_at", "id"),
+    Index("ix_tasks_created", "created_at", "id"),
 )
 
 runs = Table(
@@ -86,9 +86,9 @@ runs = Table(
     Column("held", Boolean, nullable=False, default=False, server_default=text("false")),
     Column("traceparent", String(64)),  # tracing on: the creating request's, for its RunStart
     UniqueConstraint("task_id", "run_number", name="uq_runs_task_number"),
-    Index("ix_runs_task_created", "task_id", "created_at"),
-    Index("ix_runs_status_created", "status", "created_at"),
-    Index("ix_runs_created", "created_at"),
+    Index("ix_runs_task_created", "task_id", "created_at", "id"),
+    Index("ix_runs_status_created", "status", "created_at", "id"),
+    Index("ix_runs_created", "created_at", "id"),
     Index("ix_runs_status_deadline", "status", "approval_deadline"),
     Index("ix_runs_held", "held", "task_id", "created_at"),
 )
