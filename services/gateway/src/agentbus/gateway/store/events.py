@@ -15,8 +15,9 @@ statement.
   and commit was a round trip to its thread, and those were most of the event latency.
 - PostgreSQL (`PgEventBatch`): the same statements as prepared SQL straight over asyncpg on a
   small pool of its own (no pre-ping, no reset on return; each batch is one explicit
-  transaction): BEGIN, the runs locked FOR UPDATE, one INSERT ... SELECT FROM unnest(...),
-  pipelined executemany updates, COMMIT. Through SQLAlchemy's execution layer the batch cost
+  transaction): BEGIN, the runs locked FOR UPDATE, one INSERT ... SELECT FROM unnest(...) that
+  also reads the webhooks, each run's and its task's update in one statement (pipelined
+  executemany), COMMIT: five round trips for a batch of progress events. Through SQLAlchemy's execution layer the batch cost
   several times the database's own work.
 """
 
@@ -43,7 +44,7 @@ from agentbus.gateway.store.effects import (
     new_candidates,
 )
 from agentbus.gateway.store.tables import approvals, artifacts, run_events, runs, tasks
-from agentbus.gateway.store.webhooks import pg_deliveries, sqlite_deliveries
+from agentbus.gateway.store.webhooks import SUBSCRIBERS_JSON, pg_deliveries, sqlite_deliveries
 from agentbus.gateway.store.writer import Writer
 
 
@@ -179,12 +180,19 @@ class PgEventBatch:
         'INSERT INTO run_events (run_id, task_id, seq, event_type, "timestamp", payload) '
         "SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::int[], $4::varchar[], "
         "$5::timestamptz[], $6::text[]) "
-        "ON CONFLICT (run_id, seq) DO NOTHING RETURNING run_id, seq"
+        "ON CONFLICT (run_id, seq) DO NOTHING RETURNING run_id, seq, "
+        # The webhooks the new events may go to, read by the same statement (one round trip less
+        # than a query of its own); only needed when an event is new, i.e. when a row returns.
+        f"({SUBSCRIBERS_JSON}) AS hooks"
     )
-    UPDATE_RUN = (
-        "UPDATE runs SET "
+    # A run's changes and its task's status (while the run is the task's latest) in one statement,
+    # one round trip for the whole batch (executemany); the task shows the run's status and time.
+    UPDATE_RUN_AND_TASK = (
+        "WITH run AS (UPDATE runs SET "
         + ", ".join(f"{c} = ${i + 2}" for i, c in enumerate(RUN_COLUMNS))
-        + " WHERE id = $1"
+        + " WHERE id = $1) "
+        f"UPDATE tasks SET status = $2, updated_at = ${len(RUN_COLUMNS) + 1} "
+        f"WHERE id = ${len(RUN_COLUMNS) + 2} AND latest_run_id = $1"
     )
     STORED = (
         "SELECT run_id, seq, payload FROM run_events "
@@ -193,7 +201,6 @@ class PgEventBatch:
     DELETE_EVENTS = (
         "DELETE FROM run_events WHERE (run_id, seq) IN (SELECT * FROM unnest($1::varchar[], $2::int[]))"
     )
-    UPDATE_TASK_STATUS = "UPDATE tasks SET status = $3, updated_at = $4 WHERE id = $1 AND latest_run_id = $2"
     UPDATE_TASK_COUNTERS = (
         "UPDATE tasks SET total_runs = total_runs + 1, successful_runs = successful_runs + $2, "
         "failed_runs = failed_runs + $3, last_run_duration = $4, last_error = $5, updated_at = $6 "
@@ -243,7 +250,8 @@ class PgEventBatch:
         if replace:  # the events stored at these seqs give way to these
             await db.execute(self.DELETE_EVENTS, *(list(c) for c in zip(*fresh, strict=True)))
         columns = [list(c) for c in zip(*(event_row(e, raw) for e, raw in fresh.values()), strict=True)]
-        inserted = {(r["run_id"], r["seq"]) for r in await db.fetch(self.INSERT_EVENTS, *columns)}
+        returned = await db.fetch(self.INSERT_EVENTS, *columns)
+        inserted = {(r["run_id"], r["seq"]) for r in returned}
         conflicts = []
         if dupes := duplicates(fresh, inserted):
             stored = await db.fetch(self.STORED, *(list(c) for c in zip(*dupes, strict=True)))
@@ -252,22 +260,26 @@ class PgEventBatch:
         if effects.artifacts:
             await db.executemany(self.UPSERT_ARTIFACTS, effects.artifacts)
         if effects.runs:
-            await db.executemany(self.UPDATE_RUN, [_pg_run(r) for r in effects.runs])
-            await db.executemany(self.UPDATE_TASK_STATUS, effects.task_statuses)
+            await db.executemany(
+                self.UPDATE_RUN_AND_TASK,
+                [_pg_run(r, t.task_id) for r, t in zip(effects.runs, effects.task_statuses, strict=True)],
+            )
         if effects.task_counters:
             await db.executemany(self.UPDATE_TASK_COUNTERS, effects.task_counters)
         if effects.approval_settles:
             await db.executemany(self.SETTLE_APPROVALS, effects.approval_settles)
         if effects.approvals:
             await db.executemany(self.INSERT_APPROVALS, [_pg_approval(a) for a in effects.approvals])
-        deliveries = await pg_deliveries(db, effects.stored, datetime.now(UTC))
+        hooks = msgspec.json.decode(returned[0]["hooks"]) if returned else []
+        deliveries = await pg_deliveries(db, hooks, effects.stored, datetime.now(UTC))
         return Stored(effects.stored, conflicts, deliveries)
 
 
-def _pg_run(change: tuple[Any, ...]) -> list[Any]:
+def _pg_run(change: tuple[Any, ...], task_id: str) -> list[Any]:
     values = list(change)
     for i in _JSON_AT:
         values[i] = _json(values[i])
+    values.append(task_id)
     return values
 
 

@@ -40,6 +40,8 @@ WEBHOOK_COLUMNS = (
 DELIVERY_COLUMNS = tuple(c for c in webhook_deliveries.c if c.name not in ("payload", "claimed_until"))
 # Read in the event batch's transaction: which webhooks want which event types.
 SUBSCRIBERS = "SELECT id, events FROM webhooks"
+# PostgreSQL: the same as one JSON text, [[id, events], ...], read inside the event insert.
+SUBSCRIBERS_JSON = "SELECT coalesce(json_agg(json_build_array(id, events)), '[]')::text FROM webhooks"
 PG_INSERT_DELIVERIES = (
     "INSERT INTO webhook_deliveries (id, webhook_id, event_type, run_id, task_id, seq, payload, status, "
     "attempts, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8) "
@@ -123,10 +125,10 @@ def sqlite_deliveries(conn: Connection, stored: Batch, now: datetime) -> int:
     return len(rows)
 
 
-async def pg_deliveries(db: Any, stored: Batch, now: datetime) -> int:
-    """In the PostgreSQL event batch's transaction (raw asyncpg): make its deliveries; how many."""
-    subscribers = [(r["id"], r["events"]) for r in await db.fetch(SUBSCRIBERS)]
-    rows = delivery_rows(subscribers, stored, now)
+async def pg_deliveries(db: Any, subscribers: list[Any], stored: Batch, now: datetime) -> int:
+    """In the PostgreSQL event batch's transaction (raw asyncpg): make its deliveries; how many.
+    `subscribers`: [id, events] of each webhook, as `SUBSCRIBERS_JSON` read them."""
+    rows = delivery_rows([(id_, events) for id_, events in subscribers], stored, now)
     if rows:
         await db.executemany(PG_INSERT_DELIVERIES, [tuple(r) for r in rows])
     return len(rows)
