@@ -17,8 +17,8 @@ statement.
   small pool of its own (no pre-ping, no reset on return; each batch is one explicit
   transaction): BEGIN, the runs locked FOR UPDATE, one INSERT ... SELECT FROM unnest(...) that
   also reads the webhooks, each run's and its task's update in one statement (pipelined
-  executemany), COMMIT: five round trips for a batch of progress events. Through SQLAlchemy's execution layer the batch cost
-  several times the database's own work.
+  executemany), COMMIT: five round trips for a batch of progress events. Through SQLAlchemy's
+  execution layer the batch cost several times the database's own work.
 """
 
 from __future__ import annotations
