@@ -1,5 +1,6 @@
 """The gateway's API as the harness itself calls it to set a benchmark up (tasks, runs, waiting for
-a status): plain httpx calls with this run's admin token, each failing on any answer not 2xx."""
+a status): plain httpx calls with this run's admin key (or token, bench.auth), each failing on any
+answer not 2xx."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def call(
 ) -> httpx.Response:
     """One authenticated request; raises on an answer that is not 2xx."""
     url = f"{system.base_url}{path}"
-    r = httpx.request(method, url, json=json, params=params, headers=auth.bearer(), timeout=timeout)
+    r = httpx.request(method, url, json=json, params=params, headers=auth.bearer(url), timeout=timeout)
     r.raise_for_status()
     return r
 

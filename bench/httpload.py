@@ -11,7 +11,7 @@ Two modes, run as a separate process that prints one JSON object:
     python -m bench.httpload URL [--method POST --body JSON] [--duration S] [--rate R | --connections C]
 
 A body may contain `{n}`, replaced by the request's number (unique names, for example). Every
-request carries `Authorization: Bearer <token>` (the token in AGENTBUS_BENCH_TOKEN, bench.auth).
+request carries `Authorization: Bearer <the gateway's admin key, else the token>` (bench.auth).
 
 Only 2xx answers count as served (`ok`, `rps`); any other answer, or a request that failed, is an
 error (`errors`, by status in `statuses`): the JSON is printed all the same and the process then
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--rate", type=float, default=0.0, help="open loop at this many requests/s")
     a = p.parse_args(argv)
-    headers = {**auth.bearer(), **dict(h.split(": ", 1) for h in a.header)}
+    headers = {**auth.bearer(a.url), **dict(h.split(": ", 1) for h in a.header)}
     target = Target(a.url, a.method, a.body, headers)
     if a.rate > 0:
         result = run_loop(open_loop(target, a.rate, a.duration))

@@ -14,7 +14,7 @@ totals, so the reads cost nothing measurable). Not a stream: one stream client w
 the burst of events that 10,000 approvals cause while its process also sends the approvals, and be
 cut off (1013).
 
-Every request carries `Authorization: Bearer <token>` (AGENTBUS_BENCH_TOKEN, bench.auth); an answer
+Every request carries `Authorization: Bearer <admin key or token>` (bench.auth); an answer
 that is not 2xx ends the process with an error.
 """
 
@@ -89,10 +89,10 @@ async def park(base: str, task_id: str, count: int, concurrency: int) -> tuple[d
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     body = json.dumps({"task_id": task_id}).encode()
     t0 = time.perf_counter()
-    request = build_request("POST", f"{host}:{port}", "/api/runs", body, auth.bearer())
+    request = build_request("POST", f"{host}:{port}", "/api/runs", body, auth.bearer(port))
     answers = await _callers(host, port, [request] * count, concurrency)
     created = [_created.decode(b).id for status, b in answers if status == 201]
-    async with httpx.AsyncClient(base_url=base, headers=auth.bearer(), timeout=30) as http:
+    async with httpx.AsyncClient(base_url=base, headers=auth.bearer(port), timeout=30) as http:
         waiting = await _until_total(http, task_id, "awaiting_approval", len(created), 1200)
     result = {
         "created": len(created),
@@ -107,13 +107,13 @@ async def approve(base: str, task_id: str, ids: list[str], concurrency: int) -> 
     parts = urlsplit(base)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     body = b'{"approved": true}'
-    headers = auth.bearer()
+    headers = auth.bearer(port)
     requests = [build_request("POST", f"{host}:{port}", f"/api/runs/{i}/approve", body, headers) for i in ids]
     started = datetime.now().astimezone()
     t0 = time.perf_counter()
     answers = await _callers(host, port, requests, concurrency)
     approved_span = time.perf_counter() - t0
-    async with httpx.AsyncClient(base_url=base, headers=auth.bearer(), timeout=30) as http:
+    async with httpx.AsyncClient(base_url=base, headers=auth.bearer(port), timeout=30) as http:
         completed = await _until_total(http, task_id, "completed", len(ids), 1200)
         last = started
         cursor: str | None = None

@@ -10,8 +10,8 @@ It also times every `progress` event on the stream from its own `timestamp` (set
 when it emitted the event) to its arrival here (`progress_p50_ms`, ...): the runner's real path,
 runner -> NATS -> gateway (stored) -> client, on this machine's one wall clock.
 
-Every request and the stream's handshake carry `Authorization: Bearer <token>`
-(AGENTBUS_BENCH_TOKEN, bench.auth). A create not answered 201, or the stream closed with a 4xxx code
+Every request and the stream's handshake carry `Authorization: Bearer <admin key or token>`
+(bench.auth). A create not answered 201, or the stream closed with a 4xxx code
 (refused), ends the process with an error after printing its figures.
 """
 
@@ -58,12 +58,12 @@ async def load(base: str, task_id: str, rate: float, duration: float, count: int
             if len(done_at) >= expected and all(r in done_at for r in created_at):
                 all_done.set()
 
-    stream = await open_stream(host, port, "/ws/stream", on_event, headers=auth.bearer())
+    stream = await open_stream(host, port, "/ws/stream", on_event, headers=auth.bearer(port))
     await asyncio.sleep(0.2)  # a refused WebSocket is closed right after its upgrade
     if auth.refused(stream.close_code):
         raise RuntimeError(f"the gateway refused the stream on /ws/stream (closed with {stream.close_code})")
     payload = json.dumps({"task_id": task_id}).encode()
-    raw = build_request("POST", f"{host}:{port}", "/api/runs", payload, auth.bearer())
+    raw = build_request("POST", f"{host}:{port}", "/api/runs", payload, auth.bearer(port))
     errors = 0
     statuses: dict[int, int] = {}
 

@@ -2,7 +2,7 @@
 
 Every function measures one thing once; `bench.__main__` repeats it and takes medians. The HTTP
 load (`http_max`, `http_at_rate`) is bench.webload's and the API calls that set a case up are
-bench.api's, both named here too; every request carries this run's admin token (bench.auth).
+bench.api's, both named here too; every request carries this run's admin key, or token (bench.auth).
 """
 
 from __future__ import annotations

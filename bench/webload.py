@@ -1,7 +1,7 @@
 """HTTP load on one URL, from a separate process: the closed-loop maximum (`wrk` where installed,
 else bench.httpload) and the open-loop latency at a fixed rate (bench.httpload).
 
-Every request carries this run's admin token (bench.auth), and any answer that is not 2xx fails the
+Every request carries this run's admin key, or token (bench.auth), and any answer that is not 2xx fails the
 measurement: a refused request (401, 403, 429) is fast and would pass for throughput.
 """
 
@@ -51,9 +51,9 @@ def parse_wrk(out: str) -> dict:
 
 
 def _wrk(url: str, method: str, body: str, duration: float, connections: int) -> dict:
-    # The token goes in the script (a file only this user reads), not on wrk's command line.
+    # The credential goes in the script (a file only this user reads), not on wrk's command line.
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
-        script.write(wrk_script(method, body, auth.bearer()))
+        script.write(wrk_script(method, body, auth.bearer(url)))
         script.flush()
         args = [WRK, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency"]
         out = subprocess.run(

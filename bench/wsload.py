@@ -6,7 +6,7 @@ Prints `ready` once every client is subscribed, then after `--duration` seconds 
 Latency is the time from an event's `timestamp` (set by the publisher just before it published)
 to its arrival here; both read the same wall clock of this machine.
 
-Each handshake carries `Authorization: Bearer <token>` (AGENTBUS_BENCH_TOKEN, bench.auth). A stream
+Each handshake carries `Authorization: Bearer <admin key or token>` (bench.auth). A stream
 the gateway refuses (an answer other than 101 / 200, or a WebSocket closed with a 4xxx code: 4401,
 4403, 4429...) ends the process with an error, before `ready` if it is refused at once.
 """
@@ -79,7 +79,7 @@ async def load(
                     # Never a stalled one: what it reads once it reads again is its own backlog, not
                     # the live clients' latency.
                     sample=i % sample_every == 0 and i not in stalled_idx,
-                    headers=auth.bearer(),
+                    headers=auth.bearer(port),
                 )
                 for i in idx
             )

@@ -182,17 +182,33 @@ def _serve(token: str) -> ThreadingHTTPServer:
 def run_token(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv(auth.ENV, "bench-token-0123456789")
     monkeypatch.setattr(auth, "_token", None)
+    monkeypatch.setattr(auth, "_keys", {})
+    monkeypatch.delenv(auth.KEYS_ENV, raising=False)
     return "bench-token-0123456789"
 
 
 def test_the_token_is_the_environments_and_every_gateway_gets_it_under_both_names(run_token: str) -> None:
-    assert auth.bearer() == {"Authorization": f"Bearer {run_token}"}
+    assert auth.bearer("http://127.0.0.1:8000") == {"Authorization": f"Bearer {run_token}"}
     env = auth.gateway_env()
     assert env["AGENTBUS_ADMIN_TOKEN"] == env["AGENTBUS_API_TOKEN"] == run_token
     assert float(env["GATEWAY_WRITE_RATE"]) >= 1e6 and int(env["GATEWAY_WRITE_BURST"]) >= 1e6
     assert int(env["GATEWAY_MAX_STREAMS"]) > 10 * 1000  # far above the largest fan-out
     assert auth.tool_env()[auth.ENV] == run_token
     assert [auth.refused(c) for c in (None, 1000, 1013, 4401, 4403, 4429)] == [False] * 3 + [True] * 3
+
+
+def test_a_gateway_with_a_key_is_sent_its_key_and_the_loads_get_the_keys(
+    run_token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    auth.use_key(18001, "ab_key_of_18001")
+    assert auth.bearer("http://127.0.0.1:18001/api/tasks") == {"Authorization": "Bearer ab_key_of_18001"}
+    assert auth.bearer("127.0.0.1:18001") == auth.bearer(18001) == auth.bearer("ws://127.0.0.1:18001/ws")
+    assert auth.bearer(18002) == {"Authorization": f"Bearer {run_token}"}  # no key there: the token
+    env = auth.tool_env()
+    # A load process starts with no keys of its own and reads them from its environment.
+    monkeypatch.setattr(auth, "_keys", {})
+    monkeypatch.setenv(auth.KEYS_ENV, env[auth.KEYS_ENV])
+    assert auth.credential(18001) == "ab_key_of_18001" and auth.credential(18002) == run_token
 
 
 def test_httpload_sends_the_token_and_fails_on_answers_not_2xx(
