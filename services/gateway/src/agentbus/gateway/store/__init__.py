@@ -34,7 +34,7 @@ from agentbus.gateway.store.effects import Batch, Stored
 from agentbus.gateway.store.eventlog import EventLogReads
 from agentbus.gateway.store.events import PgEventBatch, SqliteEventBatch
 from agentbus.gateway.store.lists import BadCursor, Page
-from agentbus.gateway.store.people import AUDIT_INSERT, AuditEntry, People, audit_row
+from agentbus.gateway.store.people import AUDIT_INSERT, AuditEntry, People, audit_row, write_audit
 from agentbus.gateway.store.reads import RowReader
 from agentbus.gateway.store.tables import artifacts, runs, tasks
 from agentbus.gateway.store.webhooks import Webhooks
@@ -68,7 +68,7 @@ _UNQUEUED = (
 def _audit(conn: Connection, entry: AuditEntry | None) -> None:
     """The audit entry of a change, in the change's transaction."""
     if entry is not None:
-        conn.execute(AUDIT_INSERT, audit_row(entry))
+        write_audit(conn, entry)
 
 
 class TaskGone(Exception):

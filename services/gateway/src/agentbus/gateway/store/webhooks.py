@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentbus.gateway.store.effects import Batch
 from agentbus.gateway.store.lists import Page, Position, decode_cursor, encode_cursor
-from agentbus.gateway.store.people import AUDIT_INSERT, AuditEntry, audit_row
+from agentbus.gateway.store.people import AuditEntry, write_audit
 from agentbus.gateway.store.tables import webhook_deliveries, webhooks
 
 ALL = "*"
@@ -145,7 +145,7 @@ class Webhooks:
 
         def store(conn: Connection) -> Any:
             row = conn.execute(stmt).one()
-            conn.execute(AUDIT_INSERT, audit_row(audit))
+            write_audit(conn, audit)
             return row
 
         return await self.writer(store)
@@ -163,7 +163,7 @@ class Webhooks:
             conn.execute(deliveries)
             if not conn.execute(stmt).rowcount:
                 return False
-            conn.execute(AUDIT_INSERT, audit_row(audit))
+            write_audit(conn, audit)
             return True
 
         return bool(await self.writer(store))
