@@ -7,8 +7,17 @@ The broker lets in only the services, each as its own user with its own
 permissions (agentbus.common.broker); the users and passwords are generated
 once, under ./var/broker.
 
+It reads the gateway's settings itself, as the gateway will (its address, and
+who may use it, for the banner): a setting the gateway would refuse stops
+`make run` in one line before anything starts. Each process gets the
+environment without the variables only other services read (the runner and the
+metrics service never see the gateway's admin token or JWT key).
+
 It is a supervisor: a process that exits is started again, after a pause that
-grows while it keeps dying within seconds of its start; only Ctrl-C or SIGTERM
+grows while it keeps dying within seconds of its start. A service that exits
+with EXIT_CONFIG (agentbus.common.settings: its settings are refused, and
+starting it again changes nothing) stops everything instead, after its one-line
+message, and `make run` exits with that code. Otherwise only Ctrl-C or SIGTERM
 stops everything (the services first, the broker last). A second Ctrl-C during
 the shutdown kills what is left instead of waiting for it. ./var is locked
 while anything started from here runs, leftovers included: a second `make run`
@@ -26,9 +35,14 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn
 
 from agentbus.common import broker as broker_users
+from agentbus.common.settings import EXIT_CONFIG, SettingsError
+from agentbus.gateway.settings import Settings as GatewaySettings
+from agentbus.gateway.settings import is_loopback
+from agentbus.metrics.settings import Settings as MetricsSettings
+from agentbus.runner.settings import Settings as RunnerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = Path(os.environ.get("AGENTBUS_VAR", ROOT / "var"))
@@ -65,12 +79,59 @@ def http_ok(url: str) -> bool:
         return False
 
 
+def refuse(problem: str) -> NoReturn:
+    """Stop `make run` on a setting it cannot start with: one line, exit code EXIT_CONFIG."""
+    print(f"make run: invalid configuration: {problem}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_CONFIG)
+
+
 def port_setting(name: str, default: str) -> int:
     """A port from the environment; a bad one stops `make run` in one line, naming it."""
     raw = os.environ.get(name, "").strip() or default
     if not raw.isdigit() or not 1 <= int(raw) <= 65535:
-        raise SystemExit(f"make run: invalid configuration: {name}={raw}: must be an integer from 1 to 65535")
+        refuse(f"{name}={raw}: must be an integer from 1 to 65535")
     return int(raw)
+
+
+# The variables each service reads (agentbus.common.settings), by the module that runs it.
+READS: dict[str, frozenset[str]] = {
+    module: frozenset(v.name for v in cls.variables())
+    for module, cls in (
+        ("agentbus.metrics", MetricsSettings),
+        ("agentbus.runner", RunnerSettings),
+        ("agentbus.gateway", GatewaySettings),
+    )
+}
+
+
+def env_for(module: str | None, env: dict[str, str]) -> dict[str, str]:
+    """`env` without what only other services read: a service's secrets (the gateway's admin
+    token and JWT key, the runner's model API key, the databases' URLs) reach no other process.
+    module None: the broker, which reads none of them."""
+    others = frozenset().union(*READS.values()) - READS.get(module or "", frozenset())
+    return {k: v for k, v in env.items() if k not in others}
+
+
+def gateway_settings(env: dict[str, str]) -> GatewaySettings:
+    """The gateway's settings as the gateway will read them from `env`; refused ones stop here."""
+    try:
+        return GatewaySettings.from_env(env)
+    except SettingsError as exc:
+        refuse(str(exc))
+
+
+def auth_banner(settings: GatewaySettings) -> str:
+    """What the banner says about who may use the gateway, from the gateway's own settings."""
+    text = settings.auth_summary() + "."
+    if settings.auth_on:
+        out = [text[0].upper() + text[1:]]
+        out.append("Send `Authorization: Bearer <token>`; an admin makes keys for the others with")
+        out.append("POST /api/keys (docs/security.md).")
+    else:
+        out = [f"WARNING: {text}" if not is_loopback(settings.host) else text[0].upper() + text[1:]]
+        out.append("To turn authentication on, start it with an admin token, e.g.")
+        out.append("  AGENTBUS_ADMIN_TOKEN=$(openssl rand -hex 32) make run")
+    return "\n".join(out) + "\n"
 
 
 def exit_text(code: int) -> str:
@@ -129,6 +190,7 @@ class Service:
         self.pause = FIRST_PAUSE_S
         self.quick_deaths = 0
         self.restart_at: float | None = None
+        self.refused = False  # it exited with EXIT_CONFIG: never started again
 
     def start(self) -> None:
         # Own sessions: a terminal's Ctrl-C reaches only this launcher, which stops the services
@@ -155,7 +217,15 @@ class Service:
             if now >= self.restart_at:
                 self.start()
             return
-        if self.proc is None or self.proc.poll() is None:
+        if self.proc is None or self.proc.poll() is None or self.refused:
+            return
+        if self.proc.returncode == EXIT_CONFIG:
+            print(
+                f"{self.name} exited (code {EXIT_CONFIG}): its settings are refused (see its message "
+                "above); starting it again would change nothing",
+                flush=True,
+            )
+            self.refused = True
             return
         lived = now - self.started_at
         if lived < QUICK_DEATH_S:
@@ -200,8 +270,13 @@ class Supervisor:
         pids = [os.getpid()] + [s.proc.pid for s in self.everyone() if s.proc is not None]
         self.lock.record(pids)
 
+    def refused(self) -> Service | None:
+        """A service whose settings are refused (it exited with EXIT_CONFIG), if any."""
+        return next((s for s in self.everyone() if s.refused), None)
+
     def watch(self, ready_url: str, banner: str) -> None:
-        """Until Ctrl-C or SIGTERM: restart what exits; print the banner once the gateway is ready."""
+        """Until Ctrl-C, SIGTERM or a service refused by its settings: restart what exits; print
+        the banner once the gateway is ready."""
         announced = False
         started = time.monotonic()
         warned = False
@@ -212,6 +287,8 @@ class Supervisor:
                 service.check(now)
                 if service.proc is not before:
                     self.record_pids()
+            if self.refused():
+                return
             if not announced:
                 if http_ok(ready_url):
                     print(banner, flush=True)
@@ -244,10 +321,18 @@ class Supervisor:
 
 
 def main() -> int:
-    VAR.mkdir(parents=True, exist_ok=True)
     nats_port = port_setting("NATS_PORT", "4222")
-    http_host = os.environ.get("GATEWAY_HOST", "127.0.0.1")
-    http_port = port_setting("GATEWAY_PORT", "8000")
+    env = {
+        **os.environ,
+        "NATS_URL": f"nats://127.0.0.1:{nats_port}",  # the port may change below, not the form
+        "DATABASE_URL": os.environ.get("DATABASE_URL", f"sqlite+aiosqlite:///{VAR / 'gateway.db'}"),
+        "METRICS_DATABASE_URL": os.environ.get(
+            "METRICS_DATABASE_URL", f"sqlite+aiosqlite:///{VAR / 'metrics.db'}"
+        ),
+    }
+    gateway = gateway_settings(env)
+    http_host, http_port = gateway.host, gateway.port
+    VAR.mkdir(parents=True, exist_ok=True)
     lock = Lock(VAR)
     lock.acquire()
     if not port_free(nats_port):
@@ -257,16 +342,7 @@ def main() -> int:
     if not port_free(http_port):
         raise SystemExit(f"port {http_port} is taken: set GATEWAY_PORT to another port")
     nats_url = f"nats://127.0.0.1:{nats_port}"
-    env = {
-        **os.environ,
-        "NATS_URL": nats_url,
-        "DATABASE_URL": os.environ.get("DATABASE_URL", f"sqlite+aiosqlite:///{VAR / 'gateway.db'}"),
-        "METRICS_DATABASE_URL": os.environ.get(
-            "METRICS_DATABASE_URL", f"sqlite+aiosqlite:///{VAR / 'metrics.db'}"
-        ),
-        "GATEWAY_HOST": http_host,
-        "GATEWAY_PORT": str(http_port),
-    }
+    env = {**env, "NATS_URL": nats_url, "GATEWAY_HOST": http_host, "GATEWAY_PORT": str(http_port)}
     passwords = broker_users.write(VAR / "broker")
     nats_log = open(VAR / "nats-server.log", "ab")  # kept open as long as the server runs
     base = f"http://{'127.0.0.1' if http_host in ('0.0.0.0', '::') else http_host}:{http_port}"
@@ -279,18 +355,7 @@ def main() -> int:
         f"  NATS       {nats_url} (users and passwords in {VAR / 'broker'})\n"
         f"  data       {VAR}\n"
         f"A service that exits is started again. Ctrl-C stops everything.\n"
-    )
-    if os.environ.get("AGENTBUS_ADMIN_TOKEN") or os.environ.get("AGENTBUS_API_TOKEN"):
-        banner += (
-            "Authentication is on: send `Authorization: Bearer <token>`; an admin makes keys for\n"
-            "the others with POST /api/keys (docs/security.md).\n"
-        )
-    else:
-        banner += (
-            "Authentication is off: the gateway listens on loopback only and anyone on this machine\n"
-            "acts as the admin. To turn it on, start it with an admin token, e.g.\n"
-            "  AGENTBUS_ADMIN_TOKEN=$(openssl rand -hex 32) make run\n"
-        )
+    ) + auth_banner(gateway)
     supervisor = Supervisor(lock)
     # Ctrl-C stops everything even when this was started with SIGINT ignored (a shell's
     # background job, some supervisors): the services run in their own sessions and would outlive it.
@@ -309,7 +374,7 @@ def main() -> int:
             "-c",
             str(VAR / "broker" / "auth.conf"),
         ]
-        supervisor.broker = Service("nats-server", broker, env, lock.fd(), nats_log)
+        supervisor.broker = Service("nats-server", broker, env_for(None, env), lock.fd(), nats_log)
         supervisor.broker.start()
         supervisor.record_pids()
         deadline = time.monotonic() + 20
@@ -323,11 +388,15 @@ def main() -> int:
                 break
             name = module.split(".")[1]
             login = {"NATS_USER": name, "NATS_PASSWORD": passwords[name]}
-            service = Service(name, [sys.executable, "-m", module], {**env, **login}, lock.fd(), None)
+            own = {**env_for(module, env), **login}
+            service = Service(name, [sys.executable, "-m", module], own, lock.fd(), None)
             supervisor.services.append(service)
             service.start()
             supervisor.record_pids()
         supervisor.watch(f"{base}/ready", banner)
+        if refused := supervisor.refused():
+            print(f"stopping everything: {refused.name} cannot start with these settings", flush=True)
+            return EXIT_CONFIG
         print("\nstopping...", flush=True)
         return 0
     finally:

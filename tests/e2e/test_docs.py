@@ -68,7 +68,16 @@ def test_make_run_starts_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         "GATEWAY_PORT": str(http_port),
         "NATS_PORT": str(nats_port),
     }
-    for key in ("DATABASE_URL", "METRICS_DATABASE_URL", "AGENTBUS_ADMIN_TOKEN", "AGENTBUS_API_TOKEN"):
+    for key in (
+        "DATABASE_URL",
+        "METRICS_DATABASE_URL",
+        "GATEWAY_HOST",
+        "ALLOW_INSECURE",
+        "AGENTBUS_ADMIN_TOKEN",
+        "AGENTBUS_API_TOKEN",
+        "JWT_KEY",
+        "JWT_JWKS_URL",
+    ):
         env.pop(key, None)
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "run.py")],
@@ -84,9 +93,11 @@ def test_make_run_starts_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     seen = []
     try:
         assert proc.stdout is not None
+        ready = False
         for line in proc.stdout:
             seen.append(line)
-            if "agentbus is ready" in line:
+            ready = ready or "agentbus is ready" in line
+            if ready and not line.strip():  # the banner ends with an empty line
                 break
         assert any("agentbus is ready" in line for line in seen), "".join(seen)
         import httpx
@@ -98,6 +109,10 @@ def test_make_run_starts_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, "".join(seen) + rest
+    # The banner says who may use the gateway, and how to turn authentication on.
+    banner = "".join(seen)
+    assert "Authentication is off: listening on loopback (127.0.0.1) only;" in banner, banner
+    assert "  AGENTBUS_ADMIN_TOKEN=$(openssl rand -hex 32) make run\n" in banner, banner
     assert (tmp_path / "var" / "gateway.db").exists() and (tmp_path / "var" / "metrics.db").exists()
     for port in (http_port, nats_port):
         with socket.socket() as s:

@@ -2,8 +2,9 @@
 
 Its services are killed with SIGKILL one after the other during a batch of runs with approvals;
 the launcher starts each again, and nothing is lost. Ctrl-C pressed twice leaves nothing running,
-a second launcher refuses a ./var that is in use (leftovers included), and a service that keeps
-dying is retried with growing pauses.
+a second launcher refuses a ./var that is in use (leftovers included), a service that keeps
+dying is retried with growing pauses, a service refused by its settings stops everything, and no
+service gets another's secrets.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from agentbus.common.settings import EXIT_CONFIG
 from tests.e2e.test_faults import FAULT_ENV
 from tests.support.client import TERMINAL, Api
 from tests.support.faults import Workload, check_invariants, retry
@@ -36,6 +38,19 @@ pytestmark = [pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTED = re.compile(r"^(\S+) started \(pid (\d+)\)$")
+# Settings of the machine's environment a test's launcher must not pick up (it sets its own).
+NOT_INHERITED = frozenset(
+    {
+        "DATABASE_URL",
+        "METRICS_DATABASE_URL",
+        "GATEWAY_HOST",
+        "ALLOW_INSECURE",
+        "AGENTBUS_ADMIN_TOKEN",
+        "AGENTBUS_API_TOKEN",
+        "JWT_KEY",
+        "JWT_JWKS_URL",
+    }
+)
 
 
 class MakeRun:
@@ -43,15 +58,10 @@ class MakeRun:
 
     def __init__(self, var: Path, **env: str) -> None:
         self.http_port, self.nats_port = free_port(), free_port()
-        self.env = {
-            **os.environ,
-            **env,
-            "AGENTBUS_VAR": str(var),
-            "GATEWAY_PORT": str(self.http_port),
-            "NATS_PORT": str(self.nats_port),
-        }
-        for key in ("DATABASE_URL", "METRICS_DATABASE_URL", "AGENTBUS_ADMIN_TOKEN", "AGENTBUS_API_TOKEN"):
-            self.env.pop(key, None)
+        self.env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
+        self.env.update(
+            env, AGENTBUS_VAR=str(var), GATEWAY_PORT=str(self.http_port), NATS_PORT=str(self.nats_port)
+        )
         self.lines: list[str] = []
         self.done = False  # the launcher's output ended
         self.changed = threading.Condition()
@@ -222,11 +232,37 @@ async def test_killed_services_are_restarted_and_nothing_is_lost(tmp_path: Path)
         assert launcher.proc is not None and launcher.proc.poll() is None, "the launcher itself stays up"
 
 
+def environ(pid: int) -> dict[str, str]:
+    """The environment process `pid` was started with."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+# The gateway's credentials: only the gateway may hold them.
+GATEWAY_SECRETS = {
+    "AGENTBUS_ADMIN_TOKEN": "admin-token-of-the-supervisor-test-0123",
+    "JWT_KEY": "jwt-key-of-the-supervisor-test-0123456789",
+    "JWT_ALGORITHMS": "HS256",
+    "JWT_ISSUER": "https://idp.test",
+    "JWT_AUDIENCE": "agentbus",
+}
+
+
 def test_ctrl_c_twice_leaves_nothing_behind(tmp_path: Path) -> None:
-    with make_run(tmp_path / "var") as launcher:
+    with make_run(tmp_path / "var", **GATEWAY_SECRETS) as launcher:
         launcher.wait_line(r"^agentbus is ready$")
+        launcher.wait_line(r"^Authentication is on: every request needs credentials \(the admin token")
         pids = launcher.all_pids()
         assert len(pids) == 4, launcher.output()
+        # Each process has what it needs and no more: the gateway's secrets stay in the gateway.
+        envs = {name: environ(pid) for name, pid in launcher.pids().items()}
+        assert envs["gateway"]["AGENTBUS_ADMIN_TOKEN"] == GATEWAY_SECRETS["AGENTBUS_ADMIN_TOKEN"]
+        assert envs["gateway"]["JWT_KEY"] == GATEWAY_SECRETS["JWT_KEY"]
+        for name in ("runner", "metrics", "nats-server"):
+            leaked = [k for k, v in envs[name].items() if k.startswith("JWT_") or "supervisor-test" in v]
+            assert not leaked, f"{name} was given {leaked}"
+            assert "DATABASE_URL" not in envs[name], name  # the gateway's database
+        assert "METRICS_DATABASE_URL" not in envs["gateway"] and "METRICS_DATABASE_URL" in envs["metrics"]
         assert launcher.proc is not None
         launcher.proc.send_signal(signal.SIGINT)
         launcher.wait_line(r"^stopping\.\.\.$")
@@ -270,18 +306,57 @@ def test_a_var_in_use_is_refused_even_by_leftovers(tmp_path: Path) -> None:
 
 
 def test_a_service_that_keeps_dying_is_retried_with_growing_pauses(tmp_path: Path) -> None:
-    # An invalid setting makes the metrics service exit with code 2 at once, every time.
-    with make_run(tmp_path / "var", METRICS_DB_POOL_SIZE="many") as launcher:
-        pauses: list[float] = []
-        at = 0
-        for _ in range(4):
-            at, m = launcher.wait_line(
-                r"^metrics exited \(code 2\).*(?:restarting|trying again) in ([\d.]+) s$", at
+    # Its /metrics port is taken: the metrics service exits with code 1 at once, every time, and
+    # might start once the port is free again.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        with make_run(tmp_path / "var", METRICS_METRICS_PORT=port) as launcher:
+            pauses: list[float] = []
+            at = 0
+            for _ in range(4):
+                at, m = launcher.wait_line(
+                    r"^metrics exited \(code 1\).*(?:restarting|trying again) in ([\d.]+) s$", at
+                )
+                pauses.append(float(m[1]))
+                at += 1
+            assert pauses == [0.5, 1.0, 2.0, 4.0], launcher.output()
+            _, m = launcher.wait_line(
+                r"^metrics exited \(code 1\) (\d+) times in a row within 10 s of starting"
             )
-            pauses.append(float(m[1]))
-            at += 1
-        assert pauses == [0.5, 1.0, 2.0, 4.0], launcher.output()
-        _, m = launcher.wait_line(r"^metrics exited \(code 2\) (\d+) times in a row within 10 s of starting")
-        assert int(m[1]) >= 3
-        assert launcher.proc is not None and launcher.proc.poll() is None, "the launcher keeps going"
-        assert alive(launcher.pids()["gateway"]) and alive(launcher.pids()["runner"])
+            assert int(m[1]) >= 3
+            assert launcher.proc is not None and launcher.proc.poll() is None, "the launcher keeps going"
+            assert alive(launcher.pids()["gateway"]) and alive(launcher.pids()["runner"])
+
+
+def test_a_service_refused_by_its_settings_stops_everything(tmp_path: Path) -> None:
+    # Starting it again would change nothing: the launcher stops everything and says why.
+    with make_run(tmp_path / "var", METRICS_DB_POOL_SIZE="many") as launcher:
+        assert launcher.proc is not None
+        assert launcher.proc.wait(60) == EXIT_CONFIG, launcher.output()
+        launcher.wait_line(r"^agentbus-metrics: invalid configuration: METRICS_DB_POOL_SIZE=many: must be ")
+        launcher.wait_line(rf"^metrics exited \(code {EXIT_CONFIG}\): its settings are refused")
+        launcher.wait_line(r"^stopping everything: metrics cannot start with these settings$")
+        output = launcher.output()
+        assert "restarting" not in output and "agentbus is ready" not in output, output
+        pids = launcher.all_pids()
+        assert {"nats-server", "metrics"} <= set(launcher.pids()), output
+        assert not [pid for pid in pids if alive(pid)], output
+        for port in (launcher.http_port, launcher.nats_port):
+            with socket.socket() as s:
+                assert s.connect_ex(("127.0.0.1", port)) != 0, f"something still listens on {port}"
+
+
+def test_settings_the_gateway_refuses_stop_make_run_before_anything_starts(tmp_path: Path) -> None:
+    # Beyond loopback without authentication: refused by the gateway's own settings, which the
+    # launcher reads before it starts anything.
+    var = tmp_path / "var"
+    with make_run(var, GATEWAY_HOST="0.0.0.0") as launcher:
+        assert launcher.proc is not None
+        assert launcher.proc.wait(30) == EXIT_CONFIG, launcher.output()
+        launcher.wait_line(
+            r"^make run: invalid configuration: GATEWAY_HOST=0\.0\.0\.0: must be a loopback address .*"
+            r"set AGENTBUS_ADMIN_TOKEN .* or ALLOW_INSECURE=1"
+        )
+        assert not launcher.all_pids() and not var.exists(), launcher.output()

@@ -217,24 +217,33 @@ def jwks() -> Iterator[tuple[str, Any]]:
 async def test_jwt_verified_against_a_jwks(own_nats, database_url: str, runner_info, jwks) -> None:
     url, private = jwks
     settings = Settings(
-        nats_url=own_nats.url, database_url=database_url, jwt_jwks_url=url, jwt_role_claim="agentbus_role"
+        nats_url=own_nats.url,
+        database_url=database_url,
+        jwt_jwks_url=url,
+        jwt_issuer="https://idp.test",
+        jwt_audience="agentbus",
+        jwt_role_claim="agentbus_role",
     )
     exp = datetime.now(UTC) + timedelta(minutes=5)
+    claims = {"iss": "https://idp.test", "aud": "agentbus"}
     good = jwt.encode(
-        {"sub": "bob", "agentbus_role": "viewer", "exp": exp},
+        {"sub": "bob", "agentbus_role": "viewer", "exp": exp, **claims},
         private,
         algorithm="RS256",
         headers={"kid": "k1"},
     )
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     forged = jwt.encode(
-        {"sub": "bob", "agentbus_role": "admin", "exp": exp}, other, algorithm="RS256", headers={"kid": "k1"}
+        {"sub": "bob", "agentbus_role": "admin", "exp": exp, **claims},
+        other,
+        algorithm="RS256",
+        headers={"kid": "k1"},
     )
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     hs_confusion = jwt.encode(
-        {"sub": "bob", "agentbus_role": "admin", "exp": exp}, pem[:64], algorithm="HS256"
+        {"sub": "bob", "agentbus_role": "admin", "exp": exp, **claims}, pem[:64], algorithm="HS256"
     )
     async with AsyncTestClient(app=create_app(settings), base_url=LOCAL) as api:
         assert (await api.get("/api/me", headers=bearer(good))).json()["role"] == "viewer"

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import pytest
 
-from agentbus.common.settings import EnvSettings, SettingsError, env, mask_url
+from agentbus.common.settings import EXIT_CONFIG, EnvSettings, SettingsError, env, mask_url
 from agentbus.gateway.settings import Settings as GatewaySettings
 from agentbus.metrics.settings import Settings as MetricsSettings
 from agentbus.runner.settings import ModelDefaults
@@ -117,7 +117,9 @@ def test_settings_built_in_code_are_checked_too() -> None:
 
 def test_secrets_never_appear_in_errors_or_reprs() -> None:
     token = error(GatewaySettings, {"AGENTBUS_API_TOKEN": "s3cret token"})
-    assert token == "AGENTBUS_API_TOKEN (value hidden): must be printable ASCII without spaces"
+    assert token == (
+        "AGENTBUS_API_TOKEN (value hidden): must be printable ASCII without spaces, at least 16 characters"
+    )
     key = error(RunnerSettings, {"OPENAI_API_KEY": "sk-s3cret\u00e9"})
     assert "s3cret" not in key and key.startswith("OPENAI_API_KEY (value hidden): ")
     db = error(GatewaySettings, {"DATABASE_URL": "mysql://app:s3cret@db:3306/x?password=s3cret"})
@@ -130,12 +132,12 @@ def test_secrets_never_appear_in_errors_or_reprs() -> None:
 
     g = GatewaySettings.from_env(
         {
-            "AGENTBUS_API_TOKEN": "s3cret-token",
+            "AGENTBUS_API_TOKEN": "s3cret-token-0123",
             "DATABASE_URL": "postgresql://app:s3cret@db/gw",
             "NATS_URL": "nats://user:s3cret@nats:4222",
         }
     )
-    assert g.api_token == "s3cret-token" and g.database_url == "postgresql://app:s3cret@db/gw"
+    assert g.api_token == "s3cret-token-0123" and g.database_url == "postgresql://app:s3cret@db/gw"
     text = repr(g)
     assert "s3cret" not in text and "api_token='***'" in text
     assert "database_url='postgresql://app:***@db/gw'" in text
@@ -187,7 +189,7 @@ def test_a_valid_environment_round_trip() -> None:
             "DATABASE_URL": "postgresql://u:p@db/gw",
             "GATEWAY_HOST": "0.0.0.0",
             "GATEWAY_PORT": " 8080 ",
-            "AGENTBUS_API_TOKEN": "t0k",
+            "AGENTBUS_API_TOKEN": "t0k-of-sixteen-chars",
             "NATS_REPLICAS": "3",
             "MAX_BODY_BYTES": "2048",
             "WS_HEARTBEAT_S": "2.5",
@@ -209,7 +211,7 @@ def test_a_valid_environment_round_trip() -> None:
         database_url="postgresql://u:p@db/gw",
         host="0.0.0.0",
         port=8080,
-        api_token="t0k",
+        api_token="t0k-of-sixteen-chars",
         nats_replicas=3,
         max_body_bytes=2048,
         ws_heartbeat_s=2.5,
@@ -226,9 +228,8 @@ def test_a_valid_environment_round_trip() -> None:
         log_level="debug",
     )
     assert isinstance(g.port, int) and isinstance(g.request_timeout_s, float)
-    g.check()  # a token: may listen beyond loopback
-    with pytest.raises(SystemExit, match="AGENTBUS_ADMIN_TOKEN"):
-        GatewaySettings.from_env({"GATEWAY_HOST": "0.0.0.0"}).check()
+    assert g.auth_on  # a token: may listen beyond loopback
+    assert error(GatewaySettings, {"GATEWAY_HOST": "0.0.0.0"}).startswith("GATEWAY_HOST=0.0.0.0: must be")
 
     r = RunnerSettings.from_env(
         {
@@ -268,9 +269,13 @@ def test_every_variable_is_read_from_the_environment() -> None:
                 "LOG_FORMAT": "json",
                 "OPENAI_BASE_URL": "https://x",
                 "AGENTBUS_ADMIN_TOKEN": "x7-at-least-sixteen",
+                "AGENTBUS_API_TOKEN": "x7-at-least-sixteen",
                 "JWT_JWKS_URL": "https://idp.example/jwks.json",
+                "GATEWAY_HOST": "127.0.0.2",  # loopback: elsewhere it would need authentication
             }.get(var.name, "x7")
-            value = cls.from_env({var.name: raw})
+            # A JWT key is accepted with an issuer and an audience only.
+            jwt = {"JWT_ISSUER": "https://idp.example", "JWT_AUDIENCE": "agentbus"}
+            value = cls.from_env({**(jwt if var.name in ("JWT_KEY", "JWT_JWKS_URL") else {}), var.name: raw})
             for part in var.path:
                 value = getattr(value, part)
             assert value == var.type(raw), var.name
@@ -308,6 +313,7 @@ def test_a_field_without_a_variable_is_refused() -> None:
         ("gateway", "GATEWAY_PORT", "99999"),
         ("runner", "RUNNER_GRACE_S", "-1"),
         ("metrics", "NATS_REPLICAS", "0"),
+        ("gateway", "GATEWAY_HOST", "0.0.0.0"),  # beyond loopback without authentication
     ],
 )
 def test_a_bad_setting_stops_the_process_with_one_line(service: str, variable: str, value: str) -> None:
@@ -324,6 +330,14 @@ def test_a_bad_setting_stops_the_process_with_one_line(service: str, variable: s
             "METRICS_DATABASE_URL": f"postgresql://u:pw@127.0.0.1:{port}/db",
             variable: value,
         }
+        for name in (
+            "AGENTBUS_ADMIN_TOKEN",
+            "AGENTBUS_API_TOKEN",
+            "JWT_KEY",
+            "JWT_JWKS_URL",
+            "ALLOW_INSECURE",
+        ):
+            env.pop(name, None)
         started = time.monotonic()
         proc = subprocess.run(
             [sys.executable, "-m", f"agentbus.{service}"], env=env, capture_output=True, text=True, timeout=60
@@ -331,27 +345,36 @@ def test_a_bad_setting_stops_the_process_with_one_line(service: str, variable: s
         took = time.monotonic() - started
         with pytest.raises(BlockingIOError):
             trap.accept()
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == EXIT_CONFIG, proc.stderr  # "do not start it again"
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0].startswith(f"agentbus-{service}: invalid configuration: {variable}={value}: must be ")
     assert took < 30
 
 
-@pytest.mark.parametrize(("variable", "value"), [("GATEWAY_PORT", "99999"), ("NATS_PORT", "x")])
-def test_make_run_stops_on_a_bad_port_in_one_line(tmp_path, variable: str, value: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("variable", "value", "allowed"),
+    [
+        ("GATEWAY_PORT", "99999", "an integer from 1 to 65535"),
+        ("NATS_PORT", "x", "an integer from 1 to 65535"),
+        ("AGENTBUS_API_TOKEN", "short", "printable ASCII without spaces, at least 16 characters"),
+    ],
+)
+def test_make_run_stops_on_a_bad_setting_in_one_line(
+    tmp_path, variable: str, value: str, allowed: str
+) -> None:  # type: ignore[no-untyped-def]
+    var = tmp_path / "var"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "run.py")],
-        env={**os.environ, "AGENTBUS_VAR": str(tmp_path), variable: value},
+        env={**os.environ, "AGENTBUS_VAR": str(var), variable: value},
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert (
-        proc.stderr.strip()
-        == f"make run: invalid configuration: {variable}={value}: must be an integer from 1 to 65535"
-    )
+    assert proc.returncode == EXIT_CONFIG and "Traceback" not in proc.stderr, proc.stderr
+    shown = " (value hidden)" if variable == "AGENTBUS_API_TOKEN" else f"={value}"
+    assert proc.stderr.strip() == f"make run: invalid configuration: {variable}{shown}: must be {allowed}"
+    assert not proc.stdout and not var.exists(), "nothing was started"
 
 
 # --- the README table ---------------------------------------------------------------------------
@@ -412,26 +435,70 @@ def test_readme_table_is_generated_and_up_to_date() -> None:
     assert _generator().update(readme) == readme, "run: python scripts/gen_settings_doc.py"
 
 
+JWT = {"JWT_ISSUER": "https://idp.example", "JWT_AUDIENCE": "agentbus"}
+
+
 def test_authentication_switches_and_safe_defaults() -> None:
     off = GatewaySettings.from_env({})
     assert not off.auth_on and off.admin_credential is None
-    off.check()  # loopback without authentication: allowed
+    assert off.auth_summary().startswith("authentication is off: listening on loopback (127.0.0.1) only")
     for env_ in (
         {"AGENTBUS_ADMIN_TOKEN": "an-admin-token-0123"},
-        {"AGENTBUS_API_TOKEN": "legacy"},
-        {"JWT_KEY": "a-shared-secret"},
-        {"JWT_JWKS_URL": "https://idp.example/.well-known/jwks.json"},
+        {"AGENTBUS_API_TOKEN": "a-legacy-token-0123"},
+        {"JWT_KEY": "a-shared-secret", **JWT},
+        {"JWT_JWKS_URL": "https://idp.example/.well-known/jwks.json", **JWT},
     ):
-        on = GatewaySettings.from_env({**env_, "GATEWAY_HOST": "0.0.0.0"})
+        on = GatewaySettings.from_env({**env_, "GATEWAY_HOST": "0.0.0.0"})  # beyond loopback: allowed
         assert on.auth_on, env_
-        on.check()  # beyond loopback with authentication: allowed
+        assert on.auth_summary().startswith("authentication is on"), env_
     both = GatewaySettings.from_env(
-        {"AGENTBUS_ADMIN_TOKEN": "new-admin-token-0123", "AGENTBUS_API_TOKEN": "old"}
+        {"AGENTBUS_ADMIN_TOKEN": "new-admin-token-0123", "AGENTBUS_API_TOKEN": "old-admin-token-0123"}
     )
     assert both.admin_credential == "new-admin-token-0123"
-    with pytest.raises(SystemExit, match="ALLOW_INSECURE"):
-        GatewaySettings.from_env({"GATEWAY_HOST": "10.0.0.5"}).check()
-    GatewaySettings.from_env({"GATEWAY_HOST": "10.0.0.5", "ALLOW_INSECURE": "1"}).check()
+    # Beyond loopback without authentication: refused, naming the variable, unless ALLOW_INSECURE=1.
+    assert error(GatewaySettings, {"GATEWAY_HOST": "10.0.0.5"}) == (
+        "GATEWAY_HOST=10.0.0.5: must be a loopback address (127.0.0.1, ::1, localhost) while "
+        "authentication is off: set AGENTBUS_ADMIN_TOKEN (or JWT_KEY / JWT_JWKS_URL), or "
+        "ALLOW_INSECURE=1 to let anyone who reaches the port do anything"
+    )
+    with pytest.raises(SettingsError, match=r"GATEWAY_HOST=0\.0\.0\.0"):
+        GatewaySettings(host="0.0.0.0")  # built in code: the same rule
+    insecure = GatewaySettings.from_env({"GATEWAY_HOST": "10.0.0.5", "ALLOW_INSECURE": "1"})
+    assert insecure.auth_summary() == (
+        "authentication is off and ALLOW_INSECURE=1: listening on 10.0.0.5, where anyone who reaches "
+        "the port may do anything"
+    )
+    assert GatewaySettings.from_env({"GATEWAY_HOST": "::1"}).host == "::1"
+    # The former name is held to the same length as the new one.
+    assert error(GatewaySettings, {"AGENTBUS_API_TOKEN": "legacy"}) == (
+        "AGENTBUS_API_TOKEN (value hidden): must be printable ASCII without spaces, at least 16 characters"
+    )
+
+
+@pytest.mark.parametrize(
+    "source", [{"JWT_KEY": "s3cret-shared-key"}, {"JWT_JWKS_URL": "https://idp.example/k"}]
+)
+def test_a_jwt_needs_an_issuer_and_an_audience(source: dict[str, str]) -> None:
+    name = next(iter(source))
+    assert error(GatewaySettings, source) == (
+        f"JWT_ISSUER is unset: must be set when {name} is set (the `iss` claim every accepted JWT must carry)"
+    )
+    assert error(GatewaySettings, {**source, "JWT_ISSUER": "https://idp.example"}) == (
+        f"JWT_AUDIENCE is unset: must be set when {name} is set (the `aud` claim every accepted JWT "
+        "must carry)"
+    )
+    message = error(GatewaySettings, {**source, "JWT_AUDIENCE": "agentbus"})
+    assert message.startswith("JWT_ISSUER is unset") and "s3cret" not in message
+    with pytest.raises(SettingsError, match="JWT_ISSUER is unset"):
+        GatewaySettings(jwt_key="s3cret-shared-key", jwt_audience="agentbus")  # built in code alike
+    g = GatewaySettings.from_env({**source, **JWT})
+    assert (g.jwt_issuer, g.jwt_audience) == ("https://idp.example", "agentbus")
+    assert g.auth_summary() == (
+        "authentication is on: every request needs credentials (JWTs from https://idp.example for agentbus)"
+    )
+
+
+def test_more_safe_defaults() -> None:
     assert error(GatewaySettings, {"AGENTBUS_ADMIN_TOKEN": "short"}) == (
         "AGENTBUS_ADMIN_TOKEN (value hidden): must be printable ASCII without spaces, at least 16 characters"
     )

@@ -23,7 +23,16 @@ A field whose type is itself an `EnvSettings` class (the runner's model
 defaults) is read from its own variables. A variable whose value is not a
 scalar (JSON, `kind=n,...` lists) names a `parse` function: its ValueError
 becomes a SettingsError naming the variable, and its result is then checked
-against the field's type like any other value.
+against the field's type like any other value. Rules that span several fields
+(one setting requires another) live in the class's `validate()`, run after
+every field is checked, from the environment or in code alike.
+
+A service that cannot start with its settings says why in one line on stderr
+and exits with `EXIT_CONFIG` (78, EX_CONFIG of sysexits.h), the one exit code
+that means "the configuration is wrong: starting again changes nothing";
+`exit_on_bad_settings` does both. `make run` stops everything when a service
+exits with it, and a process manager can be told not to restart on it
+(systemd's `RestartPreventExitStatus=78`).
 """
 
 from __future__ import annotations
@@ -33,12 +42,13 @@ import math
 import os
 import re
 import socket
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import msgspec
 
@@ -47,6 +57,7 @@ from agentbus.common.masking import mask_url, secret_repr
 __all__ = [
     "DB_URL_ALLOWED",
     "DB_URL_PATTERN",
+    "EXIT_CONFIG",
     "EnvSettings",
     "LogFormat",
     "LogLevel",
@@ -56,6 +67,7 @@ __all__ = [
     "SettingsError",
     "Variable",
     "env",
+    "exit_on_bad_settings",
     "mask_url",
     "variables",
 ]
@@ -68,6 +80,16 @@ def default_instance() -> str:
 
 class SettingsError(ValueError):
     """A setting is not allowed. The message is one line, names the variable and never shows a secret."""
+
+
+# The exit code of a service refused by its own settings (EX_CONFIG): restarting it is pointless.
+EXIT_CONFIG = 78
+
+
+def exit_on_bad_settings(program: str, error: SettingsError) -> NoReturn:
+    """End a service that its settings do not allow: one line on stderr, exit code EXIT_CONFIG."""
+    print(f"{program}: invalid configuration: {error}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_CONFIG)
 
 
 def env(
@@ -168,6 +190,10 @@ class EnvSettings(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> typing.Self:
         return load(cls, env)
+
+    def validate(self) -> None:
+        """Rules across fields, once every field holds an allowed value: raise SettingsError
+        (naming the variable, its value unless secret, and what is allowed). None by default."""
 
     @classmethod
     def variables(cls) -> tuple[Variable, ...]:
@@ -271,6 +297,7 @@ def load(cls: type[T], env: Mapping[str, str] | None = None, defaults: Mapping[s
     finally:
         _checking.reset(token)
     _check_finite(obj, given)
+    obj.validate()
     return obj
 
 
@@ -285,6 +312,7 @@ def _check(obj: EnvSettings) -> None:
     finally:
         _checking.reset(token)
     _check_finite(obj, {})
+    obj.validate()
 
 
 def _check_finite(obj: Any, given: Mapping[str, str]) -> None:

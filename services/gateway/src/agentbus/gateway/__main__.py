@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import sys
 from types import FrameType
 
 import uvicorn
 
 from agentbus.common.logs import setup_logging
-from agentbus.common.settings import SettingsError
+from agentbus.common.settings import SettingsError, exit_on_bad_settings
 from agentbus.common.tracing import setup_tracing
 from agentbus.gateway.app import Gateway
 from agentbus.gateway.settings import Settings, is_loopback
@@ -61,20 +60,16 @@ def listening_socket(host: str, port: int) -> socket.socket:
 def main() -> None:
     try:
         settings = Settings.from_env()
-    except SettingsError as exc:  # one line, before connecting anywhere
-        print(f"agentbus-gateway: invalid configuration: {exc}", file=sys.stderr)
-        sys.exit(2)
-    settings.check()
+    except SettingsError as exc:  # one line, before connecting anywhere; not worth a restart
+        exit_on_bad_settings("agentbus-gateway", exc)
     setup_logging("gateway", settings.log_level, settings.log_format)
     setup_tracing("agentbus-gateway")
-    if not settings.auth_on:
-        log.warning(
-            "authentication is off (no AGENTBUS_ADMIN_TOKEN, JWT_KEY or JWT_JWKS_URL): %s",
-            f"listening on {settings.host} only; every request acts as the local admin"
-            if is_loopback(settings.host)
-            else f"listening on {settings.host} because ALLOW_INSECURE=1: anyone who reaches it "
-            "may do anything",
-        )
+    if settings.auth_on:
+        log.info("%s", settings.auth_summary())
+    elif is_loopback(settings.host):
+        log.warning("%s (set AGENTBUS_ADMIN_TOKEN to turn it on)", settings.auth_summary())
+    else:
+        log.critical("INSECURE: %s", settings.auth_summary())
     try:
         import uvloop  # noqa: F401
 

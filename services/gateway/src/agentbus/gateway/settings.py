@@ -18,6 +18,7 @@ from agentbus.common.settings import (
     NatsAccess,
     NatsReplicas,
     NatsUrl,
+    SettingsError,
     default_instance,
     env,
     load,
@@ -118,7 +119,8 @@ class Settings(EnvSettings, frozen=True, kw_only=True):
                 "the former name of AGENTBUS_ADMIN_TOKEN, still honoured (an admin credential)",
                 secret=True,
                 pattern=TOKEN_PATTERN,
-                allowed="printable ASCII without spaces",
+                allowed="printable ASCII without spaces, at least 16 characters",
+                min_length=16,
             ),
         ]
         | None
@@ -158,10 +160,29 @@ class Settings(EnvSettings, frozen=True, kw_only=True):
             allowed="comma-separated names among " + ", ".join(JWT_ALGORITHMS),
         ),
     ] = ("RS256", "ES256")
-    jwt_issuer: Annotated[str | None, env("JWT_ISSUER", "the `iss` a JWT must carry; unset: any")] = None
-    jwt_audience: Annotated[
-        str | None, env("JWT_AUDIENCE", "the `aud` a JWT must carry; unset: a JWT with `aud` is refused")
-    ] = None
+    jwt_issuer: (
+        Annotated[
+            str,
+            env(
+                "JWT_ISSUER",
+                "the `iss` a JWT must carry; required with JWT_KEY or JWT_JWKS_URL",
+                min_length=1,
+            ),
+        ]
+        | None
+    ) = None
+    jwt_audience: (
+        Annotated[
+            str,
+            env(
+                "JWT_AUDIENCE",
+                "the `aud` a JWT must carry (this gateway's name at the identity provider); required "
+                "with JWT_KEY or JWT_JWKS_URL",
+                min_length=1,
+            ),
+        ]
+        | None
+    ) = None
     jwt_role_claim: Annotated[
         str,
         env("JWT_ROLE_CLAIM", "the JWT claim naming the role (a string, or a list: the first role known)"),
@@ -364,11 +385,47 @@ class Settings(EnvSettings, frozen=True, kw_only=True):
     def auth_on(self) -> bool:
         return bool(self.admin_credential or self.jwt_key or self.jwt_jwks_url)
 
-    def check(self) -> None:
-        """Refuse to listen beyond loopback without authentication (unless ALLOW_INSECURE=1)."""
+    @property
+    def jwt_on(self) -> bool:
+        return bool(self.jwt_key or self.jwt_jwks_url)
+
+    def validate(self) -> None:
+        """The safe defaults that span settings: without authentication the gateway listens on
+        loopback only (unless ALLOW_INSECURE=1), and a JWT is accepted only from one issuer for
+        one audience (a JWT any issuer signed for any service proves nothing about this one)."""
         if not is_loopback(self.host) and not self.auth_on and not self.allow_insecure:
-            raise SystemExit(
-                f"refusing to listen on {self.host} with authentication off: set AGENTBUS_ADMIN_TOKEN "
-                "(or JWT_KEY / JWT_JWKS_URL), or ALLOW_INSECURE=1 to let anyone who reaches the port "
-                "do anything"
+            raise SettingsError(
+                f"GATEWAY_HOST={self.host}: must be a loopback address (127.0.0.1, ::1, localhost) "
+                "while authentication is off: set AGENTBUS_ADMIN_TOKEN (or JWT_KEY / JWT_JWKS_URL), "
+                "or ALLOW_INSECURE=1 to let anyone who reaches the port do anything"
             )
+        if self.jwt_on:
+            source = "JWT_KEY" if self.jwt_key else "JWT_JWKS_URL"
+            for name, value, what in (
+                ("JWT_ISSUER", self.jwt_issuer, "the `iss` claim"),
+                ("JWT_AUDIENCE", self.jwt_audience, "the `aud` claim"),
+            ):
+                if not value:
+                    raise SettingsError(
+                        f"{name} is unset: must be set when {source} is set ({what} every accepted "
+                        "JWT must carry)"
+                    )
+
+    def auth_summary(self) -> str:
+        """One line on who may use this gateway, as it starts: the log says it, `make run` prints it."""
+        if self.auth_on:
+            ways = []
+            if self.admin_credential:
+                ways.append("the admin token and API keys")
+            if self.jwt_on:
+                ways.append(f"JWTs from {self.jwt_issuer} for {self.jwt_audience}")
+            return f"authentication is on: every request needs credentials ({', '.join(ways)})"
+        if is_loopback(self.host):
+            return (
+                f"authentication is off: listening on loopback ({self.host}) only; anyone on this "
+                "machine acts as the admin"
+            )
+        return (
+            f"authentication is off and ALLOW_INSECURE=1: listening on {self.host}, where anyone who "
+            "reaches the port may do anything"
+        )

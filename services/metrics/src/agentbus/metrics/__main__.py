@@ -9,7 +9,7 @@ import signal
 import sys
 
 from agentbus.common.logs import setup_logging
-from agentbus.common.settings import SettingsError
+from agentbus.common.settings import SettingsError, exit_on_bad_settings
 from agentbus.common.tracing import setup_tracing
 from agentbus.metrics.ops import MetricsOps
 from agentbus.metrics.service import MetricsService
@@ -50,9 +50,8 @@ async def serve(settings: Settings) -> None:
 def main() -> int:
     try:
         settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"agentbus-metrics: invalid configuration: {exc}", file=sys.stderr)
-        return 2
+    except SettingsError as exc:  # one line, before connecting anywhere; not worth a restart
+        exit_on_bad_settings("agentbus-metrics", exc)
     setup_logging("metrics", settings.log_level, settings.log_format)
     setup_tracing("agentbus-metrics")
     try:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 
 from agentbus.common.logs import setup_logging
-from agentbus.common.settings import SettingsError
+from agentbus.common.settings import SettingsError, exit_on_bad_settings
 from agentbus.common.tracing import setup_tracing
 from agentbus.runner.ops import RunnerOps
 from agentbus.runner.service import Runner
@@ -37,9 +36,8 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     try:
         settings = Settings.from_env()
-    except SettingsError as exc:  # one line, before connecting anywhere
-        print(f"agentbus-runner: invalid configuration: {exc}", file=sys.stderr)
-        sys.exit(2)
+    except SettingsError as exc:  # one line, before connecting anywhere; not worth a restart
+        exit_on_bad_settings("agentbus-runner", exc)
     setup_logging("runner", settings.log_level, settings.log_format)
     setup_tracing("agentbus-runner")
     try:
