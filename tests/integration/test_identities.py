@@ -348,6 +348,7 @@ async def test_approvers_entries_must_be_able_to_match_someone(api: AsyncTestCli
         "jwt:",
         "alice",
         " admin",
+        "admin\n",
     ):
         made = await api.post(
             "/api/tasks", json={"name": "t", "approvers": ["admin", bad]}, headers=bearer(ADMIN)

@@ -255,8 +255,9 @@ class RunService:
 
         The `run.cancel` entry is written only for a 202, after the cancel is stored: the cancel makes
         no database write of its own (the run's status moves to `cancelled` by the runner's event,
-        later), so no transaction can hold both (`audit_after`). A refused or failed cancel leaves no
-        entry."""
+        later; a held run's `unhold` is admission's record that it was queued, written before the
+        outcome is known), so no transaction can hold both (`audit_after`). A refused or failed
+        cancel leaves no entry."""
         run = await self.load(run_id)
         if run.status in TERMINAL_RUN_STATUSES:
             raise Conflict(f"run {run_id} has already ended ({run.status})")
