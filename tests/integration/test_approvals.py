@@ -70,6 +70,17 @@ async def run_status(client: AsyncTestClient, run_id: str, status: str) -> dict[
     return await eventually(check, what=f"run {run_id} {status}")
 
 
+async def audited(client: AsyncTestClient, target_id: str, action: str) -> list[dict[str, Any]]:
+    """The audit entries of one action on one target, newest first."""
+    r = await client.get(f"/api/audit?target_id={target_id}&action={action}&limit=100")
+    assert r.status_code == 200, r.text
+    return r.json()["items"]  # type: ignore[no-any-return]
+
+
+def who_on_what(entries: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    return [(e["actor"]["id"], e["target_type"], e["target_id"]) for e in entries]
+
+
 async def test_a_waiting_run_has_one_pending_approval_and_approving_settles_it(
     client: AsyncTestClient, runner: Runner
 ) -> None:
@@ -109,6 +120,9 @@ async def test_reject_revise_deadline_and_cancel(client: AsyncTestClient, runner
     body = await settled(client, first["id"], "rejected")
     assert body["feedback"] == "no" and body["decided_at"] is not None
     await run_status(client, rejected["id"], "rejected")
+    [entry] = await audited(client, rejected["id"], "run.reject")
+    assert who_on_what([entry]) == [("local", "run", rejected["id"])]  # authentication off: the local user
+    assert entry["detail"] == {"task_id": task["id"], "plan_version": 1, "revise": False}
 
     revised, v1 = await waiting_run(client, task)
     r = await client.post(
@@ -129,12 +143,26 @@ async def test_reject_revise_deadline_and_cancel(client: AsyncTestClient, runner
     assert r.status_code == 200, r.text
     await settled(client, v2["id"], "approved")
     await run_status(client, revised["id"], "completed")
+    sent = await audited(client, revised["id"], "run.reject")
+    assert who_on_what(sent) == [("local", "run", revised["id"])] and sent[0]["detail"]["revise"] is True
+    assert who_on_what(await audited(client, revised["id"], "run.approve")) == [
+        ("local", "run", revised["id"])
+    ]
+    # A cancel of a run that has ended is refused, and leaves no entry.
+    r = await client.post(f"/api/runs/{revised['id']}/cancel")
+    assert r.status_code == 409, r.text
+    assert await audited(client, revised["id"], "run.cancel") == []
 
     cancelled, waiting = await waiting_run(client, task)
     assert (await client.post(f"/api/runs/{cancelled['id']}/cancel")).status_code == 202
     body = await settled(client, waiting["id"], "cancelled")
     assert body["decided_by"] is None and body["feedback"] is None
     await run_status(client, cancelled["id"], "cancelled")
+    # The accepted cancel is recorded once; cancelling it again is a 409 that adds nothing.
+    assert (await client.post(f"/api/runs/{cancelled['id']}/cancel")).status_code == 409
+    [entry] = await audited(client, cancelled["id"], "run.cancel")
+    assert who_on_what([entry]) == [("local", "run", cancelled["id"])]
+    assert entry["detail"] == {"task_id": task["id"]}
 
     short = await new_task(client, agent_config=FAST, approval_timeout_s=1)
     expired, deadline = await waiting_run(client, short)
@@ -228,6 +256,10 @@ async def test_deleting_a_run_or_its_task_deletes_its_approvals(
     quick = Settings(nats_url=own_nats.url, database_url=database_url, delete_wait_s=0)
     async with AsyncTestClient(app=create_app(quick), base_url=LOCAL) as other:
         assert (await other.delete(f"/api/runs/{run['id']}")).status_code == 204
+        [entry] = await audited(client, run["id"], "run.delete")  # kept: the trail outlives the run
+        assert who_on_what([entry]) == [("local", "run", run["id"])]
+        assert entry["detail"] == {"task_id": task["id"]}
+        assert await audited(client, run["id"], "run.cancel") == []  # a delete is not a cancel
         assert (await client.get(f"/api/approvals/{approval['id']}")).status_code == 404
         assert (await client.get(f"/api/approvals/{kept['id']}")).status_code == 200
         assert (await other.delete(f"/api/tasks/{task['id']}")).status_code == 204

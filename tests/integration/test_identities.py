@@ -16,10 +16,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from litestar.testing import AsyncTestClient
+from sqlalchemy import select
 
+from agentbus.common.db import make_engine
 from agentbus.gateway.app import create_app
+from agentbus.gateway.identity import key_hash
 from agentbus.gateway.settings import Settings
+from agentbus.gateway.store.tables import api_keys
 from tests.integration.conftest import LOCAL
+from tests.support.fake_runner import FakeRunnerInfo
+from tests.support.servers import NatsServer
 from tests.support.waiting import eventually
 
 ADMIN = "admin-token-for-tests-0123456789"
@@ -134,6 +140,33 @@ async def test_a_key_is_shown_once_stored_as_a_hash_and_revoked_everywhere(
     assert (await api.delete(f"/api/keys/{made['id']}", headers=bearer(ADMIN))).status_code == 404
     shown = (await api.get("/api/keys?revoked=true", headers=bearer(ADMIN))).json()["items"]
     assert shown[0]["revoked_at"] is not None
+    # Revoked once, recorded once (the second DELETE, a 404, left nothing).
+    revokes = (await api.get("/api/audit?action=key.revoke", headers=bearer(ADMIN))).json()["items"]
+    assert [(e["actor"]["id"], e["target_type"], e["target_id"]) for e in revokes] == [
+        ("admin", "key", made["id"])
+    ]
+
+
+async def test_a_key_row_holds_only_a_salted_hash_of_its_secret(
+    api: AsyncTestClient, database_url: str
+) -> None:
+    made = await make_key(api, "operator")
+    prefix, key_id, secret = made["key"].split("_", 2)  # ab_<id>_<secret>; the secret may hold "_"
+    assert (prefix, key_id) == ("ab", made["id"])
+    engine = make_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).one()
+    finally:
+        await engine.dispose()
+    stored = row._asdict()
+    assert stored["hash"] == key_hash(stored["salt"], secret)
+    assert len(bytes.fromhex(stored["salt"])) == 16  # a salt of its own, 128 random bits
+    other = await make_key(api, "operator")
+    assert other["key"] != made["key"]
+    # Neither the secret nor the key is anywhere in the row, in any column.
+    every_value = repr(tuple(row))
+    assert secret not in every_value and made["key"] not in every_value
 
 
 async def test_key_expiry_and_bad_key_bodies(api: AsyncTestClient) -> None:
@@ -309,6 +342,97 @@ async def test_approvers_and_the_four_eyes_rule(api: AsyncTestClient) -> None:
     assert stored["approval"] is None
 
 
+async def test_approvers_entries_must_be_able_to_match_someone(api: AsyncTestClient) -> None:
+    """An entry that is no role name, no key id and no JWT identity would match no one: refused,
+    named, on create and on update; the three kinds are taken."""
+    good = ["approver", "admin", "0123456789abcdef0123456789abcdef", "jwt:alice"]
+    task = await api.post("/api/tasks", json={"name": "t", "approvers": good}, headers=bearer(ADMIN))
+    assert task.status_code == 201 and task.json()["approvers"] == good, task.text
+    path = f"/api/tasks/{task.json()['id']}"
+    for bad in (
+        "aprover",
+        "Approver",
+        "0123456789ABCDEF0123456789ABCDEF",
+        "0123abc",
+        "jwt:",
+        "alice",
+        " admin",
+        "admin\n",
+    ):
+        made = await api.post(
+            "/api/tasks", json={"name": "t", "approvers": ["admin", bad]}, headers=bearer(ADMIN)
+        )
+        assert made.status_code == 400, (bad, made.text)
+        assert repr(bad) in made.json()["detail"] and made.json()["extra"][0]["key"] == "approvers"
+        changed = await api.patch(path, json={"approvers": [bad]}, headers=bearer(ADMIN))
+        assert changed.status_code == 400 and repr(bad) in changed.json()["detail"], (bad, changed.text)
+    assert (await api.get(path, headers=bearer(ADMIN))).json()["approvers"] == good
+    # A JWT identity listed decides; another one with the same role does not.
+    await api.patch(path, json={"approvers": ["jwt:alice"]}, headers=bearer(ADMIN))
+    run = (await api.post("/api/runs", json={"task_id": task.json()["id"]}, headers=bearer(ADMIN))).json()
+    decide = f"/api/runs/{run['id']}/approve"
+    assert (await api.post(decide, json={"approved": True}, headers=bearer(_jwt()))).status_code == 409
+    r = await api.post(decide, json={"approved": True}, headers=bearer(_jwt(sub="bob")))
+    assert r.status_code == 403 and "approvers" in r.json()["detail"]
+
+
+async def test_refused_decisions_leave_one_auth_denied_entry_and_change_nothing(api: AsyncTestClient) -> None:
+    """A 403 of the decision rules (a task's approvers, the four-eyes rule) is recorded like the
+    guard's role 403s: one `auth.denied` entry each, with the status and the reason."""
+    viewer = await make_key(api, "viewer")
+    alice = await make_key(api, "admin")  # may start runs and decide on them
+    bob = await make_key(api, "approver")
+
+    async def denied() -> list[dict[str, Any]]:
+        r = await api.get("/api/audit?action=auth.denied&limit=100", headers=bearer(ADMIN))
+        return r.json()["items"]  # type: ignore[no-any-return]
+
+    r = await api.post("/api/tasks", json={"name": "x"}, headers=bearer(viewer["key"]))
+    assert r.status_code == 403
+    [role] = await denied()
+    assert role["actor"] == {"id": viewer["id"], "name": "viewer key", "role": "viewer"}
+    assert role["detail"]["status"] == 403 and role["detail"]["reason"] == r.json()["detail"]
+    assert (role["detail"]["method"], role["detail"]["path"]) == ("POST", "/api/tasks")
+
+    task = (
+        await api.post(
+            "/api/tasks",
+            json={"name": "t", "approvers": [alice["id"]], "approval_by_other": True},
+            headers=bearer(ADMIN),
+        )
+    ).json()
+    run = (await api.post("/api/runs", json={"task_id": task["id"]}, headers=bearer(alice["key"]))).json()
+    decide = f"/api/runs/{run['id']}/approve"
+    before = (await api.get(f"/api/runs/{run['id']}", headers=bearer(ADMIN))).json()
+    trail = (await api.get("/api/audit?limit=100", headers=bearer(ADMIN))).json()["total"]
+
+    # Not one of the approvers.
+    r = await api.post(decide, json={"approved": False}, headers=bearer(bob["key"]))
+    assert r.status_code == 403
+    entry = (await denied())[0]
+    assert entry["actor"]["id"] == bob["id"] and entry["target_type"] == "route"
+    assert entry["detail"]["status"] == 403 and entry["detail"]["reason"] == r.json()["detail"]
+    assert "approvers" in entry["detail"]["reason"]
+    assert (entry["detail"]["method"], entry["detail"]["path"]) == ("POST", decide)
+    # The one who started it approving it: the four-eyes rule.
+    r = await api.post(decide, json={"approved": True}, headers=bearer(alice["key"]))
+    assert r.status_code == 403
+    entry = (await denied())[0]
+    assert entry["actor"]["id"] == alice["id"] and entry["detail"]["status"] == 403
+    assert (
+        entry["detail"]["reason"] == r.json()["detail"] and "approval_by_other" in entry["detail"]["reason"]
+    )
+
+    # Two refusals, two entries, and nothing else: the run, its approvals and the rest of the trail.
+    assert len(await denied()) == 3
+    assert (await api.get("/api/audit?limit=100", headers=bearer(ADMIN))).json()["total"] == trail + 2
+    assert (await api.get(f"/api/runs/{run['id']}", headers=bearer(ADMIN))).json() == before
+    about_run = (await api.get(f"/api/audit?target_id={run['id']}", headers=bearer(ADMIN))).json()
+    assert [e["action"] for e in about_run["items"]] == ["run.create"]
+    approvals = (await api.get(f"/api/approvals?task_id={task['id']}", headers=bearer(ADMIN))).json()
+    assert approvals["total"] == 0
+
+
 async def test_the_audit_trail(api: AsyncTestClient) -> None:
     operator = await make_key(api, "operator")
     task = (await api.post("/api/tasks", json={"name": "audited"}, headers=bearer(operator["key"]))).json()
@@ -347,12 +471,40 @@ async def test_the_audit_trail(api: AsyncTestClient) -> None:
         url = "/api/audit?limit=3" + (f"&cursor={cursor}" if cursor else "")
         got = (await api.get(url, headers=bearer(ADMIN))).json()
         seen += [e["id"] for e in got["items"]]
+        assert all(isinstance(e["id"], str) for e in got["items"])  # ids are opaque strings
         cursor = got["next_cursor"]
         if cursor is None:
             break
     assert len(seen) == len(set(seen)) == got["total"]
     for bad in ("?since=yesterday", "?limit=0", "?cursor=garbage", "?skip=-1"):
         assert (await api.get("/api/audit" + bad, headers=bearer(ADMIN))).status_code == 400, bad
+
+
+async def test_a_cancel_the_broker_does_not_store_leaves_no_entry(tmp_path, database_url: str) -> None:  # type: ignore[no-untyped-def]
+    """`run.cancel` is written once the cancel is stored: with the broker away the cancel is a 503,
+    and the trail says nothing happened, as nothing did."""
+    server = NatsServer(str(tmp_path / "nats")).start()
+    discovery = FakeRunnerInfo(server.url).start()
+    try:
+        settings = Settings(nats_url=server.url, database_url=database_url, request_timeout_s=0.5)
+        async with AsyncTestClient(app=create_app(settings), base_url=LOCAL) as api:
+            task = (await api.post("/api/tasks", json={"name": "t"})).json()
+            run = (await api.post("/api/runs", json={"task_id": task["id"]})).json()
+            server.stop()
+            r = await api.post(f"/api/runs/{run['id']}/cancel")
+            assert r.status_code == 503, r.text
+            trail = (await api.get(f"/api/audit?target_id={run['id']}")).json()["items"]
+            assert [e["action"] for e in trail] == ["run.create"]
+            assert (await api.get(f"/api/runs/{run['id']}")).json()["status"] == "pending"
+            server.start()  # back (same port and store), so the gateway stops as usual
+
+            async def ready() -> bool:
+                return bool((await api.get("/ready")).json()["checks"]["broker"])
+
+            await eventually(ready, timeout=20, what="the gateway reconnected to the broker")
+    finally:
+        discovery.stop()
+        server.stop()
 
 
 async def test_auth_off_is_the_local_admin(client: AsyncTestClient) -> None:

@@ -170,7 +170,15 @@ async def test_the_deadline_applies_the_runs_policy(policy: str, js: Any, kv: An
     assert events[-1].data.stats.approval_wait >= 1  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("policy", ["reject", "approve"])
+# The deadline's event, and the run's last one, by policy.
+AT_DEADLINE = {
+    "timeout": ("timeout", "timeout"),
+    "reject": ("rejected", "rejected"),
+    "approve": ("approved", "completion"),
+}
+
+
+@pytest.mark.parametrize("policy", ["timeout", "reject", "approve"])
 async def test_the_policy_is_applied_by_the_runner_that_holds_the_run_at_the_deadline(
     policy: str, nats_url: str, js: Any, kv: Any, model_server: FakeOpenAI
 ) -> None:
@@ -188,9 +196,11 @@ async def test_the_policy_is_applied_by_the_runner_that_holds_the_run_at_the_dea
         events = await log.until_terminal()
         await wait_released(kv, start.run_id, second)
     assert_gapless(events)
-    assert log.types[3] == ("rejected" if policy == "reject" else "approved")
-    assert log.types[-1] == ("rejected" if policy == "reject" else "completion")
-    assert events[3].data.feedback == deadline_feedback(policy)  # type: ignore[attr-defined]
+    assert (log.types[3], log.types[-1]) == AT_DEADLINE[policy]
+    if policy == "timeout":
+        assert events[3].data.phase == "approval"  # type: ignore[attr-defined]
+    else:
+        assert events[3].data.feedback == deadline_feedback(policy)  # type: ignore[attr-defined]
     assert all(e.id.startswith(second.settings.runner_id + "/") for e in events[3:])
     assert all(e.id.startswith(first.settings.runner_id + "/") for e in events[:3])
     assert (await checkpoint(kv, start.run_id)).runner_id == second.settings.runner_id  # type: ignore[union-attr]

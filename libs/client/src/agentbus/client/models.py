@@ -158,7 +158,7 @@ class Me(msgspec.Struct, kw_only=True):
 
 
 class AuditItem(msgspec.Struct, kw_only=True):
-    id: int | str
+    id: str
     at: datetime
     actor: dict[str, Any]
     action: str

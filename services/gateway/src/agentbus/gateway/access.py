@@ -191,6 +191,13 @@ class Access:
     def streams_refused(self) -> str:
         return f"too many open streams for this identity (at most {self.max_streams}); close one first"
 
+    async def refused(
+        self, connection: ASGIConnection[Any, Any, Any, Any], reason: str, user: Identity | None
+    ) -> None:
+        """The `auth.denied` entry of a 403 a handler decides past this guard (a task's `approvers`,
+        the four-eyes rule: `RunService.may_decide`), in the guard's rate-limited log."""
+        await self._denied.record(connection, 403, reason, user)
+
 
 class _DeniedLog:
     """`auth.denied` entries, at most `per_minute` (a flood cannot fill the disk); the entries left

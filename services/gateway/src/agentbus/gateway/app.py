@@ -121,7 +121,13 @@ class Gateway:
         )
         self.approvals = ApprovalService(self.store)
         self.runs = RunService(
-            self.store, self.bus, self.discovery, self.lifecycle, self.tasks, watch=self.admission.watch
+            self.store,
+            self.bus,
+            self.discovery,
+            self.lifecycle,
+            self.tasks,
+            watch=self.admission.watch,
+            refused=self.access.refused,
         )
         self.exposition.watch(self.hub, self.ingest, self.reaper, self.deliveries)
         self.app = self._app()

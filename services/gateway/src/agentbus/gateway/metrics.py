@@ -1,7 +1,11 @@
 """`/api/metrics`: answered by the metrics service over NATS request/reply; the gateway only asks.
 
 A metric posted by hand names its run: the gateway checks the run (it owns runs), takes its task and
-agent kind from it, has the metrics service store the metric, and records the audit entry.
+agent kind from it, has the metrics service store the metric, and then records the `metric.create`
+audit entry. That entry cannot share the metric's transaction: the metrics service stores metrics in
+its own database (`METRICS_DATABASE_URL`, its own migrations), over request/reply, while the trail
+is the gateway's. So the entry is written once the metrics service answered the metric stored
+(`people.audit_after`): a refused metric (400, 404, 409) or an unanswered request (503) leaves none.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from agentbus.gateway.access import needs
 from agentbus.gateway.bus import Bus
 from agentbus.gateway.errors import BODY, documented
 from agentbus.gateway.params import Filter, Instant, Limit, Skip, instant, whole_numbers
-from agentbus.gateway.people import audit, identity_of
+from agentbus.gateway.people import audit, audit_after, identity_of
 from agentbus.gateway.schemas import Labels, accepts
 from agentbus.gateway.store import GatewayStore
 
@@ -141,7 +145,7 @@ class MetricsController(Controller):
         entry = audit(
             identity_of(request), "metric.create", "metric", created.id, run_id=data.run_id, name=data.name
         )
-        await store.people.audit(entry)
+        await audit_after(store, entry)  # stored by the metrics service: the entry follows (see above)
         return _json(answer, 201)
 
     @get(

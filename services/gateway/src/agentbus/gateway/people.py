@@ -8,6 +8,7 @@ on what. Details hold ids and field names, never a value that could be a secret.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -35,6 +36,8 @@ from agentbus.gateway.schemas import accepts
 from agentbus.gateway.store import GatewayStore
 from agentbus.gateway.store.people import AuditEntry
 
+log = logging.getLogger(__name__)
+
 
 def now() -> datetime:
     return datetime.now(UTC)
@@ -47,6 +50,27 @@ def identity_of(request: Request) -> Identity:  # type: ignore[type-arg]
 
 def audit(user: Identity, action: str, target_type: str, target_id: str, **detail: Any) -> AuditEntry:
     return AuditEntry(now(), user.actor(), action, target_type, target_id, detail or None)
+
+
+async def audit_after(store: GatewayStore, entry: AuditEntry) -> None:
+    """Write the entry of a change the gateway's database does not hold, once that change is stored
+    and accepted: a run's cancel (stored in the broker's KV) and a metric posted by hand (stored by
+    the metrics service, in its own database). No transaction spans the two stores, so the entry
+    follows the change, never precedes it: a refused or failed change leaves no entry. Should the
+    database fail at this point the change stands without its entry; that is logged (who, what, on
+    what) and the request fails (503), so the caller hears that something did not complete."""
+    try:
+        await store.people.audit(entry)
+    except Exception as exc:
+        log.error(
+            "%s on %s %s by %s stored, but its audit entry could not be written: %s",
+            entry.action,
+            entry.target_type,
+            entry.target_id,
+            entry.actor["id"],
+            type(exc).__name__,
+        )
+        raise
 
 
 # An RFC 3339 time with its offset (msgspec's schema of a datetime leaves the format out: it would
@@ -89,7 +113,7 @@ class Me(msgspec.Struct, kw_only=True):
 
 
 class AuditItem(msgspec.Struct, kw_only=True):
-    id: int
+    id: str  # opaque, like every id of the API (the database numbers entries; that stays inside)
     at: datetime
     actor: dict[str, Any]
     action: str
@@ -230,7 +254,7 @@ class AuditController(Controller):
             )
         items = [
             AuditItem(
-                id=r.id,
+                id=str(r.id),
                 at=r.at,
                 actor={"id": r.actor_id, "name": r.actor_name, "role": r.actor_role},
                 action=r.action,

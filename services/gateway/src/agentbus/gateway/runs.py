@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -38,7 +38,7 @@ from agentbus.gateway.params import (
     page_input,
     whole_numbers,
 )
-from agentbus.gateway.people import audit, identity_of
+from agentbus.gateway.people import audit, audit_after, identity_of
 from agentbus.gateway.schemas import (
     REVISE_ONLY_REJECTED,
     AnyBytes,
@@ -74,6 +74,9 @@ _BYTES = ResponseSpec(Any, media_type="*/*", description="the artifact's bytes",
 
 _CREATE_SPAN = {"http.request.method": "POST", "http.route": "/api/runs"}
 
+# Records a 403 decided here as an `auth.denied` entry: (the request, the reason, who); `Access.refused`.
+Refused = Callable[[Any, str, Identity], Awaitable[None]]
+
 
 class RunService:
     def __init__(
@@ -84,6 +87,7 @@ class RunService:
         lifecycle: Lifecycle,
         tasks: TaskService,
         watch: Callable[[str], None] = lambda task_id: None,
+        refused: Refused | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -91,6 +95,7 @@ class RunService:
         self.lifecycle = lifecycle
         self.tasks = tasks
         self.watch = watch  # this task may have held runs: release them as its runs end (admission.py)
+        self.refused = refused  # the decision rules' 403s go to the guard's `auth.denied` log
 
     async def load(self, run_id: str) -> Any:
         row = await self.store.run(run_id)
@@ -169,24 +174,32 @@ class RunService:
             raise NotFoundException(f"run {run_id} not found")
         return run_out(row)
 
-    async def may_decide(self, run: Any, approved: bool, user: Identity) -> None:
-        """403 unless `user` may decide on this run: one of the task's `approvers` (key ids or role
-        names; none listed: any approver), and not the one who started it when the task asks for
-        `approval_by_other` (the four-eyes rule: they may still reject their own run)."""
+    async def may_decide(self, run: Any, approved: bool, user: Identity, request: Any = None) -> None:
+        """403 unless `user` may decide on this run: one of the task's `approvers` (key ids, JWT
+        identities or role names; none listed: any approver), and not the one who started it when the
+        task asks for `approval_by_other` (the four-eyes rule: they may still reject their own run).
+        A refusal changes nothing but the trail: with the `request`, it leaves an `auth.denied` entry
+        (status 403, the reason), rate limited with the guard's own."""
         task = await self.tasks.load(run.task_id)
+        reason = None
         if task.approvers and user.id not in task.approvers and user.role not in task.approvers:
-            raise PermissionDeniedException(
-                f"only the task's approvers may decide on run {run.id} ({', '.join(task.approvers)})"
-            )
-        if approved and task.approval_by_other and (run.created_by or {}).get("id") == user.id:
-            raise PermissionDeniedException(
+            reason = f"only the task's approvers may decide on run {run.id} ({', '.join(task.approvers)})"
+        elif approved and task.approval_by_other and (run.created_by or {}).get("id") == user.id:
+            reason = (
                 f"run {run.id} needs another person's approval (approval_by_other): "
                 "the identity that started it cannot approve it"
             )
+        if reason is None:
+            return
+        if request is not None and self.refused is not None:
+            await self.refused(request, reason, user)
+        raise PermissionDeniedException(reason)
 
-    async def decide(self, run_id: str, data: ApproveBody, user: Identity = LOCAL) -> Run:
+    async def decide(
+        self, run_id: str, data: ApproveBody, user: Identity = LOCAL, request: Any = None
+    ) -> Run:
         run = await self.load(run_id)
-        await self.may_decide(run, data.approved, user)
+        await self.may_decide(run, data.approved, user, request)
         if run.status != "awaiting_approval" or run.approval:
             what = "already decided" if run.approval else f"is {run.status}"
             raise Conflict(f"run {run_id} is not awaiting approval ({what})")
@@ -236,16 +249,24 @@ class RunService:
         return run_out(run._replace(approval=approval, updated_at=decided_at))
 
     async def cancel(self, run_id: str, reason: str | None, user: Identity = LOCAL) -> Run:
+        """Cancel a live run: 202 once the cancel is stored (in the broker's KV, which every holder of
+        the run reads) and the run was not seen to end otherwise meanwhile; 404 or 409 when it is gone
+        or ended first, 503 when the broker is away.
+
+        The `run.cancel` entry is written only for a 202, after the cancel is stored: the cancel makes
+        no database write of its own (the run's status moves to `cancelled` by the runner's event,
+        later; a held run's `unhold` is admission's record that it was queued, written before the
+        outcome is known), so no transaction can hold both (`audit_after`). A refused or failed
+        cancel leaves no entry."""
         run = await self.load(run_id)
         if run.status in TERMINAL_RUN_STATUSES:
             raise Conflict(f"run {run_id} has already ended ({run.status})")
-        # The cancel itself is stored in the broker's KV: the entry is written just before it.
-        await self.store.people.audit(audit(user, "run.cancel", "run", run_id, task_id=run.task_id))
         after = await self.lifecycle.cancel_run(run, reason or "cancelled by user")
         if after is None:
             raise NotFoundException(f"run {run_id} not found")  # deleted meanwhile
         if after.status in TERMINAL_RUN_STATUSES and after.status != "cancelled":
             raise Conflict(f"run {run_id} has already ended ({after.status})")
+        await audit_after(self.store, audit(user, "run.cancel", "run", run_id, task_id=run.task_id))
         return run_out(after)
 
     async def logs(self, run_id: str, since: int, limit: int) -> EventPage:
@@ -347,7 +368,7 @@ class RunController(Controller):
         opt=needs("approver"),
     )
     async def approve(self, run_id: str, data: ApproveBody, run_service: RunService, request: Request) -> Run:
-        return await run_service.decide(run_id, data, identity_of(request))
+        return await run_service.decide(run_id, data, identity_of(request), request)
 
     @post(
         "/{run_id:str}/cancel",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -22,11 +23,45 @@ Description = Annotated[str, Meta(max_length=10000)]
 Labels = dict[Annotated[str, Meta(min_length=1, max_length=100)], Annotated[str, Meta(max_length=500)]]
 TaskStatus = RunStatus  # a task shows its latest run's status
 OnApprovalTimeout = Literal["timeout", "reject", "approve"]
-# Who may decide: key ids or role names (`approver`, `admin`); empty: any approver.
-Approvers = Annotated[list[Annotated[str, Meta(min_length=1, max_length=200)]], Meta(max_length=100)]
+# Who may decide: role names, key ids or JWT identities (`check_approvers`); empty: any approver.
+APPROVER_RULE = (
+    "a role name (viewer, operator, approver, admin), a key id (32 lowercase hex digits) "
+    "or a JWT identity (jwt:<sub>)"
+)
+# A search, as JSON Schema reads a pattern; `$(?!\n)` ends it in Python as in ECMAScript.
+APPROVER_PATTERN = r"^(viewer|operator|approver|admin|[0-9a-f]{32}|jwt:[\s\S]{1,150})$(?!\n)"
+_APPROVER = re.compile(APPROVER_PATTERN)
+# The pattern is documented, and checked by `check_approvers` (whose error names the entry).
+Approvers = Annotated[
+    list[
+        Annotated[
+            str,
+            Meta(
+                min_length=1,
+                max_length=200,
+                description=APPROVER_RULE,
+                extra_json_schema={"pattern": APPROVER_PATTERN},
+            ),
+        ]
+    ],
+    Meta(max_length=100),
+]
 MaxTokens = Annotated[int, Meta(ge=1, le=10**12)]
 MaxCost = Annotated[float, Meta(ge=0, le=10**9)]
 MaxConcurrent = Annotated[int, Meta(ge=1, le=10000)]
+
+
+def check_approvers(approvers: Any) -> None:
+    """Raises ValueError naming the first entry of `approvers` that could never match anyone: each is
+    one of the roles, an API key's id, or a JWT identity's id (`jwt:<sub>`, as `identity.py` makes
+    it), since a decision is allowed when the decider's id or role is listed (`RunService.may_decide`).
+    A typo ("aprover") would otherwise lock every approver out of the task's runs. The message ends
+    as msgspec's do (`- at $.approvers[i]`), so the error names the field too."""
+    if not isinstance(approvers, list):
+        return
+    for i, entry in enumerate(approvers):
+        if not isinstance(entry, str) or not _APPROVER.search(entry):
+            raise ValueError(f"approvers entry {entry!r} is not {APPROVER_RULE} - at `$.approvers[{i}]`")
 
 
 class TaskCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -47,6 +82,9 @@ class TaskCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_cost_usd: MaxCost | None = None
     max_concurrent_runs: MaxConcurrent | None = None
 
+    def __post_init__(self) -> None:
+        check_approvers(self.approvers)
+
 
 class TaskUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: Name | UnsetType = UNSET
@@ -65,6 +103,9 @@ class TaskUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_tokens: MaxTokens | UnsetType | None = UNSET
     max_cost_usd: MaxCost | UnsetType | None = UNSET
     max_concurrent_runs: MaxConcurrent | UnsetType | None = UNSET
+
+    def __post_init__(self) -> None:
+        check_approvers(self.approvers)
 
 
 class Task(msgspec.Struct, kw_only=True):

@@ -153,7 +153,9 @@ class People:
     # --- audit ---------------------------------------------------------------------------------
 
     async def audit(self, entry: AuditEntry) -> None:
-        """An entry about no stored change (a denied request, a cancel handed to the runner)."""
+        """An entry in a transaction of its own: about no change (a denied request), or about one
+        stored outside this database (a cancel in the broker, a metric by the metrics service),
+        written once that change is stored (`people.audit_after`)."""
         await self.writer(lambda conn: write_audit(conn, entry))
 
     async def audit_page(

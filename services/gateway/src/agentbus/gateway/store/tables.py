@@ -48,7 +48,7 @@ tasks = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     # What becomes of a run whose approval deadline passes: `timeout`, `reject` or `approve`.
     Column("on_approval_timeout", String(16), nullable=False, default="timeout", server_default="timeout"),
-    Column("approvers", JSONType),  # key ids or role names; null or empty: any approver
+    Column("approvers", JSONType),  # role names, key ids or jwt:<sub>; null or empty: any approver
     Column("approval_by_other", Boolean, nullable=False, default=False, server_default=text("false")),
     Column("max_tokens", Integer),
     Column("max_cost_usd", Float),
