@@ -44,6 +44,7 @@ from agentbus.gateway.runs import RunController, RunService
 from agentbus.gateway.settings import Settings
 from agentbus.gateway.store import MIGRATIONS, GatewayStore
 from agentbus.gateway.store.effects import Batch
+from agentbus.gateway.streams.credentials import CredentialWatch
 from agentbus.gateway.streams.hub import Hub
 from agentbus.gateway.streams.routes import all_stream, run_stream, task_stream
 from agentbus.gateway.streams.sse import run_event_stream
@@ -81,7 +82,14 @@ class Gateway:
         self.bus = Bus(s.nats_url, f"gateway-{s.instance}", s.nats_replicas, s.request_timeout_s, s.nats)
         self.exposition = Exposition(self.store, self.bus)  # /metrics: what is counted, and read
         self.admission = Admission(self.store, self.bus)  # runs over a task's max_concurrent_runs
-        self.hub = Hub(self.store, s.ws_heartbeat_s, s.ws_queue_size, origin, on_frames=self.admission.stored)
+        self.hub = Hub(
+            self.store,
+            s.ws_heartbeat_s,
+            s.ws_queue_size,
+            origin,
+            on_frames=self.admission.stored,
+            credentials=CredentialWatch(self.authenticator),  # open streams keep proving who they are
+        )
         self.deliveries = Deliveries(
             self.store,
             s.webhook_timeout_s,
