@@ -95,7 +95,11 @@ def test_every_route_of_the_live_openapi_document_answers_by_the_role_table(
         document = http.get("/openapi.json")
         assert document.status_code == 200
         spec = document.json()
-        assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+        schemes = spec["components"]["securitySchemes"]
+        assert schemes["bearer"]["scheme"] == "bearer"
+        assert (schemes["query_token"]["in"], schemes["query_token"]["name"]) == ("query", "token")
+        sse = spec["paths"]["/api/runs/{run_id}/events"]["get"]
+        assert sse["security"] == [{"bearer": []}, {"query_token": []}]
         checked = 0
         for template, operations in spec["paths"].items():
             path = _concrete(template)
@@ -103,8 +107,12 @@ def test_every_route_of_the_live_openapi_document_answers_by_the_role_table(
                 method = method.upper()
                 is_open = template in OPEN
                 assert (operation.get("security") == []) == is_open, (method, template)
+                responses = operation["responses"]
                 if not is_open:
-                    assert {"401", "403"} <= set(operation["responses"]), (method, template)
+                    assert {"401", "403"} <= set(responses), (method, template)
+                    assert "WWW-Authenticate" in responses["401"]["headers"], (method, template)
+                if "429" in responses:
+                    assert "Retry-After" in responses["429"]["headers"], (method, template)
                 body = {} if method in ("POST", "PATCH", "PUT") else None
                 r = http.request(method, path, json=body)
                 answers.append(r.text)

@@ -32,6 +32,8 @@ from agentbus.gateway.streams.hub import Hub
 from agentbus.gateway.streams.subscription import GoingAway, Revoked, TooSlow
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# The OpenAPI security scheme of `?token=` (app.py): an EventSource cannot set `Authorization`.
+QUERY_TOKEN = "query_token"
 
 
 def resume_point(last_event_id: str | None, since: int | None) -> int:
@@ -91,6 +93,7 @@ async def _subscribed(hub: Hub, run_id: str, after: int, credential: str | None)
     },
     before_request=whole_numbers,
     opt=needs("viewer", query_token=True),
+    security=[{"bearer": []}, {QUERY_TOKEN: []}],
 )
 async def run_event_stream(
     request: Request, run_id: str, store: GatewayStore, hub: Hub, access: Access, since: SseSince = None
