@@ -279,8 +279,11 @@ async def test_an_expired_key_or_jwt_ends_the_streams_it_holds_open(
 
 @pytest.fixture(scope="module")
 def capped() -> Iterator[System]:
-    """A system with authentication on where each identity may hold two streams open."""
-    system = start_system(AGENTBUS_ADMIN_TOKEN=ADMIN, GATEWAY_MAX_STREAMS="2", WS_HEARTBEAT_S="0.5")
+    """A system with authentication on, two gateway copies, where each identity may hold two streams
+    open on each copy."""
+    system = start_system(
+        gateways=2, AGENTBUS_ADMIN_TOKEN=ADMIN, GATEWAY_MAX_STREAMS="2", WS_HEARTBEAT_S="0.5"
+    )
     try:
         yield system
     finally:
@@ -335,6 +338,24 @@ async def test_each_identity_holds_at_most_max_streams(capped: System, shown: li
 
     await eventually(two_open, 10, "both slots free again", retry_on=(ConnectionClosed,))
     await admin.close()
+
+
+async def test_a_key_revoked_on_one_copy_ends_its_streams_on_another(
+    capped: System, shown: list[str]
+) -> None:
+    made = make_key(capped, "viewer")
+    other_ws = capped.url_of(1)[1]
+    async with (
+        connect(f"{other_ws}/ws/stream?token={made['key']}", open_timeout=10) as ws,
+        httpx.AsyncClient(base_url=capped.base_url, headers=bearer(ADMIN)) as first_copy,
+    ):
+        shown.append(str(await ws.recv()))  # open on the second copy: a heartbeat
+        r = await first_copy.delete(f"/api/keys/{made['id']}")
+        assert r.status_code == 204
+        revoked_at = time.monotonic()
+        code, reason = await asyncio.wait_for(_frames_until_closed(ws, shown), timeout=3)
+        assert time.monotonic() - revoked_at < 2.0
+    assert (code, reason) == (4401, "this key was revoked")
 
 
 def test_readme_people_in_charge_runs_as_written(secured: System, tmp_path: Path) -> None:
