@@ -18,8 +18,10 @@ def system() -> Iterator[System]:
         sys_.stop()
 
 
-# The admin token of `secured`, the system with authentication on.
+# The admin token of `secured`, the system with authentication on, and the shared secret its JWTs
+# are signed with (HS256).
 ADMIN = "e2e-admin-token-0123456789abcdef"
+JWT_SECRET = "e2e-jwt-shared-secret-0123456789abcdef"
 # Its webhook deliveries: attempts 0.2 s, 0.4 s, 0.8 s, then 1 s apart; failed after the 6th.
 WEBHOOK_SETTINGS = {
     "WEBHOOK_BACKOFF_S": "0.2",
@@ -32,10 +34,13 @@ WEBHOOK_SETTINGS = {
 
 @pytest.fixture(scope="session")
 def secured() -> Iterator[System]:
-    """A second system, with authentication on; writes are not throttled (schemathesis sends many);
-    webhook deliveries are retried within seconds (tests/e2e/test_webhooks.py)."""
+    """A second system, with authentication on (the admin token, API keys, and JWTs signed with
+    `JWT_SECRET`); writes are not throttled (schemathesis sends many); webhook deliveries are retried
+    within seconds (tests/e2e/test_webhooks.py)."""
     sys_ = start_system(
         AGENTBUS_ADMIN_TOKEN=ADMIN,
+        JWT_KEY=JWT_SECRET,
+        JWT_ALGORITHMS="HS256",
         GATEWAY_WRITE_RATE="100000",
         GATEWAY_WRITE_BURST="100000",
         WS_HEARTBEAT_S="0.5",

@@ -1,4 +1,5 @@
-"""The hub's per-client subscription: order, duplicates, gaps, overflow, heartbeats, direct writes.
+"""The hub's per-client subscription: order, duplicates, gaps, overflow, heartbeats, direct writes,
+revocation.
 
 No sockets and no database: a fake hub answers the stored-log lookups, a fake writer stands in for
 a WebSocket's transport.
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from agentbus.gateway.streams.hub import Hub
-from agentbus.gateway.streams.subscription import Frame, GoingAway, Subscription, TooSlow
+from agentbus.gateway.streams.subscription import Frame, GoingAway, Revoked, Subscription, TooSlow
 
 
 class FakeHub:
@@ -110,6 +111,23 @@ async def test_direct_writes_while_idle_batched_and_in_order() -> None:
         client.offer(f(seq))
     assert writer.cut == 1013
     pump.cancel()
+
+
+async def test_a_revoked_client_gets_nothing_more_and_is_told_why() -> None:
+    client = Subscription(FakeHub(), None, None)  # type: ignore[arg-type]
+    writer = client.direct = FakeWriter()  # type: ignore[assignment]
+    frames = client.frames()
+    pump = asyncio.ensure_future(frames.__anext__())
+    await asyncio.sleep(0)  # idle: frames would go straight to the writer
+    client.offer(f(1))
+    writer.writable = False
+    client.offer(f(2))  # queued behind a full buffer
+    client.revoke("this key was revoked")
+    client.revoke("this key has expired")  # the first reason stands
+    client.offer(f(3))
+    assert writer.cut == 4401 and writer.out == [[f(1).text]]
+    with pytest.raises(Revoked, match="this key was revoked"):
+        await asyncio.wait_for(pump, 2)
 
 
 def test_sse_and_heartbeat_encoding() -> None:

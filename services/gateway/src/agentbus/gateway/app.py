@@ -30,7 +30,7 @@ from agentbus.gateway.approvals import ApprovalController, ApprovalService
 from agentbus.gateway.bus import Bus
 from agentbus.gateway.dashboard import PageHeaders, render_plugins, static_files
 from agentbus.gateway.deliveries import Deliveries
-from agentbus.gateway.errors import EXCEPTION_HANDLERS, GatewayRequest, unexpected
+from agentbus.gateway.errors import EXCEPTION_HANDLERS, GatewayRequest, declare_error_headers, unexpected
 from agentbus.gateway.exposition import Exposition, prometheus_metrics
 from agentbus.gateway.guard import Guard, Methods, MethodTable
 from agentbus.gateway.health import health, ready
@@ -44,9 +44,10 @@ from agentbus.gateway.runs import RunController, RunService
 from agentbus.gateway.settings import Settings
 from agentbus.gateway.store import MIGRATIONS, GatewayStore
 from agentbus.gateway.store.effects import Batch
+from agentbus.gateway.streams.credentials import CredentialWatch
 from agentbus.gateway.streams.hub import Hub
 from agentbus.gateway.streams.routes import all_stream, run_stream, task_stream
-from agentbus.gateway.streams.sse import run_event_stream
+from agentbus.gateway.streams.sse import QUERY_TOKEN, run_event_stream
 from agentbus.gateway.tasks import TaskController, TaskService
 from agentbus.gateway.webhooks import WebhookController
 
@@ -61,7 +62,18 @@ SECURITY_SCHEMES: dict[str, Any] = {
         "Roles: viewer (every GET, every stream), operator (+ create, update, delete tasks and runs, "
         "cancel runs), approver (+ approve and reject), admin (everything, keys, webhooks and the audit "
         "trail).",
-    )
+    ),
+    # Streams only (the SSE route names it; WebSockets are not in the document): a browser's
+    # EventSource and WebSocket cannot set headers. A URL is logged by proxies and kept in history,
+    # so every other route refuses it (401).
+    QUERY_TOKEN: SecurityScheme(
+        type="apiKey",
+        name="token",
+        security_scheme_in="query",
+        description="The same credential as `bearer`, as `?token=`: on streams only (the SSE route "
+        "here, and the WebSockets `/ws/...`). Checked again about every second while the stream is "
+        "open: revoked or expired, it ends the stream.",
+    ),
 }
 
 
@@ -81,7 +93,14 @@ class Gateway:
         self.bus = Bus(s.nats_url, f"gateway-{s.instance}", s.nats_replicas, s.request_timeout_s, s.nats)
         self.exposition = Exposition(self.store, self.bus)  # /metrics: what is counted, and read
         self.admission = Admission(self.store, self.bus)  # runs over a task's max_concurrent_runs
-        self.hub = Hub(self.store, s.ws_heartbeat_s, s.ws_queue_size, origin, on_frames=self.admission.stored)
+        self.hub = Hub(
+            self.store,
+            s.ws_heartbeat_s,
+            s.ws_queue_size,
+            origin,
+            on_frames=self.admission.stored,
+            credentials=CredentialWatch(self.authenticator),  # open streams keep proving who they are
+        )
         self.deliveries = Deliveries(
             self.store,
             s.webhook_timeout_s,
@@ -170,7 +189,7 @@ class Gateway:
         s = self.settings
         # Litestar 2.2x warns about parameter styles that remain supported throughout 2.x.
         warnings.filterwarnings("ignore", category=LitestarDeprecationWarning)
-        return Litestar(
+        app = Litestar(
             route_handlers=[
                 TaskController,
                 RunController,
@@ -227,6 +246,10 @@ class Gateway:
             debug=False,
             logging_config=None,  # the service's own logging (agentbus.common.logs) applies
         )
+        # Every route is registered: the document is built now (what `/openapi.json` serves), with
+        # the headers its error responses come with.
+        declare_error_headers(app.openapi_schema)
+        return app
 
 
 def _cors(origins: tuple[str, ...]) -> CORSConfig | None:

@@ -10,6 +10,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPI, OpenAPIHeader, OpenAPIType, Reference, Schema
 from nats.errors import ConnectionClosedError, NoServersError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import APIError as JetStreamAPIError
@@ -78,6 +79,40 @@ def documented(
         code: ResponseSpec(Error, description=texts[code], generate_examples=False)
         for code in sorted({400, *codes} | ({401, 403} if guarded else set()))
     }
+
+
+# The headers an error status always comes with (access.py), declared on each response of that status.
+ERROR_HEADERS = {
+    401: (
+        "WWW-Authenticate",
+        OpenAPIHeader(
+            schema=Schema(type=OpenAPIType.STRING, const="Bearer"),
+            description="`Bearer`: send an API key, the admin token or a JWT as `Authorization: Bearer ...`",
+            required=True,
+        ),
+    ),
+    429: (
+        "Retry-After",
+        OpenAPIHeader(
+            schema=Schema(type=OpenAPIType.INTEGER, minimum=1),
+            description="seconds to wait before trying again",
+            required=True,
+        ),
+    ),
+}
+_OPERATIONS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+def declare_error_headers(document: OpenAPI) -> None:
+    """Declare `WWW-Authenticate` on every 401 response of the document and `Retry-After` on every
+    429 (`ResponseSpec`, which `documented` makes, has no place for headers)."""
+    for item in (document.paths or {}).values():
+        for method in _OPERATIONS:
+            operation = getattr(item, method, None)
+            for status, (name, header) in ERROR_HEADERS.items():
+                response = (operation.responses or {}).get(str(status)) if operation else None
+                if response is not None and not isinstance(response, Reference):
+                    response.headers = {**(response.headers or {}), name: header}
 
 
 _AT = re.compile(r"^(.*) - at `\$\.?([^`]*)`$", re.DOTALL)

@@ -153,7 +153,7 @@ class Exposition:
         )
         yield _counter(
             "agentbus_gateway_stream_clients_cut_off",
-            "stream clients closed by the gateway (too slow, shutting down)",
+            "stream clients closed by the gateway (too slow, shutting down, credential revoked)",
             "reason",
             stats.cut_off,
         )

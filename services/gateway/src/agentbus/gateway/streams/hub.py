@@ -10,6 +10,9 @@ The hub also tells who waits for a run's events that they arrived (`stored_betwe
 gap, `wait_ended` for a cancelled run): they wait on that, not on a timer. Being where every stored
 event passes, whichever copy stored it, it hands them to its `on_frames` callback too (the
 admission of held runs watches for runs that end).
+
+A client opened with a credential holds it in the hub's `CredentialWatch` while it is subscribed:
+when the credential stops proving an identity the client is revoked (WebSocket 4401, SSE end).
 """
 
 from __future__ import annotations
@@ -31,12 +34,15 @@ from agentbus.contracts.events import Seq
 from agentbus.gateway.ingest import ORIGIN_HEADER
 from agentbus.gateway.store import GatewayStore
 from agentbus.gateway.store.effects import Batch
+from agentbus.gateway.streams.credentials import CredentialWatch
 from agentbus.gateway.streams.stats import StreamStats
 from agentbus.gateway.streams.subscription import (
     CLOSE_GOING_AWAY,
     CLOSE_TOO_SLOW,
+    CLOSE_UNAUTHORIZED,
     Frame,
     GoingAway,
+    Revoked,
     Subscription,
     TooSlow,
 )
@@ -70,8 +76,10 @@ class Hub:
         queue_size: int,
         origin: str = "",
         on_frames: Callable[[list[Frame]], None] | None = None,
+        credentials: CredentialWatch | None = None,
     ) -> None:
         self.store = store
+        self.credentials = credentials  # None: a client's credential is not held to account
         self.on_frames = on_frames
         self.heartbeat_s = heartbeat_s
         self.queue_size = queue_size
@@ -98,6 +106,8 @@ class Hub:
             with contextlib.suppress(Exception):
                 await self.sub.unsubscribe()
         self.close_all()
+        if self.credentials is not None:
+            await self.credentials.stop()
 
     async def wait_clients_gone(self, timeout: float) -> None:
         self._gone = asyncio.Event()
@@ -275,22 +285,36 @@ class Hub:
 
     @contextlib.asynccontextmanager
     async def subscription(
-        self, run_id: str | None = None, task_id: str | None = None, since: int | None = None
+        self,
+        run_id: str | None = None,
+        task_id: str | None = None,
+        since: int | None = None,
+        credential: str | None = None,
     ) -> AsyncIterator[Subscription]:
         """Subscribe, then read the stored log: an event stored meanwhile arrives live and the per-run
         seq check drops the copy, so the seam has no gap. `client.frames()` then gives what to send.
-        WebSocket and SSE clients both come through here."""
+        WebSocket and SSE clients both come through here, holding the `credential` they were opened
+        with while they are subscribed (its loss revokes the client)."""
         client = self.subscribe(run_id, task_id)
         try:
-            if since is not None:
-                client.replay = await self.replay(run_id, task_id, since)
-                if run_id is not None:
-                    # The client has 1..since: an event after that which is not stored yet (a crashed
-                    # gateway's batch awaiting redelivery) is a gap to wait for, not a new start.
-                    client.last[run_id] = since
-            yield client
+            with self._holding(credential, client):
+                if since is not None:
+                    client.replay = await self.replay(run_id, task_id, since)
+                    if run_id is not None:
+                        # The client has 1..since: an event after that which is not stored yet (a
+                        # crashed gateway's batch awaiting redelivery) is a gap to wait for, not a
+                        # new start.
+                        client.last[run_id] = since
+                yield client
         finally:
             self.unsubscribe(client)
+
+    def _holding(
+        self, credential: str | None, client: Subscription
+    ) -> contextlib.AbstractContextManager[None]:
+        if self.credentials is None:
+            return contextlib.nullcontext()
+        return self.credentials.holding(credential, client.revoke)
 
     async def serve(
         self,
@@ -298,9 +322,11 @@ class Hub:
         run_id: str | None = None,
         task_id: str | None = None,
         since: int | None = None,
+        credential: str | None = None,
     ) -> None:
-        """Serve one accepted WebSocket until it goes away, falls behind (1013) or we shut down (1001)."""
-        async with self.subscription(run_id, task_id, since) as client:
+        """Serve one accepted WebSocket until it goes away, falls behind (1013), its credential stops
+        proving an identity (4401) or we shut down (1001)."""
+        async with self.subscription(run_id, task_id, since, credential) as client:
             client.direct = sender = WebSocketSender(socket, stats=self.stats)
             self.stats.open["websocket"] += 1
             try:
@@ -342,6 +368,9 @@ class Hub:
             await sender.closed()
         except GoingAway:
             sender.cut_off(CLOSE_GOING_AWAY, "gateway shutting down")
+            await sender.closed()
+        except Revoked as exc:
+            sender.cut_off(CLOSE_UNAUTHORIZED, str(exc))
             await sender.closed()
         finally:
             with contextlib.suppress(RuntimeError):

@@ -1,13 +1,15 @@
 """The WebSocket streams: `/ws/runs/{run_id}`, `/ws/tasks/{task_id}`, `/ws/stream` (everything).
 
 Each needs a viewer (the credential may come as `?token=`: browsers cannot set headers on a
-WebSocket) and one of the identity's stream slots (`Access.stream`; none left: closed with 4429)."""
+WebSocket) and one of the identity's stream slots (`Access.stream`; none left: closed with 4429).
+The credential stays held while the stream is open: revoked or expired, it closes the stream with
+4401 within about a second (`credentials.py`)."""
 
 from __future__ import annotations
 
 from litestar import WebSocket, websocket
 
-from agentbus.gateway.access import CLOSE_TOO_MANY, Access, needs
+from agentbus.gateway.access import CLOSE_TOO_MANY, Access, credential_of, needs
 from agentbus.gateway.params import BIG
 from agentbus.gateway.store import GatewayStore
 from agentbus.gateway.streams.hub import Hub
@@ -46,7 +48,7 @@ async def run_stream(
         if not slot:
             await socket.close(code=CLOSE_TOO_MANY, reason=access.streams_refused())
             return
-        await hub.serve(socket, run_id=run_id, since=start)
+        await hub.serve(socket, run_id=run_id, since=start, credential=credential_of(socket.scope))
 
 
 @websocket("/ws/tasks/{task_id:str}", opt=STREAM)
@@ -63,7 +65,7 @@ async def task_stream(
         if not slot:
             await socket.close(code=CLOSE_TOO_MANY, reason=access.streams_refused())
             return
-        await hub.serve(socket, task_id=task_id, since=start)
+        await hub.serve(socket, task_id=task_id, since=start, credential=credential_of(socket.scope))
 
 
 @websocket("/ws/stream", opt=STREAM)
@@ -73,4 +75,4 @@ async def all_stream(socket: WebSocket, hub: Hub, access: Access) -> None:
         if not slot:
             await socket.close(code=CLOSE_TOO_MANY, reason=access.streams_refused())
             return
-        await hub.serve(socket)
+        await hub.serve(socket, credential=credential_of(socket.scope))

@@ -6,7 +6,9 @@ so a reconnecting EventSource (or `curl -H "Last-Event-ID: N"`) resumes right af
 got. Without `Last-Event-ID` or `?since=` it starts from the run's first event. The stream ends after
 the run's terminal event; a run that has ended with nothing left to send answers 204, which tells an
 EventSource to stop reconnecting. A client too slow to keep up gets a comment and the end of the
-stream, and resumes with `Last-Event-ID`; heartbeats are comments.
+stream, and resumes with `Last-Event-ID`; heartbeats are comments. A stream whose credential stops
+proving an identity (revoked, expired: `credentials.py`) gets a comment saying why and its end; its
+EventSource's reconnection is then refused with 401, which stops it.
 """
 
 from __future__ import annotations
@@ -22,14 +24,16 @@ from litestar.response import Stream
 
 from agentbus.contracts import TERMINAL_EVENT_TYPES
 from agentbus.contracts.status import TERMINAL_RUN_STATUSES
-from agentbus.gateway.access import Access, needs
+from agentbus.gateway.access import Access, credential_of, needs
 from agentbus.gateway.errors import documented
 from agentbus.gateway.params import SseSince, whole_numbers
 from agentbus.gateway.store import GatewayStore
 from agentbus.gateway.streams.hub import Hub
-from agentbus.gateway.streams.subscription import GoingAway, TooSlow
+from agentbus.gateway.streams.subscription import GoingAway, Revoked, TooSlow
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# The OpenAPI security scheme of `?token=` (app.py): an EventSource cannot set `Authorization`.
+QUERY_TOKEN = "query_token"
 
 
 def resume_point(last_event_id: str | None, since: int | None) -> int:
@@ -41,20 +45,20 @@ def resume_point(last_event_id: str | None, since: int | None) -> int:
 
 
 async def _events(
-    hub: Hub, run_id: str, after: int, slot: AbstractAsyncContextManager[bool]
+    hub: Hub, run_id: str, after: int, slot: AbstractAsyncContextManager[bool], credential: str | None
 ) -> AsyncIterator[bytes]:
     yield b"retry: 1000\n\n"
     async with slot as free:
         if not free:  # taken since the check a moment ago
             yield b": too many open streams for this identity\n\n"
             return
-        async for chunk in _subscribed(hub, run_id, after):
+        async for chunk in _subscribed(hub, run_id, after, credential):
             yield chunk
 
 
-async def _subscribed(hub: Hub, run_id: str, after: int) -> AsyncIterator[bytes]:
+async def _subscribed(hub: Hub, run_id: str, after: int, credential: str | None) -> AsyncIterator[bytes]:
     stats = hub.stats
-    async with hub.subscription(run_id=run_id, since=after) as client:
+    async with hub.subscription(run_id=run_id, since=after, credential=credential) as client:
         stats.open["sse"] += 1
         try:
             async for frame in client.frames():
@@ -71,6 +75,9 @@ async def _subscribed(hub: Hub, run_id: str, after: int) -> AsyncIterator[bytes]
         except GoingAway:
             stats.cut_off["shutdown"] += 1
             yield b": gateway shutting down; reconnect with Last-Event-ID\n\n"
+        except Revoked as exc:
+            stats.cut_off["revoked"] += 1
+            yield f": credentials no longer accepted ({exc}); the stream ends\n\n".encode()
         finally:
             stats.open["sse"] -= 1
 
@@ -86,6 +93,7 @@ async def _subscribed(hub: Hub, run_id: str, after: int) -> AsyncIterator[bytes]
     },
     before_request=whole_numbers,
     opt=needs("viewer", query_token=True),
+    security=[{"bearer": []}, {QUERY_TOKEN: []}],
 )
 async def run_event_stream(
     request: Request, run_id: str, store: GatewayStore, hub: Hub, access: Access, since: SseSince = None
@@ -100,4 +108,5 @@ async def run_event_stream(
     if not access.stream_free(user):
         raise TooManyRequestsException(access.streams_refused(), headers={"Retry-After": "1"})
     slot = access.stream(user)
-    return Stream(_events(hub, run_id, after, slot), media_type="text/event-stream", headers=SSE_HEADERS)
+    events = _events(hub, run_id, after, slot, credential_of(request.scope))
+    return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS)

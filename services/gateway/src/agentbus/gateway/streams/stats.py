@@ -13,4 +13,5 @@ class StreamStats:
     def __init__(self) -> None:
         self.open = {"websocket": 0, "sse": 0}  # streams open now
         self.frames = {"websocket": 0, "sse": 0}  # frames sent (events and heartbeats)
-        self.cut_off = {"too_slow": 0, "shutdown": 0}  # clients closed by the gateway, by why
+        # Clients closed by the gateway, by why (revoked: the credential no longer proves an identity).
+        self.cut_off = {"too_slow": 0, "shutdown": 0, "revoked": 0}

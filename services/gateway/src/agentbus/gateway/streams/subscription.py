@@ -4,7 +4,9 @@ Per run, a subscription remembers the last `seq` it was sent: duplicates (the se
 and live) are dropped, and a gap (another gateway copy stored an earlier event but has not
 announced it yet) is filled from the stored log. A client whose queue overflows is cut off
 (WebSocket close 1013, SSE end of stream) and reconnects with `since` / `Last-Event-ID`, so it
-never slows anyone else. WebSocket and SSE clients share this; only their pumps differ.
+never slows anyone else. One whose credential no longer proves an identity (`credentials.py`) is
+cut off too (WebSocket close 4401, SSE end of stream) and gets nothing more. WebSocket and SSE
+clients share this; only their pumps differ.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Protocol
 
 CLOSE_TOO_SLOW = 1013
 CLOSE_GOING_AWAY = 1001
+CLOSE_UNAUTHORIZED = 4401  # as access.py closes a stream refused at the start
 
 
 class Frame:
@@ -55,10 +58,15 @@ class GoingAway(Exception):
     """The gateway is shutting down."""
 
 
+class Revoked(Exception):
+    """The client's credential no longer proves an identity (revoked, expired); says why."""
+
+
 class State(enum.Enum):
     OPEN = "open"
     OVERFLOWED = "overflowed"  # fell behind: told to go (1013)
     GOING_AWAY = "going_away"  # the gateway is shutting down (1001)
+    REVOKED = "revoked"  # its credential was revoked or has expired (4401)
 
 
 class StoredLog(Protocol):
@@ -96,6 +104,7 @@ class Subscription:
         self.last: dict[str, int] = {}
         self.connected_at = datetime.now(UTC)
         self.state = State.OPEN
+        self.reason = ""  # why it was revoked
         self._waiter: asyncio.Future[None] | None = None
         # Set by a WebSocket (see transport.py): while the pump is idle and the connection takes
         # frames without waiting, frames are sent straight from the fan-out, no task switch each.
@@ -178,13 +187,33 @@ class Subscription:
         return out
 
     def close(self) -> None:
+        """The gateway is shutting down: the client goes (1001), after what it was sent."""
+        self._end(State.GOING_AWAY, CLOSE_GOING_AWAY, "gateway shutting down")
+
+    def revoke(self, reason: str) -> None:
+        """The credential no longer proves an identity: nothing more is sent, the client goes (4401)."""
         if self.state is State.OPEN:
-            self.state = State.GOING_AWAY
+            self.reason = reason
+        self._end(State.REVOKED, CLOSE_UNAUTHORIZED, reason)
+
+    def _end(self, state: State, code: int, reason: str) -> None:
+        if self.state is State.OPEN:
+            self.state = state
+            self.queue.clear()
             if self.direct is not None:
-                self.direct.cut_off(CLOSE_GOING_AWAY, "gateway shutting down")
+                self.direct.cut_off(code, reason)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _check_open(self) -> None:
+        """Raise what tells the pump why the client must go, if it must."""
+        if self.state is State.GOING_AWAY:
+            raise GoingAway
+        if self.state is State.OVERFLOWED:
+            raise TooSlow
+        if self.state is State.REVOKED:
+            raise Revoked(self.reason)
 
     async def _wait(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -229,22 +258,21 @@ class Subscription:
         elif verdict == 2:
             self._filling.extend(await self._gap(frame))
             while self._filling:
+                self._check_open()
                 yield self._filling.popleft()
 
     async def frames(self) -> AsyncIterator[Frame | None]:
         """The replayed frames, then live ones as they come, in per-run seq order without duplicates;
-        None when a heartbeat is due. Raises TooSlow or GoingAway when the client must go."""
+        None when a heartbeat is due. Raises TooSlow, GoingAway or Revoked when the client must go."""
         replay, self.replay = self.replay, []
         for frame in replay:
+            self._check_open()
             async for out in self._in_order(frame):
                 yield out
         heartbeat = self.hub.heartbeat_s
         queue = self.queue
         while True:
-            if self.state is State.GOING_AWAY:
-                raise GoingAway
-            if self.state is State.OVERFLOWED:
-                raise TooSlow
+            self._check_open()
             if not queue:
                 await self._wait(heartbeat)
                 if not queue and not self.dead:

@@ -27,6 +27,7 @@ from litestar import WebSocket
 from agentbus.gateway.streams.stats import StreamStats
 
 log = logging.getLogger(__name__)
+_WHY = {1001: "shutdown", 4401: "revoked"}  # a close code's `cut_off` counter (else too slow)
 
 
 def start_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
@@ -128,7 +129,7 @@ class WebSocketSender:
     def cut_off(self, code: int, reason: str) -> None:
         """Close after what the connection already holds; drop the client if it reads nothing."""
         if self.closing is None:
-            self.stats.cut_off["shutdown" if code == 1001 else "too_slow"] += 1
+            self.stats.cut_off[_WHY.get(code, "too_slow")] += 1
             self.closing = self.loop.create_task(self._close(code, reason))
 
     async def closed(self) -> None:
