@@ -8,14 +8,32 @@ decision's transaction, with who made it.
 
 from __future__ import annotations
 
+from typing import Any
+
 from litestar import Controller, get
 from litestar.exceptions import NotFoundException
 
 from agentbus.gateway.convert import approval_item_out
 from agentbus.gateway.errors import documented
+from agentbus.gateway.identity import Identity
 from agentbus.gateway.params import Cursor, Filter, Limit, Skip, checked_cursor, page_input, whole_numbers
 from agentbus.gateway.schemas import ApprovalItem, ApprovalPage, ApprovalStatus
 from agentbus.gateway.store import GatewayStore
+
+
+def refusal(task: Any, run: Any, approved: bool, user: Identity) -> str | None:
+    """Why `user` may not decide on `run` of `task`, or None when they may: only the task's
+    `approvers` (key ids, JWT identities or role names; none listed: any approver) may, and with
+    `approval_by_other` not the identity that started the run (the four-eyes rule: they may still
+    reject their own run)."""
+    if task.approvers and user.id not in task.approvers and user.role not in task.approvers:
+        return f"only the task's approvers may decide on run {run.id} ({', '.join(task.approvers)})"
+    if approved and task.approval_by_other and (run.created_by or {}).get("id") == user.id:
+        return (
+            f"run {run.id} needs another person's approval (approval_by_other): "
+            "the identity that started it cannot approve it"
+        )
+    return None
 
 
 class ApprovalService:

@@ -21,6 +21,7 @@ from agentbus.contracts.status import TERMINAL_RUN_STATUSES, RunStatus
 from agentbus.gateway import plans
 from agentbus.gateway.access import needs
 from agentbus.gateway.agents import Discovery
+from agentbus.gateway.approvals import refusal
 from agentbus.gateway.artifacts import serve as serve_artifact
 from agentbus.gateway.bus import Bus
 from agentbus.gateway.convert import artifact_out, decision_of, run_out
@@ -180,15 +181,7 @@ class RunService:
         task asks for `approval_by_other` (the four-eyes rule: they may still reject their own run).
         A refusal changes nothing but the trail: with the `request`, it leaves an `auth.denied` entry
         (status 403, the reason), rate limited with the guard's own."""
-        task = await self.tasks.load(run.task_id)
-        reason = None
-        if task.approvers and user.id not in task.approvers and user.role not in task.approvers:
-            reason = f"only the task's approvers may decide on run {run.id} ({', '.join(task.approvers)})"
-        elif approved and task.approval_by_other and (run.created_by or {}).get("id") == user.id:
-            reason = (
-                f"run {run.id} needs another person's approval (approval_by_other): "
-                "the identity that started it cannot approve it"
-            )
+        reason = refusal(await self.tasks.load(run.task_id), run, approved, user)
         if reason is None:
             return
         if request is not None and self.refused is not None:
