@@ -18,10 +18,12 @@ def system() -> Iterator[System]:
         sys_.stop()
 
 
-# The admin token of `secured`, the system with authentication on, and the shared secret its JWTs
-# are signed with (HS256).
+# The admin token of `secured`, the system with authentication on, the shared secret its JWTs are
+# signed with (HS256), and the issuer and audience they must name.
 ADMIN = "e2e-admin-token-0123456789abcdef"
 JWT_SECRET = "e2e-jwt-shared-secret-0123456789abcdef"
+JWT_ISSUER = "https://idp.e2e.test"
+JWT_AUDIENCE = "agentbus-e2e"
 # Its webhook deliveries: attempts 0.2 s, 0.4 s, 0.8 s, then 1 s apart; failed after the 6th.
 WEBHOOK_SETTINGS = {
     "WEBHOOK_BACKOFF_S": "0.2",
@@ -41,6 +43,8 @@ def secured() -> Iterator[System]:
         AGENTBUS_ADMIN_TOKEN=ADMIN,
         JWT_KEY=JWT_SECRET,
         JWT_ALGORITHMS="HS256",
+        JWT_ISSUER=JWT_ISSUER,
+        JWT_AUDIENCE=JWT_AUDIENCE,
         GATEWAY_WRITE_RATE="100000",
         GATEWAY_WRITE_BURST="100000",
         WS_HEARTBEAT_S="0.5",

@@ -24,7 +24,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.e2e.conftest import ADMIN, JWT_SECRET
+from tests.e2e.conftest import ADMIN, JWT_AUDIENCE, JWT_ISSUER, JWT_SECRET
 from tests.support.client import Api
 from tests.support.system import System, start_system
 from tests.support.waiting import eventually
@@ -64,7 +64,8 @@ def make_key(system: System, role: str, **extra: Any) -> dict[str, Any]:
 def make_jwt(role: str, seconds: float = 600, sub: str = "e2e-person") -> str:
     """A JWT as `secured`'s identity provider would sign it."""
     exp = datetime.now(UTC) + timedelta(seconds=seconds)
-    return jwt.encode({"sub": sub, "role": role, "exp": exp}, JWT_SECRET, algorithm="HS256")
+    claims = {"sub": sub, "role": role, "exp": exp, "iss": JWT_ISSUER, "aud": JWT_AUDIENCE}
+    return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
 
 
 @pytest.fixture(scope="module")
