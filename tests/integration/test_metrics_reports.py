@@ -230,6 +230,9 @@ async def test_create_metric(service: MetricsService, nc: Client) -> None:
     assert b"1e400" in infinite
     answer = await request(nc, subjects.METRICS_CREATE, infinite, MetricOut)
     assert isinstance(answer, ServiceError) and answer.status_code == 400
+    for huge in (1.0000001e15, -3.5e276):  # finite, but a sum of two would not be
+        answer = await request(nc, subjects.METRICS_CREATE, raw | {"name": "huge", "value": huge}, MetricOut)
+        assert isinstance(answer, ServiceError) and answer.status_code == 400, huge
 
     await nc.jetstream().publish(subjects.RUN_DELETED, encode(ResourceDeleted(task_id=task, run_id=run)))
     await wait_total(nc, 0, run_id=run)

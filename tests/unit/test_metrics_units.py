@@ -8,6 +8,7 @@ import pytest
 
 from agentbus.contracts import Progress, Rejected, RunStats, Timeout
 from agentbus.contracts.events import DecisionData, ProgressData, TimeoutData
+from agentbus.contracts.messages import METRIC_VALUE_MAX, metric_value_ok
 from agentbus.metrics.recorder import metric_rows
 from agentbus.metrics.settings import Settings
 
@@ -39,6 +40,22 @@ def test_terminal_event_without_stats_still_records_the_run() -> None:
     rows = metric_rows(Timeout(**IDS, data=TimeoutData(phase="approval")))
     assert {r["name"]: r["value"] for r in rows} == {"duration": 0.0, "steps": 0.0}
     assert rows[0]["labels"] == {"agent": "", "status": "timeout"}
+
+
+def test_values_no_real_run_reports_are_not_recorded() -> None:
+    """NaN, infinities and values past METRIC_VALUE_MAX would make every summary they fall in an
+    infinite sum (JSON null): the event's other values are still recorded."""
+    stats = RunStats(
+        duration=float("nan"),
+        steps=2,
+        approval_wait=-3.5e276,
+        tokens_prompt=10**20,
+        cost_usd=float("inf"),
+        time_to_plan=METRIC_VALUE_MAX,
+    )
+    rows = metric_rows(Rejected(**IDS, data=DecisionData(feedback="no", stats=stats)))
+    assert {r["name"]: r["value"] for r in rows} == {"steps": 2.0, "time_to_plan": METRIC_VALUE_MAX}
+    assert metric_value_ok(-METRIC_VALUE_MAX) and not metric_value_ok(-METRIC_VALUE_MAX * 1.0001)
 
 
 def test_settings_from_env() -> None:

@@ -274,6 +274,15 @@ class MetricsSeries(msgspec.Struct, kw_only=True):
 # A metric's name (POST /api/metrics); `(?!\n)`: Python's `$` also matches before a final newline.
 METRIC_NAME_PATTERN = r"^[a-z][a-z0-9_.]{0,63}$(?!\n)"
 METRIC_UNIT_MAX_LENGTH = 32
+# The largest magnitude a metric value may have (seconds, tokens, dollars, a count: far above any
+# real one). Sums and averages over any number of stored values then stay finite numbers; a value
+# near the largest double would make a summary's sum infinite, which JSON cannot say.
+METRIC_VALUE_MAX = 1e15
+
+
+def metric_value_ok(value: float) -> bool:
+    """A finite value within +-METRIC_VALUE_MAX."""
+    return -METRIC_VALUE_MAX <= value <= METRIC_VALUE_MAX  # NaN fails both comparisons
 
 
 class MetricCreate(msgspec.Struct, kw_only=True):

@@ -25,6 +25,7 @@ from agentbus.contracts.kinds import AGENT_KIND_MAX_LENGTH, AGENT_KIND_PATTERN, 
 from agentbus.contracts.messages import (
     METRIC_NAME_PATTERN,
     METRIC_UNIT_MAX_LENGTH,
+    METRIC_VALUE_MAX,
     MetricCreate,
     MetricOut,
     MetricsPage,
@@ -54,7 +55,8 @@ MetricName = Annotated[str, Meta(pattern=METRIC_NAME_PATTERN, max_length=64)]
 class MetricCreateBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     run_id: Annotated[str, Meta(min_length=1, max_length=64)]
     name: MetricName
-    value: float  # finite: NaN and infinities are a 400
+    # Finite and within +-METRIC_VALUE_MAX: NaN, infinities and larger values are a 400.
+    value: Annotated[float, Meta(ge=-METRIC_VALUE_MAX, le=METRIC_VALUE_MAX)]
     metric_type: Literal["timer", "counter", "gauge"] = "gauge"
     unit: Annotated[str, Meta(min_length=1, max_length=METRIC_UNIT_MAX_LENGTH)] | None = None
     labels: Annotated[Labels, Meta(max_length=50)] = msgspec.field(default_factory=dict)

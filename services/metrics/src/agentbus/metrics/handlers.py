@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,6 +27,7 @@ from agentbus.contracts.messages import (
     ERROR_HEADER,
     METRIC_NAME_PATTERN,
     METRIC_UNIT_MAX_LENGTH,
+    METRIC_VALUE_MAX,
     MetricCreate,
     MetricsGet,
     MetricsQuery,
@@ -37,6 +37,7 @@ from agentbus.contracts.messages import (
     Ping,
     Pong,
     ServiceError,
+    metric_value_ok,
 )
 from agentbus.metrics import __version__
 from agentbus.metrics.store import MetricsStore
@@ -207,8 +208,8 @@ class RequestHandlers:
         m = _decode(MetricCreate, data)
         if not NAME.search(m.name):
             raise RequestError(400, "name must match ^[a-z][a-z0-9_.]{0,63}$")
-        if not math.isfinite(m.value):
-            raise RequestError(400, "value must be a finite number")
+        if not metric_value_ok(m.value):
+            raise RequestError(400, f"value must be a finite number within +-{METRIC_VALUE_MAX:g}")
         if m.unit is not None and len(m.unit) > METRIC_UNIT_MAX_LENGTH:
             raise RequestError(400, f"unit must be at most {METRIC_UNIT_MAX_LENGTH} characters")
         row = {

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from agentbus.contracts.events import TERMINAL_EVENT_TYPES, Event, RunStats, stats_of
+from agentbus.contracts.messages import metric_value_ok
 from agentbus.contracts.status import STATUS_AFTER_EVENT
 
 # (stats field, metric name, metric type, unit); recorded when the agent reports it.
@@ -49,6 +50,9 @@ def metric_rows(event: Event) -> list[dict[str, Any]]:
         value = getattr(stats, attr)
         if value is not None:
             values.append((name, metric_type, value, unit))
+    # What no real run reports (NaN, infinite, beyond METRIC_VALUE_MAX) is not recorded: it would
+    # turn every summary it falls in into an infinite sum.
+    values = [v for v in values if metric_value_ok(v[2])]
     task_id, run_id, timestamp = event.task_id, event.run_id, event.timestamp
     return [
         {
