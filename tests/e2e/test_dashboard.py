@@ -107,6 +107,27 @@ async def secured_tab(browser: Browser, secured: System) -> AsyncIterator[Tab]:
         yield t
 
 
+async def test_the_metrics_page_tries_a_failed_load_again_soon(tab: Tab, api: Api) -> None:
+    """A load that failed (the network, a gateway restarting) is shown, tried again within seconds
+    (not only at the 15-second refresh), and its error goes once a load succeeds."""
+    failed: list[str] = []
+
+    async def fail_once(route: Any) -> None:
+        if not failed:
+            failed.append(route.request.url)
+            await route.abort("connectionreset")
+        else:
+            await route.continue_()
+
+    await tab.page.route("**/api/metrics/summary?*", fail_once)
+    page = await tab.open("/#/metrics")
+    await expect(page.locator("#error")).to_be_visible()
+    await expect(page.locator("#summary")).not_to_contain_text("Loading", timeout=6000)
+    await expect(page.locator("#error")).to_be_hidden()
+    assert len(failed) == 1
+    tab.blocked_ok = (failed[0],)  # aborted on purpose: its failure is no problem of the page
+
+
 async def test_create_a_task_start_a_run_approve_it_and_download_its_artifact(tab: Tab) -> None:
     page = await tab.open("/")
     await page.fill("#task-name", "dashboard: approve")

@@ -40,7 +40,9 @@ export function metricsView(root, onError) {
   const charts = h("div", { class: "grid", id: "charts" });
   root.append(h("h1", null, "Metrics ", select), summary, charts);
 
+  let retry = null;
   const draw = async () => {
+    clearTimeout(retry);
     const range = RANGES[select.value];
     const untilMs = Date.now();
     const sinceMs = untilMs - range.ms;
@@ -80,12 +82,17 @@ export function metricsView(root, onError) {
         ),
         chartCard("chart-cost", "Cost (USD)", lineChart([{ label: "cost", points: pts(cost, (p) => p.sum) }], { ...opts, format: (v) => `$${v.toFixed(4)}` }))
       );
+      onError(null); // a load that failed before (the gateway restarting) is forgotten
     } catch (err) {
       onError(err);
+      retry = setTimeout(draw, 2000); // tried again soon, not only at the next refresh
     }
   };
   select.addEventListener("change", draw);
   draw();
   const timer = setInterval(draw, 15000);
-  return () => clearInterval(timer);
+  return () => {
+    clearInterval(timer);
+    clearTimeout(retry);
+  };
 }
