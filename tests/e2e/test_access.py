@@ -1,7 +1,8 @@
 """Roles on every route and stream of a running system with authentication on: the live
 `/openapi.json` is walked with no credentials and with each role, every WebSocket and SSE stream too,
 and each answer is checked against the role table. A credential revoked or expired ends the streams
-it holds open; each identity holds at most GATEWAY_MAX_STREAMS. Last, everything the module saw
+it holds open (on two gateway copies, and the stream cap: test_access_copies.py). Last, everything
+the module saw
 (answers, stream frames, a run's event log, the audit trail, `/ready`, every log file) is searched for
 the secrets it used."""
 
@@ -13,7 +14,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,20 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import connect
 
 from tests.e2e.conftest import ADMIN, JWT_AUDIENCE, JWT_ISSUER, JWT_SECRET
+from tests.support.access import (
+    bearer,
+    close_code,
+    frames_until_closed,
+    make_key,
+    sse_status,
+    waiting_run,
+    with_query,
+)
 from tests.support.client import Api
-from tests.support.system import System, start_system
-from tests.support.waiting import eventually
+from tests.support.system import System
 
 OPEN = {"/health", "/ready", "/openapi.json", "/docs", "/redoc"}
 ROLES = ("viewer", "operator", "approver", "admin")
@@ -45,20 +53,6 @@ def may(role: str, method: str, path: str) -> bool:
     if path.startswith(("/api/tasks", "/api/runs")) or path == "/api/metrics":
         return role in ("operator", "admin")
     return role == "admin"
-
-
-def bearer(credential: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {credential}"}
-
-
-def make_key(system: System, role: str, **extra: Any) -> dict[str, Any]:
-    r = httpx.post(
-        f"{system.base_url}/api/keys",
-        json={"name": f"e2e {role}", "role": role, **extra},
-        headers=bearer(ADMIN),
-    )
-    assert r.status_code == 201, r.text
-    return r.json()  # type: ignore[no-any-return]
 
 
 def make_jwt(role: str, seconds: float = 600, sub: str = "e2e-person") -> str:
@@ -136,53 +130,6 @@ def test_every_route_of_the_live_openapi_document_answers_by_the_role_table(
         assert http.get(f"/api/tasks?token={ADMIN}").status_code == 401
 
 
-def _with(path: str, **query: str) -> str:
-    return path + ("&" if "?" in path else "?") + "&".join(f"{k}={v}" for k, v in query.items())
-
-
-async def _frames_until_closed(ws: ClientConnection, shown: list[str]) -> tuple[int | None, str]:
-    """Read (and keep) frames until the server closes the stream: its close code and reason."""
-    try:
-        while True:
-            shown.append(str(await ws.recv()))
-    except ConnectionClosed as closed:
-        return (closed.rcvd.code, closed.rcvd.reason) if closed.rcvd else (None, "")
-
-
-async def _close_code(url: str, shown: list[str], headers: dict[str, str] | None = None) -> int | None:
-    """The close code the server ends the stream with; None when it stays open for a first frame."""
-    async with connect(url, additional_headers=headers or {}, open_timeout=10) as ws:
-        try:
-            shown.append(str(await ws.recv()))  # a heartbeat or an event, or the close
-        except ConnectionClosed as closed:
-            return closed.rcvd.code if closed.rcvd else None
-        return None
-
-
-async def _sse_status(
-    http: httpx.AsyncClient, url: str, shown: list[str], headers: dict[str, str] | None = None
-) -> int:
-    """The status an SSE request is answered with; when 200, its stream is read up to its first event."""
-    async with http.stream("GET", url, headers=headers or {}) as r:
-        if r.status_code != 200:
-            shown.append((await r.aread()).decode())
-            if r.status_code == 401:
-                assert r.headers["www-authenticate"] == "Bearer"
-            return r.status_code
-        async for line in r.aiter_lines():
-            shown.append(line)
-            if line.startswith("data:"):
-                break
-        return r.status_code
-
-
-async def _waiting_run(api: Api) -> dict[str, Any]:
-    """A run that waits for a decision (for ten minutes): its streams stay open."""
-    task = await api.task(require_approval=True, approval_timeout_s=600)
-    run = await api.run(task["id"])
-    return await api.wait_status(run["id"], "awaiting_approval")
-
-
 @pytest.fixture
 async def admin(secured: System) -> AsyncIterator[Api]:
     api = Api(secured.base_url, secured.ws_url, token=ADMIN)
@@ -195,25 +142,25 @@ async def test_every_stream_needs_a_viewer_and_takes_a_query_token(
 ) -> None:
     """Each stream with no or a wrong credential (4401 / 401), and with each role's credential and a
     JWT, both as `?token=` and as the `Authorization` header (open)."""
-    run = await _waiting_run(admin)
+    run = await waiting_run(admin)
     ws, http = secured.ws_url, admin.http
     for path in (f"/ws/runs/{run['id']}?since=0", f"/ws/tasks/{run['task_id']}", "/ws/stream"):
-        assert await _close_code(ws + path, shown) == 4401, path
-        assert await _close_code(_with(ws + path, token="wrong"), shown) == 4401, path
+        assert await close_code(ws + path, shown) == 4401, path
+        assert await close_code(with_query(ws + path, token="wrong"), shown) == 4401, path
         for who, credential in keys.items():
-            assert await _close_code(_with(ws + path, token=credential), shown) is None, (path, who)
-            assert await _close_code(ws + path, shown, bearer(credential)) is None, (path, who)
-    assert await _close_code(f"{ws}/ws/runs/nope?token={keys['viewer']}", shown) == 4404  # past the guard
-    assert await _close_code(f"{ws}/ws/runs/nope", shown) == 4401
+            assert await close_code(with_query(ws + path, token=credential), shown) is None, (path, who)
+            assert await close_code(ws + path, shown, bearer(credential)) is None, (path, who)
+    assert await close_code(f"{ws}/ws/runs/nope?token={keys['viewer']}", shown) == 4404  # past the guard
+    assert await close_code(f"{ws}/ws/runs/nope", shown) == 4401
 
     anonymous = httpx.AsyncClient(base_url=secured.base_url, timeout=10)
     sse = f"/api/runs/{run['id']}/events"
-    assert await _sse_status(anonymous, sse, shown) == 401
-    assert await _sse_status(anonymous, f"{sse}?token=wrong", shown) == 401
+    assert await sse_status(anonymous, sse, shown) == 401
+    assert await sse_status(anonymous, f"{sse}?token=wrong", shown) == 401
     for who, credential in keys.items():
-        assert await _sse_status(anonymous, f"{sse}?token={credential}", shown) == 200, who
-        assert await _sse_status(anonymous, sse, shown, bearer(credential)) == 200, who
-    assert await _sse_status(anonymous, f"/api/runs/nope/events?token={keys['viewer']}", shown) == 404
+        assert await sse_status(anonymous, f"{sse}?token={credential}", shown) == 200, who
+        assert await sse_status(anonymous, sse, shown, bearer(credential)) == 200, who
+    assert await sse_status(anonymous, f"/api/runs/nope/events?token={keys['viewer']}", shown) == 404
     await anonymous.aclose()
 
     # The run goes on to its end; its event log is searched for secrets too.
@@ -228,7 +175,7 @@ async def test_every_stream_needs_a_viewer_and_takes_a_query_token(
 async def test_a_revoked_key_ends_the_streams_it_holds_open(
     secured: System, shown: list[str], admin: Api
 ) -> None:
-    run = await _waiting_run(admin)
+    run = await waiting_run(admin)
     made = make_key(secured, "viewer")
     key = made["key"]
     sse_url = f"{secured.base_url}/api/runs/{run['id']}/events"
@@ -251,15 +198,15 @@ async def test_a_revoked_key_ends_the_streams_it_holds_open(
         assert (await admin.http.delete(f"/api/keys/{made['id']}")).status_code == 204
         revoked_at = time.monotonic()
         (code, reason), rest = await asyncio.wait_for(
-            asyncio.gather(_frames_until_closed(ws, shown), sse_rest()), timeout=3
+            asyncio.gather(frames_until_closed(ws, shown), sse_rest()), timeout=3
         )
         assert time.monotonic() - revoked_at < 2.0
     shown.extend(rest)
     assert (code, reason) == (4401, "this key was revoked")
     assert any("credentials no longer accepted (this key was revoked)" in line for line in rest), rest
     # And it opens no stream again.
-    assert await _close_code(f"{secured.ws_url}/ws/stream?token={key}", shown) == 4401
-    assert await _sse_status(admin.http, sse_url, shown, bearer(key)) == 401
+    assert await close_code(f"{secured.ws_url}/ws/stream?token={key}", shown) == 4401
+    assert await sse_status(admin.http, sse_url, shown, bearer(key)) == 401
 
 
 async def test_an_expired_key_or_jwt_ends_the_streams_it_holds_open(
@@ -273,90 +220,9 @@ async def test_an_expired_key_or_jwt_ends_the_streams_it_holds_open(
         connect(f"{secured.ws_url}/ws/stream", additional_headers=bearer(token), open_timeout=10) as by_jwt,
     ):
         ended = await asyncio.wait_for(
-            asyncio.gather(_frames_until_closed(by_key, shown), _frames_until_closed(by_jwt, shown)), 20
+            asyncio.gather(frames_until_closed(by_key, shown), frames_until_closed(by_jwt, shown)), 20
         )
     assert ended == [(4401, "this key has expired"), (4401, "the token has expired")]
-
-
-@pytest.fixture(scope="module")
-def capped() -> Iterator[System]:
-    """A system with authentication on, two gateway copies, where each identity may hold two streams
-    open on each copy."""
-    system = start_system(
-        gateways=2, AGENTBUS_ADMIN_TOKEN=ADMIN, GATEWAY_MAX_STREAMS="2", WS_HEARTBEAT_S="0.5"
-    )
-    try:
-        yield system
-    finally:
-        system.stop()
-
-
-async def test_each_identity_holds_at_most_max_streams(capped: System, shown: list[str]) -> None:
-    admin = Api(capped.base_url, capped.ws_url, token=ADMIN)
-    run = await _waiting_run(admin)
-    mine, other = make_key(capped, "viewer")["key"], make_key(capped, "viewer")["key"]
-    ws, sse = capped.ws_url, f"/api/runs/{run['id']}/events"
-
-    async def opens_ws() -> bool:
-        return await _close_code(f"{ws}/ws/stream?token={mine}", shown) is None
-
-    async def opens_sse() -> bool:
-        return await _sse_status(admin.http, sse, shown, bearer(mine)) == 200
-
-    async with (
-        connect(f"{ws}/ws/tasks/{run['task_id']}?token={mine}", open_timeout=10) as first,
-        httpx.AsyncClient(base_url=capped.base_url, timeout=10) as http,
-        http.stream("GET", sse, headers=bearer(mine)) as second,
-    ):
-        shown.append(str(await first.recv()))
-        assert second.status_code == 200
-        lines = second.aiter_lines()  # kept: a reader dropped closes the response
-        async for line in lines:  # up to its first event: it holds its slot
-            shown.append(line)
-            if line.startswith("data:"):
-                break
-        # Both slots are held: a third stream is refused, whichever kind; another identity has its own.
-        for path in ("/ws/stream", f"/ws/runs/{run['id']}", f"/ws/tasks/{run['task_id']}"):
-            async with connect(f"{ws}{path}?token={mine}", open_timeout=10) as third:
-                code, reason = await _frames_until_closed(third, shown)
-            assert code == 4429 and "too many open streams" in reason, (path, code, reason)
-        refused = await admin.http.get(sse, headers=bearer(mine))
-        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1, refused.text
-        assert "too many open streams" in refused.json()["detail"]
-        assert await _close_code(f"{ws}/ws/stream?token={other}", shown) is None
-        await first.close()
-        await eventually(opens_ws, 10, "a WebSocket frees its slot when it closes")
-    # The SSE stream has ended too: both slots free again.
-    await eventually(opens_sse, 10, "an SSE stream frees its slot when it ends")
-
-    async def two_open() -> bool:
-        async with (
-            connect(f"{ws}/ws/stream?token={mine}", open_timeout=10) as one,
-            connect(f"{ws}/ws/stream?token={mine}", open_timeout=10) as two,
-        ):
-            shown.extend([str(await one.recv()), str(await two.recv())])
-            return True
-
-    await eventually(two_open, 10, "both slots free again", retry_on=(ConnectionClosed,))
-    await admin.close()
-
-
-async def test_a_key_revoked_on_one_copy_ends_its_streams_on_another(
-    capped: System, shown: list[str]
-) -> None:
-    made = make_key(capped, "viewer")
-    other_ws = capped.url_of(1)[1]
-    async with (
-        connect(f"{other_ws}/ws/stream?token={made['key']}", open_timeout=10) as ws,
-        httpx.AsyncClient(base_url=capped.base_url, headers=bearer(ADMIN)) as first_copy,
-    ):
-        shown.append(str(await ws.recv()))  # open on the second copy: a heartbeat
-        r = await first_copy.delete(f"/api/keys/{made['id']}")
-        assert r.status_code == 204
-        revoked_at = time.monotonic()
-        code, reason = await asyncio.wait_for(_frames_until_closed(ws, shown), timeout=3)
-        assert time.monotonic() - revoked_at < 2.0
-    assert (code, reason) == (4401, "this key was revoked")
 
 
 def test_readme_people_in_charge_runs_as_written(secured: System, tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ class Gateway:
         self.settings = s = settings
         origin = uuid.uuid4().hex  # marks this process's live announcements (its hub skips them)
         self.store = GatewayStore(s.database_url, s.db_pool_size, s.db_read_connections)
-        self.authenticator = Authenticator(s, self.store.people.key_secret)
+        self.authenticator = Authenticator(s, self.store.api_key)
         self.access = Access(s, self.authenticator, self.store.people)
         self.bus = Bus(s.nats_url, f"gateway-{s.instance}", s.nats_replicas, s.request_timeout_s, s.nats)
         self.exposition = Exposition(self.store, self.bus)  # /metrics: what is counted, and read

@@ -80,6 +80,7 @@ class Authenticator:
         self._admin = admin.encode() if admin else None
         self._lookup = lookup
         self._keys: dict[str, tuple[float, Any]] = {}  # key id -> (read at, row or None)
+        self._reading: dict[str, asyncio.Future[Any]] = {}  # key id -> its row's read under way
         # Keys proven lately: credential -> (its row's read at, expires at as a Unix time or None,
         # the identity). A hit skips the parse and the hash while the row is fresh (`KEY_CACHE_S`),
         # so a revocation still reaches this copy within a second.
@@ -126,14 +127,23 @@ class Authenticator:
         return identity
 
     async def _row(self, key_id: str) -> Any:
-        now = time.monotonic()
         cached = self._keys.get(key_id)
-        if cached is not None and now - cached[0] < KEY_CACHE_S:
+        if cached is not None and time.monotonic() - cached[0] < KEY_CACHE_S:
             return cached[1]
+        # One read per key at a time: when a busy key's row goes stale, every request using it
+        # waits on the same read (a read each stalled the requests behind them by tens of ms).
+        reading = self._reading.get(key_id)
+        if reading is None:
+            reading = self._reading[key_id] = asyncio.ensure_future(self._read(key_id))
+            reading.add_done_callback(lambda _: self._reading.pop(key_id, None))
+        return await asyncio.shield(reading)
+
+    async def _read(self, key_id: str) -> Any:
+        at = time.monotonic()  # trusted from before the read: never longer than KEY_CACHE_S
         row = await self._lookup(key_id)
         if len(self._keys) >= _CACHE_MAX:
             self._keys.clear()
-        self._keys[key_id] = (now, row)
+        self._keys[key_id] = (at, row)
         return row
 
     def forget(self, key_id: str) -> None:

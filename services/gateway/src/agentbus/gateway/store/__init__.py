@@ -36,7 +36,7 @@ from agentbus.gateway.store.events import PgEventBatch, SqliteEventBatch
 from agentbus.gateway.store.lists import BadCursor, Page
 from agentbus.gateway.store.people import AUDIT_INSERT, AuditEntry, People, audit_row, write_audit
 from agentbus.gateway.store.reads import RowReader
-from agentbus.gateway.store.tables import artifacts, runs, tasks
+from agentbus.gateway.store.tables import api_keys, artifacts, runs, tasks
 from agentbus.gateway.store.webhooks import Webhooks
 from agentbus.gateway.store.writer import Writer
 
@@ -137,6 +137,11 @@ class GatewayStore(EventLogReads):
             return True
         except Exception:
             return False
+
+    async def api_key(self, key_id: str) -> Any:
+        """An API key's row (salt, hash, name, role, expires_at, revoked_at ...), or None: what checks
+        a credential, read as fast as a task by id (it is read again every `KEY_CACHE_S`)."""
+        return await self.reader.one(api_keys, key_id)
 
     # --- tasks ---------------------------------------------------------------------------------
 

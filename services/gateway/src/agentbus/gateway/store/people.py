@@ -105,22 +105,6 @@ class People:
 
     # --- keys ----------------------------------------------------------------------------------
 
-    async def key_secret(self, key_id: str) -> Any:
-        """(salt, hash, name, role, expires_at, revoked_at) of a key, or None: what checks a credential."""
-        async with self.engine.connect() as conn:
-            return (
-                await conn.execute(
-                    select(
-                        api_keys.c.salt,
-                        api_keys.c.hash,
-                        api_keys.c.name,
-                        api_keys.c.role,
-                        api_keys.c.expires_at,
-                        api_keys.c.revoked_at,
-                    ).where(api_keys.c.id == key_id)
-                )
-            ).first()
-
     async def create_key(self, values: dict[str, Any], audit: AuditEntry) -> Any:
         def store(conn: Any) -> Any:
             row = conn.execute(api_keys.insert().values(**values).returning(*_KEY_COLUMNS)).one()
