@@ -61,17 +61,6 @@ class Page(NamedTuple):
     next_cursor: str | None
 
 
-COUNT = Query(
-    "row_count",
-    'SELECT coalesce(sum("n"), 0) AS n FROM "row_counts" WHERE "name" = ?',
-    [Column("n", Integer)],
-    [row_counts.c.name],
-    # PostgreSQL: plus the deltas not folded into row_counts yet (migration 0003).
-    pg_sql="SELECT coalesce((SELECT sum(n) FROM row_counts WHERE name = $1), 0)"
-    " + coalesce((SELECT sum(n) FROM row_count_deltas WHERE name = $1), 0) AS n",
-)
-
-
 class Lists:
     """The prepared list queries of one table, one per combination of filters and cursor."""
 
@@ -86,30 +75,21 @@ class Lists:
         return found
 
     def _build(self, filters: tuple[str, ...], after: bool) -> Query:
-        """The page's rows, each carrying the list's total (`total`, the first parameter is its
-        `row_counts` name): one statement, one round trip on PostgreSQL. An empty page has no row
-        to carry it, so its total is read by `COUNT`."""
         t = self.table
         where = [f'"{name}" = ?' for name in filters]
-        binds: list[Any] = [row_counts.c.name, *(t.c[name] for name in filters)]
+        binds: list[Any] = [t.c[name] for name in filters]
         if after:
             # The first conjunct is an index range; the second settles rows of the same instant.
             where.append('"created_at" <= ? AND ("created_at" < ? OR "id" < ?)')
             binds += [t.c.created_at, t.c.created_at, t.c.id]
         names = ", ".join(f'"{c.name}"' for c in t.c)
-        rest = (
-            f' FROM "{t.name}"'
+        sql = (
+            f'SELECT {names} FROM "{t.name}"'
             + (" WHERE " + " AND ".join(where) if where else "")
             + ' ORDER BY "created_at" DESC, "id" DESC LIMIT ? OFFSET ?'
         )
-        sql = f"SELECT {names}, ({COUNT.sql}) AS total{rest}"
-        # PostgreSQL: the count with its deltas names the same first parameter twice ($1).
-        numbered = rest.split("?")
-        pg_rest = numbered[0] + "".join(f"${i}{part}" for i, part in enumerate(numbered[1:], 2))
-        pg_sql = f"SELECT {names}, ({COUNT.pg_sql}) AS total{pg_rest}"
         key = "_".join(filters) or "all"
-        columns = [*t.c, Column("total", Integer)]
-        return Query(f"{t.name}_{key}{'_after' if after else ''}", sql, columns, [*binds, None, None], pg_sql)
+        return Query(f"{t.name}_{key}{'_after' if after else ''}", sql, list(t.c), [*binds, None, None])
 
 
 def count_name(table: str, filters: dict[str, str]) -> str:
@@ -117,6 +97,15 @@ def count_name(table: str, filters: dict[str, str]) -> str:
     return "|".join([table, *(f"{k}={v}" for k, v in filters.items())])
 
 
+COUNT = Query(
+    "row_count",
+    'SELECT coalesce(sum("n"), 0) AS n FROM "row_counts" WHERE "name" = ?',
+    [Column("n", Integer)],
+    [row_counts.c.name],
+    # PostgreSQL: plus the deltas not folded into row_counts yet (migration 0003).
+    pg_sql="SELECT coalesce((SELECT sum(n) FROM row_counts WHERE name = $1), 0)"
+    " + coalesce((SELECT sum(n) FROM row_count_deltas WHERE name = $1), 0) AS n",
+)
 # PostgreSQL: fold the appended deltas into row_counts, atomically (a count read before it sees the
 # deltas, one read after it sees them folded), by one gateway copy at a time (the others skip).
 FOLD_LOCK = "SELECT pg_try_advisory_xact_lock(7461627573)"
