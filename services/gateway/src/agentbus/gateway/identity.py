@@ -123,7 +123,8 @@ class Authenticator:
         if len(self._proven) >= _CACHE_MAX:
             self._proven.clear()
         expires = row.expires_at.timestamp() if row.expires_at is not None else None
-        self._proven[credential] = (self._keys[key_id][0], expires, identity)
+        # The row's read time (0, at once stale, if a flood of other keys emptied the cache meanwhile).
+        self._proven[credential] = (self._keys.get(key_id, (0.0, None))[0], expires, identity)
         return identity
 
     async def _row(self, key_id: str) -> Any:
