@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.servers import free_port
-from tests.support.system import System
+from tests.support.system import System, launch_env
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,23 +62,9 @@ def test_readme_walkthrough_runs_as_written(system: System, tmp_path: Path) -> N
 
 def test_make_run_starts_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     http_port, nats_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "AGENTBUS_VAR": str(tmp_path / "var"),
-        "GATEWAY_PORT": str(http_port),
-        "NATS_PORT": str(nats_port),
-    }
-    for key in (
-        "DATABASE_URL",
-        "METRICS_DATABASE_URL",
-        "GATEWAY_HOST",
-        "ALLOW_INSECURE",
-        "AGENTBUS_ADMIN_TOKEN",
-        "AGENTBUS_API_TOKEN",
-        "JWT_KEY",
-        "JWT_JWKS_URL",
-    ):
-        env.pop(key, None)
+    env = launch_env(
+        AGENTBUS_VAR=str(tmp_path / "var"), GATEWAY_PORT=str(http_port), NATS_PORT=str(nats_port)
+    )
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "run.py")],
         env=env,

@@ -6,7 +6,6 @@ starts and says loudly that anyone who reaches it may do anything."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,21 +16,10 @@ import pytest
 
 from agentbus.common.settings import EXIT_CONFIG
 from tests.support.servers import NatsServer, free_port, wait_port
-from tests.support.system import Service
+from tests.support.system import Service, launch_env
 
 pytestmark = [pytest.mark.e2e]
 
-# Settings of the machine's environment these tests set themselves, or must not have.
-NOT_INHERITED = frozenset(
-    {
-        "GATEWAY_HOST",
-        "ALLOW_INSECURE",
-        "AGENTBUS_ADMIN_TOKEN",
-        "AGENTBUS_API_TOKEN",
-        "JWT_KEY",
-        "JWT_JWKS_URL",
-    }
-)
 ADMIN = "admin-token-of-the-startup-test-0123"
 
 
@@ -45,15 +33,13 @@ def nats(tmp_path: Path) -> Iterator[NatsServer]:
 
 
 def gateway_env(tmp_path: Path, nats: NatsServer, port: int, **env: str) -> dict[str, str]:
-    inherited = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
-    return {
-        **inherited,
-        "NATS_URL": nats.url,
-        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}",
-        "GATEWAY_PORT": str(port),
-        "LOG_FORMAT": "json",
+    return launch_env(
+        NATS_URL=nats.url,
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}",
+        GATEWAY_PORT=str(port),
+        LOG_FORMAT="json",
         **env,
-    }
+    )
 
 
 def started(tmp_path: Path, nats: NatsServer, **env: str) -> tuple[Service, str]:

@@ -32,25 +32,13 @@ from tests.e2e.test_faults import FAULT_ENV
 from tests.support.client import TERMINAL, Api
 from tests.support.faults import Workload, check_invariants, retry
 from tests.support.servers import free_port
+from tests.support.system import launch_env
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTED = re.compile(r"^(\S+) started \(pid (\d+)\)$")
-# Settings of the machine's environment a test's launcher must not pick up (it sets its own).
-NOT_INHERITED = frozenset(
-    {
-        "DATABASE_URL",
-        "METRICS_DATABASE_URL",
-        "GATEWAY_HOST",
-        "ALLOW_INSECURE",
-        "AGENTBUS_ADMIN_TOKEN",
-        "AGENTBUS_API_TOKEN",
-        "JWT_KEY",
-        "JWT_JWKS_URL",
-    }
-)
 
 
 class MakeRun:
@@ -58,9 +46,9 @@ class MakeRun:
 
     def __init__(self, var: Path, **env: str) -> None:
         self.http_port, self.nats_port = free_port(), free_port()
-        self.env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
+        self.env = launch_env(**env)
         self.env.update(
-            env, AGENTBUS_VAR=str(var), GATEWAY_PORT=str(self.http_port), NATS_PORT=str(self.nats_port)
+            AGENTBUS_VAR=str(var), GATEWAY_PORT=str(self.http_port), NATS_PORT=str(self.nats_port)
         )
         self.lines: list[str] = []
         self.done = False  # the launcher's output ended

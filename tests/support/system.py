@@ -138,6 +138,17 @@ class System:
 
 # Settings of the machine's environment a test system must not pick up (it sets its own).
 _NOT_INHERITED = frozenset({"AGENTBUS_ADMIN_TOKEN", "AGENTBUS_API_TOKEN", "NATS_USER", "NATS_PASSWORD"})
+# What a test that starts `make run` or one service itself sets, or must not have, besides those.
+_LAUNCH_SETTINGS = frozenset(
+    {"DATABASE_URL", "METRICS_DATABASE_URL", "GATEWAY_HOST", "ALLOW_INSECURE", "JWT_KEY", "JWT_JWKS_URL"}
+)
+
+
+def launch_env(**env: str) -> dict[str, str]:
+    """The machine's environment for a process a test launches (`make run`, a service) without the
+    settings the test chooses itself (databases, host, credentials), then `env`."""
+    drop = _NOT_INHERITED | _LAUNCH_SETTINGS
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, **env}
 
 
 def start_system(
