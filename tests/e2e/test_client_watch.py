@@ -48,7 +48,13 @@ async def test_watches_resume_across_a_gateway_restart(system: System) -> None:
         system.gateways[0][0].kill()
         killed.set()
         await asyncio.to_thread(system.restart_gateway, 0)
-        await asyncio.wait_for(asyncio.gather(watch_run, watch_task, watch_all), 60)
+        try:
+            await asyncio.wait_for(asyncio.gather(watch_run, watch_task, watch_all), 60)
+        except TimeoutError:
+            # Say what was stuck: the run itself, or a watch that missed its end.
+            status = (await api.get_run(run.id)).status
+            seen = {name: [e.seq for e in events][-5:] for name, events in got.items()}
+            pytest.fail(f"the watches did not all see the run end (run {status}; last seqs seen {seen})")
 
         stored = await api.all_logs(run.id)
         assert [e.seq for e in stored] == list(range(1, len(stored) + 1))
