@@ -459,7 +459,7 @@ async def test_the_audit_trail(api: AsyncTestClient) -> None:
     assert denied["items"][0]["detail"]["status"] == 401 and denied["items"][0]["actor"]["id"] == "unknown"
 
     everything = json.dumps((await api.get("/api/audit?limit=100", headers=bearer(ADMIN))).json())
-    for secret in (ADMIN, operator["key"], operator["key"].rsplit("_", 1)[1]):
+    for secret in (ADMIN, operator["key"], operator["key"].split("_", 2)[2]):
         assert secret not in everything
     # No route changes or deletes an entry.
     for method in ("POST", "PATCH", "DELETE", "PUT"):
