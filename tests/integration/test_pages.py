@@ -8,6 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from litestar.testing import AsyncTestClient
 from sqlalchemy import delete, func, select, text, update
 
@@ -241,3 +242,47 @@ async def test_every_page_is_read_in_index_order_on_sqlite(tmp_path: Any) -> Non
                 assert not any("TEMP B-TREE" in step for step in steps), (query.name, steps)
     finally:
         await engine.dispose()
+
+
+async def test_a_page_shows_each_row_as_a_read_of_it_does(database_url: str) -> None:
+    """Pages send their rows' JSON columns on as stored; the answer must be the one GET gives."""
+    from agentbus.gateway.convert import run_out, task_out
+
+    at = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)  # no microseconds: the shortest form
+    engine = await engine_with_a_run(database_url, at)  # migrated: task t, run r (running)
+    await engine.dispose()
+    store = GatewayStore(database_url)
+    try:
+        rich = {"nested": {"list": [1, 2.5, None, True], "é": "ünï ✓"}, "big": 10**15, "f": 0.1}
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                update(tasks).values(config=rich, agent_config=None, approvers=["admin", "jwt:a b"])
+            )
+            await conn.execute(
+                update(runs).values(
+                    plan={"steps": [{"n": 1, "text": 'é\n"q"'}]},
+                    results=[1, "two", {"3": None}],
+                    labels={"team": "ops"},
+                    approval={"approved": True, "decided_at": "2026-01-01T12:00:01.5Z", "feedback": "ok"},
+                    progress=33.3,
+                    duration=1.0 / 3,
+                )
+            )
+            values = _run_values("t", datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC))
+            await conn.execute(runs.insert().values(**values, run_number=2, plan=None, results=None))
+
+        def shown(item: Any) -> Any:
+            return msgspec.json.decode(msgspec.json.encode(item))
+
+        (task_row,) = (await store.list_tasks(None, 0, 10)).rows
+        assert shown(task_out(task_row)) == shown(task_out(await store.task("t")))
+        assert shown(task_out(task_row))["config"] == rich
+        assert shown(task_out(task_row))["agent_config"] == {}
+        run_rows = (await store.list_runs("t", None, 0, 10)).rows
+        assert [r.id for r in run_rows] == [values["id"], "r"]
+        for row in run_rows:
+            assert shown(run_out(row)) == shown(run_out(await store.run(row.id)))
+        assert shown(run_out(run_rows[1]))["results"] == [1, "two", {"3": None}]
+        assert shown(run_out(run_rows[0]))["plan"] is None
+    finally:
+        await store.close()

@@ -57,6 +57,12 @@ _NEXT_RUN_NUMBER = (
     )
     .returning(tasks.c.next_run_number, tasks.c.max_concurrent_runs)
 )
+# What a Run shows: not its agent_config, created_by, approval_deadline, held or traceparent.
+RUN_SHOWN = (
+    "id", "task_id", "run_number", "status", "agent", "require_approval", "max_revision_rounds",
+    "plan", "progress", "results", "error_message", "started_at", "completed_at", "duration",
+    "approval", "labels", "last_seq", "created_at", "updated_at",
+)  # fmt: skip
 _INSERT_RUN = runs.insert().returning(*runs.c)
 _UNQUEUED = (
     runs.update()
@@ -87,8 +93,13 @@ class GatewayStore(EventLogReads):
             PgEventBatch(self.engine.url) if self.dialect == "postgresql" else SqliteEventBatch(self.writer)
         )
         self._folding: asyncio.Task[None] | None = None
-        self._task_lists = lists.Lists(tasks)
-        self._run_lists = lists.Lists(runs)
+        # Pages read the columns a REST object shows, its JSON sent on as stored (`lists.Lists`).
+        self._task_lists = lists.Lists(
+            tasks,
+            [c.name for c in tasks.c if c.name not in ("latest_run_id", "next_run_number")],
+            raw=("config", "agent_config", "approvers"),
+        )
+        self._run_lists = lists.Lists(runs, RUN_SHOWN, raw=("plan", "results", "labels"))
         self.approvals = Approvals(self.engine, self.reader)  # the approvals inbox's reads
         self.people = People(self.engine, self.writer)  # API keys and the audit trail
         self.held = HeldRuns(self.engine, self.writer)  # runs over their task's max_concurrent_runs
@@ -171,7 +182,9 @@ class GatewayStore(EventLogReads):
         return await self.writer(store)
 
     async def list_tasks(self, status: str | None, skip: int, limit: int, cursor: str | None = None) -> Page:
-        """Tasks newest first; raises BadCursor for a cursor this store did not hand out."""
+        """Tasks newest first, with the columns a Task shows (`config`, `agent_config` and
+        `approvers` as their JSON text, `msgspec.Raw`); raises BadCursor for a cursor this store did
+        not hand out."""
         return await self._page(self._task_lists, {"status": status}, skip, limit, cursor)
 
     async def task_runs(self, task_id: str) -> list[Any]:
@@ -264,7 +277,8 @@ class GatewayStore(EventLogReads):
     async def list_runs(
         self, task_id: str | None, status: str | None, skip: int, limit: int, cursor: str | None = None
     ) -> Page:
-        """Runs newest first; raises BadCursor for a cursor this store did not hand out."""
+        """Runs newest first, with the columns a Run shows (`plan`, `results` and `labels` as their
+        JSON text, `msgspec.Raw`); raises BadCursor for a cursor this store did not hand out."""
         return await self._page(self._run_lists, {"task_id": task_id, "status": status}, skip, limit, cursor)
 
     async def unfinished(self, run_ids: Sequence[str]) -> list[str]:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
 import msgspec
 from sqlalchemy import Column, Integer, Table, Text
 
-from agentbus.gateway.store.reads import Query
+from agentbus.gateway.store.reads import Query, numbered
 from agentbus.gateway.store.tables import row_counts, run_events
 
 
@@ -62,10 +63,16 @@ class Page(NamedTuple):
 
 
 class Lists:
-    """The prepared list queries of one table, one per combination of filters and cursor."""
+    """The prepared list queries of one table, one per combination of filters and cursor.
 
-    def __init__(self, table: Table) -> None:
+    A page reads only the `shown` columns (those its REST objects show), and the JSON columns among
+    them that the answer carries as they are (`raw`) as their JSON text, never parsed: most of a
+    page's cost was in its rows' values, not in finding them."""
+
+    def __init__(self, table: Table, shown: Sequence[str], raw: Sequence[str] = ()) -> None:
         self.table = table
+        self.columns = [table.c[name] for name in shown]
+        self.raw = tuple(raw)
         self._queries: dict[tuple[tuple[str, ...], bool], Query] = {}
 
     def query(self, filters: tuple[str, ...], after: bool) -> Query:
@@ -82,14 +89,24 @@ class Lists:
             # The first conjunct is an index range; the second settles rows of the same instant.
             where.append('"created_at" <= ? AND ("created_at" < ? OR "id" < ?)')
             binds += [t.c.created_at, t.c.created_at, t.c.id]
-        names = ", ".join(f'"{c.name}"' for c in t.c)
-        sql = (
-            f'SELECT {names} FROM "{t.name}"'
+        rest = (
+            f' FROM "{t.name}"'
             + (" WHERE " + " AND ".join(where) if where else "")
             + ' ORDER BY "created_at" DESC, "id" DESC LIMIT ? OFFSET ?'
         )
+        names = ", ".join(f'"{c.name}"' for c in self.columns)
+        pg_names = ", ".join(
+            f'"{c.name}"::text AS "{c.name}"' if c.name in self.raw else f'"{c.name}"' for c in self.columns
+        )
         key = "_".join(filters) or "all"
-        return Query(f"{t.name}_{key}{'_after' if after else ''}", sql, list(t.c), [*binds, None, None])
+        return Query(
+            f"{t.name}_{key}{'_after' if after else ''}",
+            f"SELECT {names}{rest}",
+            self.columns,
+            [*binds, None, None],
+            pg_sql=numbered(f"SELECT {pg_names}{rest}"),
+            raw=self.raw,
+        )
 
 
 def count_name(table: str, filters: dict[str, str]) -> str:

@@ -51,7 +51,11 @@ class Query:
     its tuples become rows: named tuples (`row.column`, like a SQLAlchemy row) whose values the
     selected columns' SQLAlchemy types have converted (JSON text, datetimes kept as text on
     SQLite; asyncpg already returns what SQLAlchemy would: its JSON codecs are SQLAlchemy's).
-    Parameters go through the bound columns' SQLAlchemy types the same way."""
+    Parameters go through the bound columns' SQLAlchemy types the same way.
+
+    The JSON columns named in `raw` come back as their JSON text (`msgspec.Raw`, None for SQL NULL)
+    instead of decoded: a page of rows sent straight out as JSON need not parse and re-encode what
+    the database already holds as JSON (on PostgreSQL the SQL must select them as `::text`)."""
 
     def __init__(
         self,
@@ -60,22 +64,28 @@ class Query:
         columns: Sequence[Any],
         binds: Sequence[Any] = (),
         pg_sql: str | None = None,
+        raw: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.sql = sql
-        parts = sql.split("?")
         # PostgreSQL: the same SQL with numbered parameters, unless it needs its own.
-        self.pg_sql = pg_sql or parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+        self.pg_sql = pg_sql or numbered(sql)
         self.columns = list(columns)
         self.binds = list(binds)
+        self.raw = frozenset(raw)
         self.row: type = collections.namedtuple(f"{name}_row", [c.name for c in self.columns])  # type: ignore[misc]
         self._results: list[tuple[int, Callable[[Any], Any]]] | None = None
         self._params: list[Callable[[Any], Any] | None] | None = None
 
     def prepare(self, dialect: Any) -> None:
         results, params = [], []
-        for i, column in enumerate(self.columns if dialect.name == "sqlite" else ()):
-            process = _sqlite_result(column, dialect)
+        for i, column in enumerate(self.columns):
+            if column.name in self.raw:
+                process: Callable[[Any], Any] | None = _raw_json
+            elif dialect.name == "sqlite":
+                process = _sqlite_result(column, dialect)
+            else:
+                continue
             if process is not None:
                 results.append((i, process))
         for column in self.binds:
@@ -101,6 +111,12 @@ class Query:
         return out
 
 
+def numbered(sql: str) -> str:
+    """SQL with `?` placeholders in PostgreSQL's `$1`, `$2` ... form."""
+    parts = sql.split("?")
+    return parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+
+
 def _utc_from_text(value: str | None) -> datetime | None:
     # Kept as naive UTC text; an offset in the text is several times cheaper than `replace`.
     return None if value is None else datetime.fromisoformat(value + "+00:00")
@@ -108,6 +124,11 @@ def _utc_from_text(value: str | None) -> datetime | None:
 
 def _json_from_text(value: str | bytes | None) -> Any:
     return None if value is None else msgspec.json.decode(value)
+
+
+def _raw_json(value: str | None) -> msgspec.Raw | None:
+    # SQL NULL and a stored JSON null both read as None, as they do decoded.
+    return None if value is None or value == "null" else msgspec.Raw(value)
 
 
 def _sqlite_result(column: Any, dialect: Any) -> Callable[[Any], Any] | None:
