@@ -200,3 +200,35 @@ async def test_a_slow_receiver_holds_only_its_own_delivery(store: GatewayStore) 
         finally:
             await loop.http.aclose()
         assert [r.status for r in await rows(store, slow_hook)] == ["delivered"]
+
+
+def progress_data(percent: float) -> ev.ProgressData:
+    return ev.ProgressData(step=1, total_steps=2, progress_percent=percent, current_phase="executing")
+
+
+async def test_a_batch_stores_each_new_event_of_a_known_run_once(store: GatewayStore) -> None:
+    """The batch's corner cases on both databases: a redelivery inside the batch, an event of a run
+    that is gone, an event stored before, a conflicting duplicate, and a replacement."""
+    start, progress = (
+        event(ev.AnalysisStart, 1),
+        event(ev.Progress, 2, data=progress_data(40)),
+    )
+    ghost = ev.AnalysisStart(
+        id=uuid.uuid4().hex, seq=1, timestamp=datetime.now(UTC), task_id="t", run_id="gone"
+    )
+    stored = await store.store_events([start, progress, start, (ghost, encode(ghost))])
+    assert [(e.run_id, e.seq) for e, _ in stored.events] == [("r", 1), ("r", 2)]
+    assert stored.conflicts == []
+    run = await store.run("r")
+    assert (run.last_seq, run.progress) == (2, 40.0)
+
+    other = event(ev.Progress, 2, data=progress_data(70))  # seq 2 again, new content
+    again = await store.store_events([other, progress, event(ev.Progress, 3, data=progress_data(50))])
+    assert [(e.run_id, e.seq) for e, _ in again.events] == [("r", 3)]  # only the new one
+    assert [c.event for c in again.conflicts] == [other[0]]
+    assert (await store.run("r")).progress == 50.0
+
+    replaced = await store.replace_event(*other)
+    assert [(e.run_id, e.seq) for e, _ in replaced.events] == [("r", 2)]
+    logs, total = await store.logs("r", 0, 10)
+    assert total == 3 and json.loads(logs[1])["id"] == other[0].id

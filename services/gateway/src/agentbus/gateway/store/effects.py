@@ -193,16 +193,22 @@ def event_row(e: ev.Event, raw: bytes) -> EventRow:
     return EventRow(e.run_id, e.task_id, e.seq, e.__struct_config__.tag, e.timestamp, raw.decode())
 
 
+def once_each(batch: Batch) -> dict[tuple[str, int], tuple[ev.Event, bytes]]:
+    """The batch's events by (run_id, seq), once each (a redelivery may sit in the same batch)."""
+    fresh: dict[tuple[str, int], tuple[ev.Event, bytes]] = {}
+    for event, raw in batch:
+        fresh.setdefault((event.run_id, event.seq), (event, raw))
+    return fresh
+
+
 def new_candidates(
     rows: dict[str, dict[str, Any]], batch: Batch
 ) -> dict[tuple[str, int], tuple[ev.Event, bytes]]:
-    """The batch's events of known runs, once each (a redelivery may sit in the same batch)."""
-    fresh: dict[tuple[str, int], tuple[ev.Event, bytes]] = {}
-    for event, raw in batch:
-        if event.run_id not in rows:
-            log.info("event %s of unknown run %s dropped (deleted?)", event.seq, event.run_id)
-            continue
-        fresh.setdefault((event.run_id, event.seq), (event, raw))
+    """The batch's events of known runs, once each."""
+    fresh = once_each(batch)
+    for key in [key for key in fresh if key[0] not in rows]:
+        log.info("event %s of unknown run %s dropped (deleted?)", key[1], key[0])
+        del fresh[key]
     return fresh
 
 

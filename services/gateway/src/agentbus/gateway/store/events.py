@@ -14,11 +14,11 @@ statement.
   the transaction began IMMEDIATE, which is the lock). Through aiosqlite every statement, cursor
   and commit was a round trip to its thread, and those were most of the event latency.
 - PostgreSQL (`PgEventBatch`): the same statements as prepared SQL straight over asyncpg on a
-  small pool of its own (no pre-ping, no reset on return; each batch is one explicit
-  transaction): BEGIN, the runs locked FOR UPDATE, one INSERT ... SELECT FROM unnest(...) that
-  also reads the webhooks, each run's and its task's update in one statement (pipelined
-  executemany), COMMIT: five round trips for a batch of progress events. Through SQLAlchemy's
-  execution layer the batch cost several times the database's own work.
+  few held connections of its own (`held.py`; each batch is one explicit transaction): BEGIN, one
+  statement that locks the runs FOR UPDATE, inserts the events (INSERT ... SELECT FROM
+  unnest(...)) and reads the webhooks, each run's and its task's update in one statement
+  (pipelined executemany), COMMIT: four round trips for a batch of progress events. Through
+  SQLAlchemy's execution layer the batch cost several times the database's own work.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import msgspec
 from sqlalchemy import bindparam, or_, select, tuple_
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from agentbus.gateway.store.approval_effects import ApprovalRow
 from agentbus.gateway.store.effects import (
@@ -42,7 +42,9 @@ from agentbus.gateway.store.effects import (
     duplicates,
     event_row,
     new_candidates,
+    once_each,
 )
+from agentbus.gateway.store.held import HeldConnections
 from agentbus.gateway.store.tables import approvals, artifacts, run_events, runs, tasks
 from agentbus.gateway.store.webhooks import SUBSCRIBERS_JSON, pg_deliveries, sqlite_deliveries
 from agentbus.gateway.store.writer import Writer
@@ -180,10 +182,20 @@ class PgEventBatch:
         'INSERT INTO run_events (run_id, task_id, seq, event_type, "timestamp", payload) '
         "SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::int[], $4::varchar[], "
         "$5::timestamptz[], $6::text[]) "
-        "ON CONFLICT (run_id, seq) DO NOTHING RETURNING run_id, seq, "
-        # The webhooks the new events may go to, read by the same statement (one round trip less
-        # than a query of its own); only needed when an event is new, i.e. when a row returns.
-        f"({SUBSCRIBERS_JSON}) AS hooks"
+        "ON CONFLICT (run_id, seq) DO NOTHING RETURNING run_id, seq"
+    )
+    # The batch's runs locked and read, its events of those runs inserted (a redelivery changes
+    # nothing: ON CONFLICT DO NOTHING), and the webhooks they may go to read, in one statement:
+    # one round trip. Each locked run comes back with the seqs of its events that are new.
+    LOCK_AND_INSERT = (
+        f"WITH locked AS ({SELECT_RUNS}), "
+        'ins AS (INSERT INTO run_events (run_id, task_id, seq, event_type, "timestamp", payload) '
+        "SELECT * FROM unnest($2::varchar[], $3::varchar[], $4::int[], $5::varchar[], "
+        "$6::timestamptz[], $7::text[]) AS e (run_id, task_id, seq, event_type, ts, payload) "
+        "WHERE e.run_id IN (SELECT id FROM locked) "
+        "ON CONFLICT (run_id, seq) DO NOTHING RETURNING run_id, seq) "
+        "SELECT locked.*, ARRAY(SELECT seq FROM ins WHERE ins.run_id = locked.id) AS inserted, "
+        f"({SUBSCRIBERS_JSON}) AS hooks FROM locked"
     )
     # A run's changes and its task's status (while the run is the task's latest) in one statement,
     # one round trip for the whole batch (executemany); the task shows the run's status and time.
@@ -221,37 +233,46 @@ class PgEventBatch:
         "size = EXCLUDED.size, content_type = EXCLUDED.content_type, created_at = EXCLUDED.created_at"
     )
 
-    def __init__(self, url: URL, pool_size: int = 1) -> None:
-        # A connection that broke is dropped; the ingest retries the batch.
-        self.engine = create_async_engine(
-            url, pool_size=pool_size, max_overflow=2, pool_pre_ping=False, pool_reset_on_return=None
+    def __init__(self, url: URL, connections: int = 3) -> None:
+        # Held connections (`held.py`): a batch is BEGIN, one statement per kind of change, COMMIT.
+        self.held = HeldConnections(
+            create_async_engine(
+                url, pool_size=connections, max_overflow=0, pool_pre_ping=False, pool_reset_on_return=None
+            ),
+            connections,
         )
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        await self.held.close()
 
     async def store(self, batch: Batch, replace: bool = False) -> Stored:
-        async with self.engine.connect() as conn:
-            raw = (await conn.get_raw_connection()).driver_connection
-            try:
-                async with raw.transaction():
-                    return await self._store(raw, batch, replace)
-            except Exception as exc:
-                if not _is_server_error(exc):  # the connection itself failed: never reuse it
-                    await _invalidate(conn)
-                raise
+        # A connection that broke is dropped (an error the server answered with leaves it good);
+        # the ingest retries the batch.
+        async with self.held.connection(broken=_not_server_error) as db:
+            async with db.transaction():
+                return await self._store(db, batch, replace)
 
     async def _store(self, db: Any, batch: Batch, replace: bool) -> Stored:
         ids = sorted({e.run_id for e, _ in batch})
-        rows = {r["id"]: dict(r) for r in await db.fetch(self.SELECT_RUNS, ids)}
-        fresh = new_candidates(rows, batch)
-        if not fresh:
-            return Stored([], [])
-        if replace:  # the events stored at these seqs give way to these
+        if replace:  # the events stored at these seqs give way to these (conflicts.py)
+            rows = {r["id"]: dict(r) for r in await db.fetch(self.SELECT_RUNS, ids)}
+            fresh = new_candidates(rows, batch)
+            if not fresh:
+                return Stored([], [])
             await db.execute(self.DELETE_EVENTS, *(list(c) for c in zip(*fresh, strict=True)))
-        columns = [list(c) for c in zip(*(event_row(e, raw) for e, raw in fresh.values()), strict=True)]
-        returned = await db.fetch(self.INSERT_EVENTS, *columns)
-        inserted = {(r["run_id"], r["seq"]) for r in returned}
+            returned = await db.fetch(self.INSERT_EVENTS, *_columns(fresh))
+            inserted = {(r["run_id"], r["seq"]) for r in returned}
+            hooks_json = await db.fetchval(SUBSCRIBERS_JSON) if inserted else "[]"
+        else:
+            # The statement skips the events of unknown runs (new_candidates below says which).
+            unique = once_each(batch)
+            locked = await db.fetch(self.LOCK_AND_INSERT, ids, *_columns(unique))
+            inserted = {(r["id"], seq) for r in locked for seq in r["inserted"]}
+            hooks_json = locked[0]["hooks"] if locked else "[]"
+            rows = {r["id"]: {k: r[k] for k in ("id", "task_id", *RUN_COLUMNS)} for r in locked}
+            fresh = new_candidates(rows, batch)
+            if not fresh:
+                return Stored([], [])
         conflicts = []
         if dupes := duplicates(fresh, inserted):
             stored = await db.fetch(self.STORED, *(list(c) for c in zip(*dupes, strict=True)))
@@ -270,9 +291,14 @@ class PgEventBatch:
             await db.executemany(self.SETTLE_APPROVALS, effects.approval_settles)
         if effects.approvals:
             await db.executemany(self.INSERT_APPROVALS, [_pg_approval(a) for a in effects.approvals])
-        hooks = msgspec.json.decode(returned[0]["hooks"]) if returned else []
+        hooks = msgspec.json.decode(hooks_json) if inserted else []
         deliveries = await pg_deliveries(db, hooks, effects.stored, datetime.now(UTC))
         return Stored(effects.stored, conflicts, deliveries)
+
+
+def _columns(fresh: dict[tuple[str, int], tuple[Any, bytes]]) -> list[list[Any]]:
+    """The events as the insert's arrays, one per column."""
+    return [list(c) for c in zip(*(event_row(e, raw) for e, raw in fresh.values()), strict=True)]
 
 
 def _pg_run(change: tuple[Any, ...], task_id: str) -> list[Any]:
@@ -287,15 +313,10 @@ def _pg_approval(row: ApprovalRow) -> list[Any]:
     return [*row[:3], _json(row.plan), *row[4:9], _json(row.decided_by), row.feedback]
 
 
-def _is_server_error(exc: BaseException) -> bool:
-    """An error the server answered with (a constraint, bad data): the connection is still good."""
+def _not_server_error(exc: BaseException) -> bool:
+    """Not an error the server answered with (a constraint, bad data): the connection may be gone."""
     import asyncpg
 
-    return isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, asyncpg.PostgresConnectionError)
-
-
-async def _invalidate(conn: AsyncConnection) -> None:
-    try:
-        await conn.invalidate()
-    except Exception:
-        pass
+    return not (
+        isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, asyncpg.PostgresConnectionError)
+    )

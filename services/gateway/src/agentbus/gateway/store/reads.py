@@ -18,9 +18,7 @@ Reads here see the latest committed state, like the async engine's. The store ow
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -30,11 +28,12 @@ from typing import Any
 import msgspec
 from sqlalchemy import Table, create_engine, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql import sqltypes
 
 from agentbus.common.db import UTCDateTime
+from agentbus.gateway.store.held import HeldConnections
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +156,7 @@ class RowReader:
         self.dialect = engine.dialect
         self.pg_connections = pg_connections
         self.inline: Engine | None = None
-        self.pg: AsyncEngine | None = None
+        self.pg: HeldConnections | None = None
         url = engine.url
         if engine.dialect.name == "sqlite" and url.database not in (None, "", ":memory:"):
             self.inline = create_engine(
@@ -167,21 +166,19 @@ class RowReader:
             )
             event.listen(self.inline, "connect", _inline_pragmas)
         elif engine.dialect.name == "postgresql":
-            # Connections made by SQLAlchemy (its connect arguments, its JSON codecs), then held.
-            self.pg = create_async_engine(
-                url,
-                pool_size=pg_connections,
-                max_overflow=0,
-                pool_pre_ping=False,
-                isolation_level="AUTOCOMMIT",
+            self.pg = HeldConnections(
+                create_async_engine(
+                    url,
+                    pool_size=pg_connections,
+                    max_overflow=0,
+                    pool_pre_ping=False,
+                    isolation_level="AUTOCOMMIT",
+                ),
+                pg_connections,
             )
         self._by_id: dict[str, Query] = {}
         self._prepared: set[int] = set()
         self._sqlite_conn: Any = None  # the inline engine's one connection, checked out for good
-        # Held PostgreSQL connections, (SQLAlchemy connection, asyncpg connection), or None for a
-        # slot whose connection is yet to be made (or was dropped). Last in, first out: a light
-        # load keeps reusing one connection and opens no others.
-        self._pg_slots: asyncio.LifoQueue[tuple[AsyncConnection, Any] | None] | None = None
 
     def _inline(self, query: Query, params: tuple[Any, ...]) -> list[Any]:
         """Straight over sqlite3: SQLAlchemy's connection and result handling around the query
@@ -194,28 +191,10 @@ class RowReader:
     async def _pg_fetch(self, query: Query, params: tuple[Any, ...]) -> list[Any]:
         """Straight to asyncpg (a prepared statement it caches) on a connection this reader holds:
         SQLAlchemy's statement execution was a third of the request's CPU in the profile, and a
-        pool checkout and return about a fifth of what was left. A connection that fails is
-        dropped (its slot makes a new one next time) and the error raised."""
+        pool checkout and return about a fifth of what was left."""
         assert self.pg is not None
-        if self._pg_slots is None:
-            self._pg_slots = asyncio.LifoQueue()
-            for _ in range(self.pg_connections):
-                self._pg_slots.put_nowait(None)
-        slots = self._pg_slots
-        held = await slots.get()
-        conn = held[0] if held is not None else None
-        try:
-            if held is None:
-                conn = await self.pg.connect()
-                held = (conn, (await conn.get_raw_connection()).driver_connection)
-            found = await held[1].fetch(query.pg_sql, *params)
-        except BaseException:
-            slots.put_nowait(None)  # first: the slot is never lost, even if the drop is cancelled
-            if conn is not None:
-                await _drop(conn)
-            raise
-        slots.put_nowait(held)
-        return found
+        async with self.pg.connection() as conn:
+            return await conn.fetch(query.pg_sql, *params)
 
     async def fetch(self, query: Query, values: Sequence[Any]) -> list[Any]:
         """The query's rows (attributes named after the selected columns)."""
@@ -249,20 +228,7 @@ class RowReader:
         if self._sqlite_conn is not None:
             self._sqlite_conn.close()
             self._sqlite_conn = None
-        if self._pg_slots is not None:
-            while not self._pg_slots.empty():
-                held = self._pg_slots.get_nowait()
-                if held is not None:
-                    await held[0].close()
-            self._pg_slots = None
         if self.inline is not None:
             self.inline.dispose()
         if self.pg is not None:
-            await self.pg.dispose()
-
-
-async def _drop(conn: AsyncConnection) -> None:
-    with contextlib.suppress(Exception):
-        await conn.invalidate()
-    with contextlib.suppress(Exception):
-        await conn.close()
+            await self.pg.close()
