@@ -93,6 +93,7 @@ class GatewayStore(EventLogReads):
             PgEventBatch(self.engine.url) if self.dialect == "postgresql" else SqliteEventBatch(self.writer)
         )
         self._folding: asyncio.Task[None] | None = None
+        self._dead_deltas = 0  # folded count deltas not vacuumed yet (PostgreSQL)
         # Pages read the columns a REST object shows, its JSON sent on as stored (`lists.Lists`).
         self._task_lists = lists.Lists(
             tasks,
@@ -121,14 +122,21 @@ class GatewayStore(EventLogReads):
                 log.debug("folding row counts failed: %r", exc)
 
     async def fold_counts(self) -> bool:
-        """Fold the count deltas into the counts (PostgreSQL); False when another copy is at it."""
+        """Fold the count deltas into the counts (PostgreSQL), and vacuum the folded ones away once
+        there are `lists.VACUUM_AFTER` of them; False when another copy is at it."""
         async with self.engine.begin() as conn:
             if not (await conn.execute(text(lists.FOLD_LOCK))).scalar():
                 return False
             folded = (await conn.execute(text(lists.FOLD))).all()
-            zeros = [name for name, n in folded if n == 0]
+            zeros = [name for name, n, _ in folded if n == 0]
             if zeros:
                 await conn.execute(text(lists.FOLD_ZEROS), {"names": zeros})
+        self._dead_deltas += sum(deltas for _, _, deltas in folded)
+        if self._dead_deltas >= lists.VACUUM_AFTER:
+            async with self.engine.connect() as conn:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.exec_driver_sql(lists.VACUUM_DELTAS)
+            self._dead_deltas = 0
         return True
 
     async def close(self) -> None:
