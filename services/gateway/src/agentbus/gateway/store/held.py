@@ -28,31 +28,58 @@ class HeldConnections:
         # (SQLAlchemy connection, asyncpg connection), or None for a slot yet to connect.
         self._slots: asyncio.LifoQueue[tuple[AsyncConnection, Any] | None] | None = None
 
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        """The rows of one query (a statement asyncpg prepares and caches); any error drops the
+        connection. The primary-key reads' path: no context manager around it."""
+        held = await self._take()
+        try:
+            found = await held[1].fetch(sql, *args)
+        except BaseException:
+            await self._lose(held)
+            raise
+        self._give(held)
+        return found
+
     @contextlib.asynccontextmanager
     async def connection(self, broken: Callable[[BaseException], bool] = always) -> AsyncIterator[Any]:
         """An asyncpg connection for the block; dropped when the block raises what `broken` says
         may have broken it (by default anything)."""
+        held = await self._take()
+        try:
+            yield held[1]
+        except BaseException as exc:
+            if broken(exc):
+                await self._lose(held)
+            else:
+                self._give(held)
+            raise
+        self._give(held)
+
+    async def _take(self) -> tuple[AsyncConnection, Any]:
         if self._slots is None:
             self._slots = asyncio.LifoQueue()
             for _ in range(self.size):
                 self._slots.put_nowait(None)
-        slots = self._slots
-        held = await slots.get()
-        conn = held[0] if held is not None else None
+        held = await self._slots.get()
+        if held is not None:
+            return held
+        conn = None
         try:
-            if held is None:
-                conn = await self.engine.connect()
-                held = (conn, (await conn.get_raw_connection()).driver_connection)
-            yield held[1]
-        except BaseException as exc:
-            if held is not None and not broken(exc):
-                slots.put_nowait(held)
-            else:
-                slots.put_nowait(None)  # first: the slot is never lost, even if the drop is cancelled
-                if conn is not None:
-                    await _drop(conn)
+            conn = await self.engine.connect()
+            return conn, (await conn.get_raw_connection()).driver_connection
+        except BaseException:
+            self._give(None)
+            if conn is not None:
+                await _drop(conn)
             raise
-        slots.put_nowait(held)
+
+    def _give(self, held: tuple[AsyncConnection, Any] | None) -> None:
+        assert self._slots is not None
+        self._slots.put_nowait(held)
+
+    async def _lose(self, held: tuple[AsyncConnection, Any]) -> None:
+        self._give(None)  # first: the slot is never lost, even if the drop is cancelled
+        await _drop(held[0])
 
     async def close(self) -> None:
         if self._slots is not None:

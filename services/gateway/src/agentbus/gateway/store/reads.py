@@ -193,8 +193,7 @@ class RowReader:
         SQLAlchemy's statement execution was a third of the request's CPU in the profile, and a
         pool checkout and return about a fifth of what was left."""
         assert self.pg is not None
-        async with self.pg.connection() as conn:
-            return await conn.fetch(query.pg_sql, *params)
+        return await self.pg.fetch(query.pg_sql, *params)
 
     async def fetch(self, query: Query, values: Sequence[Any]) -> list[Any]:
         """The query's rows (attributes named after the selected columns)."""
