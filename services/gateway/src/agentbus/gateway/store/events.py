@@ -317,6 +317,4 @@ def _not_server_error(exc: BaseException) -> bool:
     """Not an error the server answered with (a constraint, bad data): the connection may be gone."""
     import asyncpg
 
-    return not (
-        isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, asyncpg.PostgresConnectionError)
-    )
+    return not isinstance(exc, asyncpg.PostgresError) or isinstance(exc, asyncpg.PostgresConnectionError)

@@ -154,7 +154,6 @@ class RowReader:
     def __init__(self, engine: AsyncEngine, pg_connections: int = 8) -> None:
         self.engine = engine
         self.dialect = engine.dialect
-        self.pg_connections = pg_connections
         self.inline: Engine | None = None
         self.pg: HeldConnections | None = None
         url = engine.url
