@@ -226,6 +226,9 @@ async def test_pages_order_filters_cursors_and_errors(client: AsyncTestClient, r
     assert (await listed(client, "status=expired"))["items"] == []
     page = await listed(client, "")
     assert (page["skip"], page["limit"], page["total"], len(page["items"])) == (0, 10, 5, 5)
+    for query in ("", "status=pending&", f"task_id={tasks[1]['id']}&"):  # the deepest skip allowed
+        deepest = await listed(client, f"{query}skip={2**63 - 1}")
+        assert deepest["items"] == [] and deepest["next_cursor"] is None, query
 
     assert (await client.get("/api/approvals/nope")).status_code == 404
     cursor = (await listed(client, "limit=1"))["next_cursor"]

@@ -60,7 +60,7 @@ class Approvals:
         if status or task_id:
             query = _ordered(_range(status, where, after, oldest_first), oldest_first)
         else:  # one index range per status, merged (see the module's docstring)
-            reach = skip + limit + 1
+            reach = min(skip + limit + 1, 2**63 - 1)  # a database integer: skip may be the largest
             parts = [
                 select(_ordered(_range(s, where, after, False), False).limit(reach).subquery())
                 for s in STATUSES
