@@ -178,12 +178,6 @@ class PgEventBatch:
         f"SELECT id, task_id, {', '.join(RUN_COLUMNS)} FROM runs "
         "WHERE id = ANY($1::varchar[]) ORDER BY id FOR UPDATE"
     )
-    INSERT_EVENTS = (
-        'INSERT INTO run_events (run_id, task_id, seq, event_type, "timestamp", payload) '
-        "SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::int[], $4::varchar[], "
-        "$5::timestamptz[], $6::text[]) "
-        "ON CONFLICT (run_id, seq) DO NOTHING RETURNING run_id, seq"
-    )
     # The batch's runs locked and read, its events of those runs inserted (a redelivery changes
     # nothing: ON CONFLICT DO NOTHING), and the webhooks they may go to read, in one statement:
     # one round trip. Each locked run comes back with the seqs of its events that are new.
@@ -254,25 +248,17 @@ class PgEventBatch:
 
     async def _store(self, db: Any, batch: Batch, replace: bool) -> Stored:
         ids = sorted({e.run_id for e, _ in batch})
+        unique = once_each(batch)
         if replace:  # the events stored at these seqs give way to these (conflicts.py)
-            rows = {r["id"]: dict(r) for r in await db.fetch(self.SELECT_RUNS, ids)}
-            fresh = new_candidates(rows, batch)
-            if not fresh:
-                return Stored([], [])
-            await db.execute(self.DELETE_EVENTS, *(list(c) for c in zip(*fresh, strict=True)))
-            returned = await db.fetch(self.INSERT_EVENTS, *_columns(fresh))
-            inserted = {(r["run_id"], r["seq"]) for r in returned}
-            hooks_json = await db.fetchval(SUBSCRIBERS_JSON) if inserted else "[]"
-        else:
-            # The statement skips the events of unknown runs (new_candidates below says which).
-            unique = once_each(batch)
-            locked = await db.fetch(self.LOCK_AND_INSERT, ids, *_columns(unique))
-            inserted = {(r["id"], seq) for r in locked for seq in r["inserted"]}
-            hooks_json = locked[0]["hooks"] if locked else "[]"
-            rows = {r["id"]: {k: r[k] for k in ("id", "task_id", *RUN_COLUMNS)} for r in locked}
-            fresh = new_candidates(rows, batch)
-            if not fresh:
-                return Stored([], [])
+            await db.fetch(self.SELECT_RUNS, ids)  # the runs locked first, as by every batch
+            await db.execute(self.DELETE_EVENTS, *(list(c) for c in zip(*unique, strict=True)))
+        # The statement skips the events of unknown runs (new_candidates below says which).
+        locked = await db.fetch(self.LOCK_AND_INSERT, ids, *_columns(unique))
+        rows = {r["id"]: {k: r[k] for k in ("id", "task_id", *RUN_COLUMNS)} for r in locked}
+        fresh = new_candidates(rows, batch)
+        if not fresh:
+            return Stored([], [])
+        inserted = {(r["id"], seq) for r in locked for seq in r["inserted"]}
         conflicts = []
         if dupes := duplicates(fresh, inserted):
             stored = await db.fetch(self.STORED, *(list(c) for c in zip(*dupes, strict=True)))
@@ -291,7 +277,7 @@ class PgEventBatch:
             await db.executemany(self.SETTLE_APPROVALS, effects.approval_settles)
         if effects.approvals:
             await db.executemany(self.INSERT_APPROVALS, [_pg_approval(a) for a in effects.approvals])
-        hooks = msgspec.json.decode(hooks_json) if inserted else []
+        hooks = msgspec.json.decode(locked[0]["hooks"]) if inserted else []
         deliveries = await pg_deliveries(db, hooks, effects.stored, datetime.now(UTC))
         return Stored(effects.stored, conflicts, deliveries)
 
