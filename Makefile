@@ -1,11 +1,13 @@
 # Two commands on a fresh machine: `make run` and `make test`.
-# Everything is installed into ./.venv by uv (itself bootstrapped into ./.tools).
+# Everything is installed into ./.venv by uv (itself bootstrapped into ./.tools), and the OpenAPI
+# tools the tests run into ./.venv-openapi.
 SHELL := /bin/bash
 PYTHON ?= python3
 UV_VERSION ?= 0.13.9
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV := .venv
+OPENAPI_VENV := .venv-openapi
 PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
@@ -20,7 +22,14 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock libs/*/pyproject.toml services/*/p
 	$(UV) sync --frozen --python $(PYTHON)
 	touch $@
 
-install: $(VENV)/.synced
+# The OpenAPI tools the tests run, pinned in tools/openapi/requirements.txt, kept out of .venv: they
+# need pydantic, and Litestar loads its pydantic plugins into the gateway whenever pydantic is there.
+$(OPENAPI_VENV)/.synced: $(UV) tools/openapi/requirements.txt
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(OPENAPI_VENV)
+	$(UV) pip sync --quiet --python $(OPENAPI_VENV)/bin/python tools/openapi/requirements.txt
+	touch $@
+
+install: $(VENV)/.synced $(OPENAPI_VENV)/.synced
 
 run: install
 	$(PY) scripts/run.py
@@ -69,4 +78,4 @@ soak: install
 	$(PY) scripts/reliability_report.py var/soak-results.jsonl docs/reliability.md "make soak"
 
 clean:
-	rm -rf $(VENV) $(TOOLS) var .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OPENAPI_VENV) $(TOOLS) var .pytest_cache .ruff_cache

@@ -24,13 +24,15 @@ import hmac
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import msgspec
 
 from agentbus.gateway.store import GatewayStore
 from agentbus.gateway.store.webhooks import Claimed
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Agentbus-Signature"
@@ -92,8 +94,6 @@ class Deliveries:
         self.wake.set()
 
     async def start(self) -> None:
-        # Redirects are not followed: a 3xx is an answer that is not a 2xx (retried, then failed).
-        self.http = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, trust_env=False)
         self.task = asyncio.create_task(self._run(), name="webhook-deliveries")
 
     async def stop(self) -> None:
@@ -162,9 +162,20 @@ class Deliveries:
                 "webhook delivery %s: its outcome was not stored (%s)", delivery.id, type(exc).__name__
             )
 
+    def _client(self) -> httpx.AsyncClient:
+        if self.http is None:
+            # Imported with the first delivery, not by every gateway: httpx is about 9 MB resident.
+            import httpx
+
+            # Redirects are not followed: a 3xx is an answer that is not a 2xx (retried, then failed).
+            self.http = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, trust_env=False)
+        return self.http
+
     async def _send(self, delivery: Claimed) -> tuple[int | None, str | None]:
         """(status code, None) of an answer; (None, why) when there was none."""
-        assert self.http is not None
+        http = self._client()
+        import httpx  # loaded by _client(): its exception types
+
         body = body_of(delivery)
         headers = {
             "Content-Type": "application/json",
@@ -174,7 +185,7 @@ class Deliveries:
             "User-Agent": "agentbus-webhooks",
         }
         try:
-            r = await self.http.post(delivery.url, content=body, headers=headers)
+            r = await http.post(delivery.url, content=body, headers=headers)
             return r.status_code, None
         except httpx.TimeoutException:
             return None, "timed out"

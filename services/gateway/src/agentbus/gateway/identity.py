@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import jwt
 import msgspec
 
 from agentbus.gateway.settings import Settings
@@ -155,6 +154,10 @@ class Authenticator:
 
 class _JwtVerifier:
     def __init__(self, s: Settings) -> None:
+        # Imported only with JWTs configured: PyJWT loads `cryptography` (about 11 MB resident).
+        import jwt
+
+        self.jwt = jwt
         self.algorithms = list(s.jwt_algorithms)
         self.issuer = s.jwt_issuer
         self.audience = s.jwt_audience
@@ -164,6 +167,7 @@ class _JwtVerifier:
         self.jwks = jwt.PyJWKClient(s.jwt_jwks_url, cache_keys=True, lifespan=300) if s.jwt_jwks_url else None
 
     async def verify(self, token: str) -> Identity:
+        jwt = self.jwt
         try:
             if self.jwks is not None:
                 # The JWKS client fetches over blocking HTTP (cached afterwards): off the loop.
