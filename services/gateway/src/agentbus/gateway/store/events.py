@@ -9,10 +9,12 @@ deliveries of the new events (`webhooks.py`: one read of the small `webhooks` ta
 when a webhook asks for one of them). A batch without approval or terminal events runs no inbox
 statement.
 
-- SQLite (`SqliteEventBatch`): SQLAlchemy Core statements, built once, run as one unit of the
-  process's writer thread (one hand-off per batch, on the connection that holds the write lock;
-  the transaction began IMMEDIATE, which is the lock). Through aiosqlite every statement, cursor
-  and commit was a round trip to its thread, and those were most of the event latency.
+- SQLite (`SqliteEventBatch`): one unit of the process's writer thread (one hand-off per batch,
+  on the connection that holds the write lock; the transaction began IMMEDIATE, which is the
+  lock). The statements every batch runs go straight to the driver with SQLAlchemy's type
+  processors (`sqlite_direct.py`), the rarer ones through Core. Through aiosqlite every
+  statement, cursor and commit was a round trip to its thread, and those were most of the event
+  latency; then Core's execution of the statements was most of what was left.
 - PostgreSQL (`PgEventBatch`): the same statements as prepared SQL straight over asyncpg on a
   few held connections of its own (`held.py`; each batch is one explicit transaction): BEGIN, one
   statement that locks the runs FOR UPDATE, inserts the events (INSERT ... SELECT FROM
@@ -45,7 +47,8 @@ from agentbus.gateway.store.effects import (
     once_each,
 )
 from agentbus.gateway.store.held import HeldConnections
-from agentbus.gateway.store.tables import approvals, artifacts, run_events, runs, tasks
+from agentbus.gateway.store.sqlite_direct import SqliteDirect
+from agentbus.gateway.store.tables import approvals, artifacts, run_events, tasks
 from agentbus.gateway.store.webhooks import SUBSCRIBERS_JSON, pg_deliveries, sqlite_deliveries
 from agentbus.gateway.store.writer import Writer
 
@@ -61,18 +64,8 @@ def _sqlite_upsert_artifacts() -> Any:
 
 
 class SqliteEventBatch:
-    # Only the columns events change are read (decoding a run's JSON config and labels per batch
-    # showed in the profile); statements are built once (their construction did too).
-    _RUNS = (
-        select(runs.c.id, runs.c.task_id, *(runs.c[c] for c in RUN_COLUMNS))
-        .where(runs.c.id.in_(bindparam("ids", expanding=True)))
-        .order_by(runs.c.id)
-    )
-    _INSERT_EVENTS = (
-        sqlite_insert(run_events)
-        .on_conflict_do_nothing(index_elements=["run_id", "seq"])
-        .returning(run_events.c.run_id, run_events.c.seq)
-    )
+    # The statements every batch runs are `sqlite_direct.py`'s; these, for the rarer steps, are
+    # built once (their construction showed in the profile).
     _UPSERT_ARTIFACTS = _sqlite_upsert_artifacts()
     _STORED = select(run_events.c.run_id, run_events.c.seq, run_events.c.payload).where(
         tuple_(run_events.c.run_id, run_events.c.seq).in_(bindparam("keys", expanding=True))
@@ -81,16 +74,6 @@ class SqliteEventBatch:
         run_events.c.run_id == bindparam("b_run_id"), run_events.c.seq == bindparam("b_seq")
     )
     # Bound as b_<field> of the typed values: SQLAlchemy reserves column names for SET values.
-    _UPDATE_RUN = (
-        runs.update()
-        .where(runs.c.id == bindparam("b_id"))
-        .values({c: bindparam(f"b_{c}") for c in RUN_COLUMNS})
-    )
-    _UPDATE_TASK_STATUS = (
-        tasks.update()
-        .where(tasks.c.id == bindparam("b_task_id"), tasks.c.latest_run_id == bindparam("b_run_id"))
-        .values(status=bindparam("b_status"), updated_at=bindparam("b_updated_at"))
-    )
     _UPDATE_TASK_COUNTERS = (
         tasks.update()
         .where(tasks.c.id == bindparam("b_task_id"))
@@ -123,20 +106,22 @@ class SqliteEventBatch:
 
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
+        self.direct: SqliteDirect | None = None
 
     async def store(self, batch: Batch, replace: bool = False) -> Stored:
         return await self.writer(lambda conn: self._store(conn, batch, replace))
 
     def _store(self, conn: Connection, batch: Batch, replace: bool) -> Stored:
-        ids = sorted({e.run_id for e, _ in batch})
-        rows = {r.id: r._asdict() for r in conn.execute(self._RUNS, {"ids": ids})}
+        # Every batch's statements (read the runs, insert the events, update the runs and their
+        # tasks' statuses) go straight to the driver (`sqlite_direct.py`); the rarer ones through Core.
+        direct = self.direct = self.direct or SqliteDirect(conn)
+        rows = direct.runs(conn, sorted({e.run_id for e, _ in batch}))
         fresh = new_candidates(rows, batch)
         if not fresh:
             return Stored([], [])
         if replace:  # the events stored at these seqs give way to these
             conn.execute(self._DELETE_EVENT, [{"b_run_id": r, "b_seq": q} for r, q in fresh])
-        result = conn.execute(self._INSERT_EVENTS, [event_row(e, raw)._asdict() for e, raw in fresh.values()])
-        inserted = {(r.run_id, r.seq) for r in result}
+        inserted = direct.insert_events(conn, [event_row(e, raw) for e, raw in fresh.values()])
         conflicts = []
         if dupes := duplicates(fresh, inserted):
             stored = conn.execute(self._STORED, {"keys": dupes})
@@ -145,8 +130,8 @@ class SqliteEventBatch:
         if effects.artifacts:
             conn.execute(self._UPSERT_ARTIFACTS, [a._asdict() for a in effects.artifacts])
         if effects.runs:
-            conn.execute(self._UPDATE_RUN, _binds(effects.runs))
-            conn.execute(self._UPDATE_TASK_STATUS, _binds(effects.task_statuses))
+            direct.update_runs(conn, effects.runs)
+            direct.update_task_statuses(conn, effects.task_statuses)
         if effects.task_counters:
             conn.execute(self._UPDATE_TASK_COUNTERS, _binds(effects.task_counters))
         if effects.approval_settles:

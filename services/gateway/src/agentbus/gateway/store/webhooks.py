@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from agentbus.gateway.store.effects import Batch
 from agentbus.gateway.store.lists import Page, Position, decode_cursor, encode_cursor
 from agentbus.gateway.store.people import AuditEntry, write_audit
+from agentbus.gateway.store.sqlite_direct import cursor
 from agentbus.gateway.store.tables import webhook_deliveries, webhooks
 
 ALL = "*"
@@ -112,9 +113,11 @@ def _delivery_id(webhook_id: str, run_id: str, seq: int) -> str:
 
 def sqlite_deliveries(conn: Connection, stored: Batch, now: datetime) -> int:
     """In the SQLite event batch's transaction: make its deliveries; how many."""
-    # The driver's own SQL, not a Core select: this runs in every event batch, and building and
-    # compiling the statement cost more than the query on the usually empty table.
-    rows = conn.exec_driver_sql(SUBSCRIBERS).fetchall()
+    # Straight to the driver, not a Core select: this runs in every event batch, and building,
+    # compiling and executing the statement cost more than the query on the usually empty table.
+    reading = cursor(conn)
+    reading.execute(SUBSCRIBERS)
+    rows = reading.fetchall()
     subscribers = [(id_, msgspec.json.decode(events)) for id_, events in rows]
     rows = delivery_rows(subscribers, stored, now)
     if rows:
