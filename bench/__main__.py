@@ -515,7 +515,7 @@ class Bench:
 
         def measure(_: Any) -> dict:
             url = create_database(pg_admin, f"mq_{uuid.uuid4().hex[:12]}") if pg_admin else ""
-            args = ["--steps", ",".join(map(str, steps)), "--requests", "5", "--events", "5000"]
+            args = ["--steps", ",".join(map(str, steps)), "--requests", "20", "--events", "5000"]
             return scenarios.tool(
                 "metricsquery", *args, *(["--database-url", url] if url else []), timeout=1800
             )
