@@ -85,7 +85,7 @@ def change(run_id: str) -> RunChange:
 
 def test_a_run_change_is_stored_as_core_stores_it(db: Path, conn: Connection) -> None:
     with conn.begin():
-        SqliteDirect(conn).update_runs(conn, [change("ra")])
+        SqliteDirect(conn.dialect).update_runs(conn, [change("ra")])
         conn.execute(CORE_UPDATE_RUN, [{f"b_{k}": v for k, v in change("rb")._asdict().items()}])
     columns = ", ".join(RUN_COLUMNS)
     a, b = (stored(db, f"SELECT {columns} FROM runs WHERE id = ?", r)[0] for r in ("ra", "rb"))
@@ -96,7 +96,7 @@ def test_a_run_change_is_stored_as_core_stores_it(db: Path, conn: Connection) ->
 
 def test_runs_are_read_as_core_reads_them(conn: Connection) -> None:
     with conn.begin():
-        direct = SqliteDirect(conn)
+        direct = SqliteDirect(conn.dialect)
         direct.update_runs(conn, [change("ra")])
         read = direct.runs(conn, ["ra", "missing", "rb"])
         core = {r.id: r._asdict() for r in conn.execute(CORE_RUNS, {"ids": ["ra", "missing", "rb"]})}
@@ -116,7 +116,7 @@ def test_events_are_inserted_as_core_inserts_them_and_a_stored_seq_is_left(
         ]
 
     with conn.begin():
-        direct = SqliteDirect(conn)
+        direct = SqliteDirect(conn.dialect)
         assert direct.insert_events(conn, rows("ra", range(1, 4))) == {("ra", 1), ("ra", 2), ("ra", 3)}
         conn.execute(insert(run_events), [r._asdict() for r in rows("rb", range(1, 4))])
         # A redelivered seq is left as it was stored; only the new one is inserted.
@@ -135,7 +135,7 @@ def test_a_task_status_is_stored_as_core_stores_it_for_its_latest_run_only(
 ) -> None:
     later = AT + timedelta(minutes=1)
     with conn.begin():
-        direct = SqliteDirect(conn)
+        direct = SqliteDirect(conn.dialect)
         direct.update_task_statuses(conn, [TaskStatusChange("ta", "ra", "completed", later)])
         conn.execute(
             CORE_UPDATE_TASK,

@@ -114,7 +114,7 @@ class SqliteEventBatch:
     def _store(self, conn: Connection, batch: Batch, replace: bool) -> Stored:
         # Every batch's statements (read the runs, insert the events, update the runs and their
         # tasks' statuses) go straight to the driver (`sqlite_direct.py`); the rarer ones through Core.
-        direct = self.direct = self.direct or SqliteDirect(conn)
+        direct = self.direct = self.direct or SqliteDirect(conn.dialect)
         rows = direct.runs(conn, sorted({e.run_id for e, _ in batch}))
         fresh = new_candidates(rows, batch)
         if not fresh:

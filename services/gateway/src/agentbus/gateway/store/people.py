@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentbus.gateway.store.lists import BadCursor, Page, Position, decode_cursor, encode_cursor
+from agentbus.gateway.store.sqlite_direct import processors
 from agentbus.gateway.store.tables import api_keys, audit_log
 
 
@@ -43,8 +44,7 @@ _SQLITE_AUDIT_INSERT = (
 @functools.lru_cache(maxsize=4)
 def _sqlite_binds(dialect: Any) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
     """How SQLAlchemy binds the time and the detail on this dialect (the same stored text)."""
-    at = audit_log.c.at.type.dialect_impl(dialect).bind_processor(dialect)
-    detail = audit_log.c.detail.type.dialect_impl(dialect).bind_processor(dialect)
+    at, detail = processors(audit_log, ("at", "detail"), dialect)
     assert at is not None and detail is not None
     return at, detail
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Table
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 
 from agentbus.gateway.store.effects import RUN_COLUMNS, EventRow, RunChange, TaskStatusChange
 from agentbus.gateway.store.tables import run_events, runs, tasks
@@ -37,8 +37,11 @@ _UPDATE_RUN = f"UPDATE runs SET {', '.join(f'{c} = ?' for c in RUN_COLUMNS)} WHE
 _UPDATE_TASK_STATUS = "UPDATE tasks SET status = ?, updated_at = ? WHERE id = ? AND latest_run_id = ?"
 
 
-def _processors(table: Table, names: Sequence[str], conn: Connection, read: bool) -> tuple[Processor, ...]:
-    dialect = conn.dialect
+def processors(
+    table: Table, names: Sequence[str], dialect: Dialect, read: bool = False
+) -> tuple[Processor, ...]:
+    """SQLAlchemy's own processors of the columns on `dialect`: how Core binds their values (or,
+    `read`, converts what it reads), for statements sent straight to the driver."""
     out = []
     for name in names:
         impl = table.c[name].type.dialect_impl(dialect)
@@ -54,13 +57,11 @@ class SqliteDirect:
     """The batch's hot statements with the processors of one dialect (the writer's); each runs in the
     transaction of the connection it is given."""
 
-    def __init__(self, conn: Connection) -> None:
-        self.read_run = _processors(runs, RUN_READ, conn, read=True)
-        self.bind_event = _processors(run_events, _EVENT_COLUMNS, conn, read=False)
-        self.bind_run = _processors(runs, (*RUN_COLUMNS, "id"), conn, read=False)
-        self.bind_task_status = _processors(
-            tasks, ("status", "updated_at", "id", "latest_run_id"), conn, False
-        )
+    def __init__(self, dialect: Dialect) -> None:
+        self.read_run = processors(runs, RUN_READ, dialect, read=True)
+        self.bind_event = processors(run_events, _EVENT_COLUMNS, dialect)
+        self.bind_run = processors(runs, (*RUN_COLUMNS, "id"), dialect)
+        self.bind_task_status = processors(tasks, ("status", "updated_at", "id", "latest_run_id"), dialect)
 
     def runs(self, conn: Connection, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The runs of `ids` that exist: id -> {id, task_id, RUN_COLUMNS}, as Core reads them."""
