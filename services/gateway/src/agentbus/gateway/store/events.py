@@ -15,16 +15,23 @@ statement.
   processors (`sqlite_direct.py`), the rarer ones through Core. Through aiosqlite every
   statement, cursor and commit was a round trip to its thread, and those were most of the event
   latency; then Core's execution of the statements was most of what was left.
-- PostgreSQL (`PgEventBatch`): the same statements as prepared SQL straight over asyncpg on a
-  few held connections of its own (`held.py`; each batch is one explicit transaction): BEGIN, one
-  statement that locks the runs FOR UPDATE, inserts the events (INSERT ... SELECT FROM
-  unnest(...)) and reads the webhooks, each run's and its task's update in one statement
-  (pipelined executemany), COMMIT: four round trips for a batch of progress events. Through
-  SQLAlchemy's execution layer the batch cost several times the database's own work.
+- PostgreSQL (`PgEventBatch`), two ways. The locking way: the same statements as prepared SQL
+  straight over asyncpg on a few held connections of its own (`held.py`; each batch is one
+  explicit transaction): BEGIN, one statement that locks the runs FOR UPDATE, inserts the events
+  (INSERT ... SELECT FROM unnest(...)) and reads the webhooks, each run's and its task's update in
+  one statement (pipelined executemany), COMMIT: four round trips for a batch of progress events.
+  Through SQLAlchemy's execution layer the batch cost several times the database's own work.
+  The one-statement way, for the next progress events of a run the batch wrote last
+  (`known_runs.py`): their effects computed from the row as written, then one statement (its own
+  transaction) writes the run where its version is still that one, inserts the events and keeps
+  the task's status: one round trip. What it leaves (a run changed meanwhile, events a webhook
+  wants) goes the locking way.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,10 +54,20 @@ from agentbus.gateway.store.effects import (
     once_each,
 )
 from agentbus.gateway.store.held import HeldConnections
+from agentbus.gateway.store.known_runs import KnownRuns
 from agentbus.gateway.store.sqlite_direct import SqliteDirect
 from agentbus.gateway.store.tables import approvals, artifacts, run_events, tasks
 from agentbus.gateway.store.webhooks import SUBSCRIBERS_JSON, pg_deliveries, sqlite_deliveries
 from agentbus.gateway.store.writer import Writer
+
+log = logging.getLogger(__name__)
+# The one-statement path is off for a while after a webhook wanted a batch's events (their
+# deliveries are made by the locking path), or when more than a quarter of MISSES_OVER runs it
+# tried had changed meanwhile (gateway copies sharing the same runs' events: each miss is one
+# round trip more than the locking path alone).
+HOOKED_OFF_S = 5.0
+MISSES_OVER = 64
+MISSED_OFF_S = 30.0
 
 
 def _sqlite_upsert_artifacts() -> Any:
@@ -150,6 +167,12 @@ def _binds(values: list[Any]) -> list[dict[str, Any]]:
 
 
 _JSON_COLUMNS = frozenset({"plan", "results", "approval"})
+# RUN_COLUMNS' types as the one-statement path binds them (JSON as its text, cast in the statement).
+_PG_RUN_TYPES = (
+    "varchar", "text", "float8", "text", "text", "timestamptz", "timestamptz", "float8", "text",
+    "timestamptz", "int", "timestamptz",
+)  # fmt: skip
+assert len(_PG_RUN_TYPES) == len(RUN_COLUMNS)
 _JSON_AT = tuple(i for i, c in enumerate(("id", *RUN_COLUMNS)) if c in _JSON_COLUMNS)
 
 
@@ -160,7 +183,7 @@ def _json(value: Any) -> str | None:
 
 class PgEventBatch:
     SELECT_RUNS = (
-        f"SELECT id, task_id, {', '.join(RUN_COLUMNS)} FROM runs "
+        f"SELECT id, task_id, {', '.join(RUN_COLUMNS)}, xmin::text AS xmin FROM runs "
         "WHERE id = ANY($1::varchar[]) ORDER BY id FOR UPDATE"
     )
     # The batch's runs locked and read, its events of those runs inserted (a redelivery changes
@@ -174,7 +197,33 @@ class PgEventBatch:
         "WHERE e.run_id IN (SELECT id FROM locked) "
         "ON CONFLICT (run_id, seq) DO NOTHING RETURNING run_id, seq) "
         "SELECT locked.*, ARRAY(SELECT seq FROM ins WHERE ins.run_id = locked.id) AS inserted, "
-        f"({SUBSCRIBERS_JSON}) AS hooks FROM locked"
+        f"({SUBSCRIBERS_JSON}) AS hooks, (txid_current() % 4294967296)::text AS xid FROM locked"
+    )
+    # The one-statement path (`known_runs.py`): each run's remembered row, with the batch's effects
+    # applied, written where its version (xmin) is still the remembered one, unless a webhook wants
+    # one of the batch's event types; the events of the runs written inserted; their tasks' status
+    # kept. One statement is its own transaction: one round trip, no lock taken before. What comes
+    # back says which runs were written (with their new version) and which events were inserted.
+    FAST_BATCH = (
+        "WITH v AS (SELECT * FROM unnest($1::varchar[], $2::text[], $3::varchar[], "
+        + ", ".join(f"${i + 4}::{t}[]" for i, t in enumerate(_PG_RUN_TYPES))
+        + f") AS v (id, xmin, task_id, {', '.join(RUN_COLUMNS)})), "
+        "hooked AS (SELECT EXISTS (SELECT FROM webhooks "
+        "WHERE events ? '*' OR events ?| $22::text[]) AS yes), "
+        "upd AS (UPDATE runs SET "
+        + ", ".join(f"{c} = v.{c}::jsonb" if c in _JSON_COLUMNS else f"{c} = v.{c}" for c in RUN_COLUMNS)
+        + " FROM v WHERE runs.id = v.id AND runs.xmin = v.xmin::xid AND NOT (SELECT yes FROM hooked) "
+        "RETURNING runs.id, runs.xmin::text AS xmin, runs.task_id, runs.status, runs.updated_at), "
+        'ins AS (INSERT INTO run_events (run_id, task_id, seq, event_type, "timestamp", payload) '
+        "SELECT * FROM unnest($16::varchar[], $17::varchar[], $18::int[], $19::varchar[], "
+        "$20::timestamptz[], $21::text[]) AS e (run_id, task_id, seq, event_type, ts, payload) "
+        "WHERE e.run_id IN (SELECT id FROM upd) "
+        "ON CONFLICT (run_id, seq) DO NOTHING RETURNING run_id, seq), "
+        "tsk AS (UPDATE tasks SET status = upd.status, updated_at = upd.updated_at FROM upd "
+        "WHERE tasks.id = upd.task_id AND tasks.latest_run_id = upd.id) "
+        "SELECT (SELECT yes FROM hooked) AS hooked, "
+        "(SELECT coalesce(json_agg(json_build_array(id, xmin)), '[]')::text FROM upd) AS written, "
+        "(SELECT coalesce(json_agg(json_build_array(run_id, seq)), '[]')::text FROM ins) AS inserted"
     )
     # A run's changes and its task's status (while the run is the task's latest) in one statement,
     # one round trip for the whole batch (executemany); the task shows the run's status and time.
@@ -214,6 +263,9 @@ class PgEventBatch:
 
     def __init__(self, url: URL, connections: int = 3) -> None:
         # Held connections (`held.py`): a batch is BEGIN, one statement per kind of change, COMMIT.
+        self.known = KnownRuns()
+        self._off_until = 0.0  # until then (time.monotonic()), every batch goes the locking way
+        self._tried = self._missed = 0  # runs sent the one-statement way, and those it left
         self.held = HeldConnections(
             create_async_engine(
                 url, pool_size=connections, max_overflow=0, pool_pre_ping=False, pool_reset_on_return=None
@@ -227,11 +279,70 @@ class PgEventBatch:
     async def store(self, batch: Batch, replace: bool = False) -> Stored:
         # A connection that broke is dropped (an error the server answered with leaves it good);
         # the ingest retries the batch.
-        async with self.held.connection(broken=_not_server_error) as db:
-            async with db.transaction():
-                return await self._store(db, batch, replace)
+        rest = batch
+        done = Stored([], [])
+        if not replace and len(self.known) and time.monotonic() >= self._off_until:
+            rows, xmins, fast, rest = self.known.split(batch)
+            if fast:
+                done, missed = await self._store_fast(rows, xmins, fast)
+                rest += missed
+        if rest:
+            async with self.held.connection(broken=_not_server_error) as db:
+                async with db.transaction():
+                    stored, written = await self._store(db, rest, replace)
+            for row, xmin in written:  # committed: the next events of these runs need no lock
+                self.known.remember(row, xmin)
+            done = Stored(done.events + stored.events, stored.conflicts, stored.deliveries)
+        return done
 
-    async def _store(self, db: Any, batch: Batch, replace: bool) -> Stored:
+    async def _store_fast(
+        self, rows: dict[str, dict[str, Any]], xmins: dict[str, str], batch: Batch
+    ) -> tuple[Stored, Batch]:
+        """The one-statement path (`known_runs.py`): what it stored, and the events it left to the
+        locking path (of runs changed since they were remembered, or all when it cannot take them)."""
+        fresh = once_each(batch)  # all new: each is past its run's remembered last_seq
+        effects = Effects.of(rows, fresh, set(fresh))
+        if effects.task_counters or effects.artifacts or effects.approvals or effects.approval_settles:
+            return Stored([], []), batch
+        ids = list(rows)
+        values = [[_json(rows[i][c]) if c in _JSON_COLUMNS else rows[i][c] for i in ids] for c in RUN_COLUMNS]
+        types = sorted({e.__struct_config__.tag for e, _ in fresh.values()})
+        task_ids = [rows[i]["task_id"] for i in ids]
+        async with self.held.connection(broken=_not_server_error) as db:
+            found = await db.fetchrow(
+                self.FAST_BATCH, ids, [xmins[i] for i in ids], task_ids, *values, *_columns(fresh), types
+            )
+        if found["hooked"]:  # a webhook wants these events: their deliveries need the locking path
+            self._off_until = time.monotonic() + HOOKED_OFF_S
+            return Stored([], []), batch
+        written = dict(msgspec.json.decode(found["written"]))
+        self._tried += len(rows)
+        self._missed += len(rows) - len(written)
+        if self._tried >= MISSES_OVER:
+            if self._missed * 4 > self._tried:  # another writer of these runs (copies sharing them)
+                log.info(
+                    "the event batch's one-statement path is off for %.0f s: runs changed meanwhile",
+                    MISSED_OFF_S,
+                )
+                self._off_until = time.monotonic() + MISSED_OFF_S
+            self._tried = self._missed = 0
+        inserted = {(r, q) for r, q in msgspec.json.decode(found["inserted"])}
+        for run_id, row in rows.items():
+            if run_id not in written:
+                self.known.forget(run_id)  # changed since: its events go the locking way
+            elif any(k not in inserted for k in fresh if k[0] == run_id):
+                # Cannot happen while every event is stored by this module (see known_runs.py).
+                log.error("run %s: events past its last_seq were stored already", run_id)
+                self.known.forget(run_id)
+            else:
+                self.known.remember(row, written[run_id])
+        stored = [(e, raw) for key, (e, raw) in fresh.items() if key in inserted]
+        return Stored(stored, []), [(e, raw) for e, raw in batch if e.run_id not in written]
+
+    async def _store(
+        self, db: Any, batch: Batch, replace: bool
+    ) -> tuple[Stored, list[tuple[dict[str, Any], str]]]:
+        """The locking path: what it stored, and each locked run's row as committed with its version."""
         ids = sorted({e.run_id for e, _ in batch})
         unique = once_each(batch)
         if replace:  # the events stored at these seqs give way to these (conflicts.py)
@@ -240,9 +351,10 @@ class PgEventBatch:
         # The statement skips the events of unknown runs (new_candidates below says which).
         locked = await db.fetch(self.LOCK_AND_INSERT, ids, *_columns(unique))
         rows = {r["id"]: {k: r[k] for k in ("id", "task_id", *RUN_COLUMNS)} for r in locked}
+        versions = {r["id"]: r["xmin"] for r in locked}
         fresh = new_candidates(rows, batch)
         if not fresh:
-            return Stored([], [])
+            return Stored([], []), [(row, versions[i]) for i, row in rows.items()]
         inserted = {(r["id"], seq) for r in locked for seq in r["inserted"]}
         conflicts = []
         if dupes := duplicates(fresh, inserted):
@@ -264,7 +376,11 @@ class PgEventBatch:
             await db.executemany(self.INSERT_APPROVALS, [_pg_approval(a) for a in effects.approvals])
         hooks = msgspec.json.decode(locked[0]["hooks"]) if inserted else []
         deliveries = await pg_deliveries(db, hooks, effects.stored, datetime.now(UTC))
-        return Stored(effects.stored, conflicts, deliveries)
+        # The runs this transaction updated carry its id as their version (xmin); the others, the one read.
+        updated = {r.id for r in effects.runs}
+        xid = locked[0]["xid"]
+        written = [(row, xid if i in updated else versions[i]) for i, row in rows.items()]
+        return Stored(effects.stored, conflicts, deliveries), written
 
 
 def _columns(fresh: dict[tuple[str, int], tuple[Any, bytes]]) -> list[list[Any]]:
