@@ -268,7 +268,16 @@ class PgEventBatch:
         self._tried = self._missed = 0  # runs sent the one-statement way, and those it left
         self.held = HeldConnections(
             create_async_engine(
-                url, pool_size=connections, max_overflow=0, pool_pre_ping=False, pool_reset_on_return=None
+                url,
+                pool_size=connections,
+                max_overflow=0,
+                pool_pre_ping=False,
+                pool_reset_on_return=None,
+                # Plan each statement once: its parameters are arrays that unnest() to a row or
+                # two, which PostgreSQL's generic plan prices at 100 rows, so under `auto` it
+                # planned the one-statement path again on every execution (0.2 ms of its ~0.45 ms
+                # in the server). These statements go by primary keys: one plan fits every batch.
+                connect_args={"server_settings": {"plan_cache_mode": "force_generic_plan"}},
             ),
             connections,
         )
