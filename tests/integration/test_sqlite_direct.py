@@ -14,8 +14,8 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.engine import Connection
 
 from agentbus.common.db import sync_sqlite_engine
-from agentbus.gateway.store.effects import RUN_COLUMNS, EventRow, RunChange, TaskStatusChange
-from agentbus.gateway.store.sqlite_direct import RUN_READ, SqliteDirect
+from agentbus.gateway.store.effects import RUN_COLUMNS, RUN_READ, EventRow, RunChange, TaskStatusChange
+from agentbus.gateway.store.sqlite_direct import SqliteDirect
 from agentbus.gateway.store.tables import run_events, runs, tasks
 from tests.support.gateway_db import engine_with_a_run
 

@@ -39,6 +39,7 @@ RUN_COLUMNS = (
     "last_seq",
     "updated_at",
 )
+RUN_READ = ("id", "task_id", *RUN_COLUMNS)  # what the batch reads of a run: a row of `Effects.of`
 Batch = list[tuple[ev.Event, bytes]]  # decoded events with the bytes they were published as
 
 

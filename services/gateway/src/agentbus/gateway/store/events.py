@@ -37,6 +37,7 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import bindparam, or_, select, tuple_
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -44,6 +45,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from agentbus.gateway.store.approval_effects import ApprovalRow
 from agentbus.gateway.store.effects import (
     RUN_COLUMNS,
+    RUN_READ,
     Batch,
     Effects,
     Stored,
@@ -56,7 +58,7 @@ from agentbus.gateway.store.effects import (
 from agentbus.gateway.store.held import HeldConnections
 from agentbus.gateway.store.known_runs import KnownRuns
 from agentbus.gateway.store.sqlite_direct import SqliteDirect
-from agentbus.gateway.store.tables import approvals, artifacts, run_events, tasks
+from agentbus.gateway.store.tables import approvals, artifacts, run_events, runs, tasks
 from agentbus.gateway.store.webhooks import SUBSCRIBERS_JSON, pg_deliveries, sqlite_deliveries
 from agentbus.gateway.store.writer import Writer
 
@@ -167,13 +169,29 @@ def _binds(values: list[Any]) -> list[dict[str, Any]]:
 
 
 _JSON_COLUMNS = frozenset({"plan", "results", "approval"})
-# RUN_COLUMNS' types as the one-statement path binds them (JSON as its text, cast in the statement).
-_PG_RUN_TYPES = (
-    "varchar", "text", "float8", "text", "text", "timestamptz", "timestamptz", "float8", "text",
-    "timestamptz", "int", "timestamptz",
-)  # fmt: skip
-assert len(_PG_RUN_TYPES) == len(RUN_COLUMNS)
+# RUN_COLUMNS' types as the one-statement path binds them, from the table (JSON as its text, cast
+# back in the statement).
+_PG_RUN_TYPES = tuple(
+    "text" if c in _JSON_COLUMNS else runs.c[c].type.compile(dialect=postgresql.dialect())
+    for c in RUN_COLUMNS
+)
 _JSON_AT = tuple(i for i, c in enumerate(("id", *RUN_COLUMNS)) if c in _JSON_COLUMNS)
+
+
+def _insert_events(first: int, of: str) -> str:
+    """The batch's events inserted (parameters $first.. $first+5: an array per column), those of the
+    runs in the CTE `of` only; a stored (run_id, seq) is left as it is. Returns the (run_id, seq)
+    inserted."""
+    arrays = ", ".join(
+        f"${first + i}::{t}[]"
+        for i, t in enumerate(("varchar", "varchar", "int", "varchar", "timestamptz", "text"))
+    )
+    return (
+        'INSERT INTO run_events (run_id, task_id, seq, event_type, "timestamp", payload) '
+        f"SELECT * FROM unnest({arrays}) AS e (run_id, task_id, seq, event_type, ts, payload) "
+        f"WHERE e.run_id IN (SELECT id FROM {of}) "
+        "ON CONFLICT (run_id, seq) DO NOTHING RETURNING run_id, seq"
+    )
 
 
 def _json(value: Any) -> str | None:
@@ -190,12 +208,7 @@ class PgEventBatch:
     # nothing: ON CONFLICT DO NOTHING), and the webhooks they may go to read, in one statement:
     # one round trip. Each locked run comes back with the seqs of its events that are new.
     LOCK_AND_INSERT = (
-        f"WITH locked AS ({SELECT_RUNS}), "
-        'ins AS (INSERT INTO run_events (run_id, task_id, seq, event_type, "timestamp", payload) '
-        "SELECT * FROM unnest($2::varchar[], $3::varchar[], $4::int[], $5::varchar[], "
-        "$6::timestamptz[], $7::text[]) AS e (run_id, task_id, seq, event_type, ts, payload) "
-        "WHERE e.run_id IN (SELECT id FROM locked) "
-        "ON CONFLICT (run_id, seq) DO NOTHING RETURNING run_id, seq) "
+        f"WITH locked AS ({SELECT_RUNS}), ins AS ({_insert_events(2, 'locked')}) "
         "SELECT locked.*, ARRAY(SELECT seq FROM ins WHERE ins.run_id = locked.id) AS inserted, "
         f"({SUBSCRIBERS_JSON}) AS hooks, (txid_current() % 4294967296)::text AS xid FROM locked"
     )
@@ -214,11 +227,7 @@ class PgEventBatch:
         + ", ".join(f"{c} = v.{c}::jsonb" if c in _JSON_COLUMNS else f"{c} = v.{c}" for c in RUN_COLUMNS)
         + " FROM v WHERE runs.id = v.id AND runs.xmin = v.xmin::xid AND NOT (SELECT yes FROM hooked) "
         "RETURNING runs.id, runs.xmin::text AS xmin, runs.task_id, runs.status, runs.updated_at), "
-        'ins AS (INSERT INTO run_events (run_id, task_id, seq, event_type, "timestamp", payload) '
-        "SELECT * FROM unnest($16::varchar[], $17::varchar[], $18::int[], $19::varchar[], "
-        "$20::timestamptz[], $21::text[]) AS e (run_id, task_id, seq, event_type, ts, payload) "
-        "WHERE e.run_id IN (SELECT id FROM upd) "
-        "ON CONFLICT (run_id, seq) DO NOTHING RETURNING run_id, seq), "
+        f"ins AS ({_insert_events(16, 'upd')}), "
         "tsk AS (UPDATE tasks SET status = upd.status, updated_at = upd.updated_at FROM upd "
         "WHERE tasks.id = upd.task_id AND tasks.latest_run_id = upd.id) "
         "SELECT (SELECT yes FROM hooked) AS hooked, "
@@ -359,7 +368,7 @@ class PgEventBatch:
             await db.execute(self.DELETE_EVENTS, *(list(c) for c in zip(*unique, strict=True)))
         # The statement skips the events of unknown runs (new_candidates below says which).
         locked = await db.fetch(self.LOCK_AND_INSERT, ids, *_columns(unique))
-        rows = {r["id"]: {k: r[k] for k in ("id", "task_id", *RUN_COLUMNS)} for r in locked}
+        rows = {r["id"]: {k: r[k] for k in RUN_READ} for r in locked}
         versions = {r["id"]: r["xmin"] for r in locked}
         fresh = new_candidates(rows, batch)
         if not fresh:

@@ -24,7 +24,7 @@ from agentbus.gateway.store.effects import Batch
 # Event types whose effects are only the run's columns and its task's status: no inbox, no
 # artifact index, no task counters (the batch also checks the effects it computed).
 FAST: frozenset[type[ev.Event]] = frozenset((ev.AnalysisStart, ev.PlanReady, ev.Progress))
-Row = dict[str, Any]  # id, task_id and `effects.RUN_COLUMNS`
+Row = dict[str, Any]  # a run's `effects.RUN_READ`
 
 
 class KnownRuns:

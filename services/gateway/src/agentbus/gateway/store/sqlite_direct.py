@@ -18,12 +18,11 @@ from typing import Any
 from sqlalchemy import Table
 from sqlalchemy.engine import Connection, Dialect
 
-from agentbus.gateway.store.effects import RUN_COLUMNS, EventRow, RunChange, TaskStatusChange
+from agentbus.gateway.store.effects import RUN_COLUMNS, RUN_READ, EventRow, RunChange, TaskStatusChange
 from agentbus.gateway.store.tables import run_events, runs, tasks
 
 Processor = Callable[[Any], Any] | None
 
-RUN_READ = ("id", "task_id", *RUN_COLUMNS)
 _EVENT_COLUMNS = EventRow._fields
 # At most this many rows per INSERT (6 variables each; SQLite allows 32,766 per statement).
 _INSERT_CHUNK = 1000
