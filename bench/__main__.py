@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import report, scenarios, seed
+from bench import quiet, report, scenarios, seed
 from bench.services import (
     ROOT,
     Code,
@@ -105,8 +105,10 @@ class Bench:
                 if target is None:
                     errors[k] = errors[k] or "its services did not start"
                     continue
-                t0 = time.perf_counter()
                 try:
+                    if isinstance(target, System):
+                        self.settle()
+                    t0 = time.perf_counter()
                     result = fn(target)
                 except Exception as exc:  # one broken case must not lose the others' figures
                     print(
@@ -119,6 +121,14 @@ class Bench:
                 elapsed = time.perf_counter() - t0
                 print(f"  {what}{tag} #{i + 1} ({elapsed:.1f}s): {report.brief(result)}", flush=True)
         return Runs(sides, errors)
+
+    def settle(self) -> None:
+        """PostgreSQL's maintenance debt from earlier work paid before a measurement (bench/quiet.py),
+        on every side's database: a --compare's other system shares the server."""
+        if self.a.settle:
+            for system in self.systems:
+                if system is not None:
+                    quiet.settle(system.env.get("DATABASE_URL"))
 
     def once(self, what: str, fn: Callable[[Any], dict]) -> Runs:
         return self.repeat(what, fn, repeats=1)
@@ -592,6 +602,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=5.0, help="seconds of load per run")
     p.add_argument("--db", default="sqlite,postgresql")
     p.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
+    p.add_argument(
+        "--no-settle",
+        dest="settle",
+        action="store_false",
+        help="on PostgreSQL, measure on what earlier cases left (no VACUUM and CHECKPOINT first)",
+    )
     p.add_argument("--clients", type=int, default=1000)
     p.add_argument("--stalled", type=int, default=10)
     p.add_argument("--fanout-rate", type=float, default=51.0, help="events/s published in the fan-out case")
