@@ -8,12 +8,13 @@ a WebSocket's transport.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Any
 
 import pytest
 
 from agentbus.gateway.streams.hub import Hub
-from agentbus.gateway.streams.subscription import Frame, GoingAway, Revoked, Subscription, TooSlow
+from agentbus.gateway.streams.subscription import Frame, GoingAway, Gone, Revoked, Subscription, TooSlow
 
 
 class FakeHub:
@@ -61,7 +62,7 @@ async def take(frames: Any, n: int) -> list[Frame | None]:
 async def test_replay_then_live_without_duplicates_and_gaps_filled_from_the_log() -> None:
     hub = FakeHub(stored={4: f(4), 5: f(5)})
     client = Subscription(hub, "r", None)  # type: ignore[arg-type]
-    client.replay = [f(1), f(2), f(3)]
+    client.replay = deque([f(1), f(2), f(3)])
     frames = client.frames()
     client.offer(f(3))  # arrived live while the log was read: a duplicate
     client.offer(f(6))  # 4 and 5 were stored by another gateway but not announced yet
@@ -128,6 +129,19 @@ async def test_a_revoked_client_gets_nothing_more_and_is_told_why() -> None:
     assert writer.cut == 4401 and writer.out == [[f(1).text]]
     with pytest.raises(Revoked, match="this key was revoked"):
         await asyncio.wait_for(pump, 2)
+
+
+async def test_a_client_gone_ends_its_pump_at_once_and_is_sent_nothing_more() -> None:
+    client = Subscription(FakeHub(heartbeat_s=60), None, None)  # type: ignore[arg-type]
+    writer = client.direct = FakeWriter()  # type: ignore[assignment]
+    pump = asyncio.ensure_future(client.next())
+    await asyncio.sleep(0)  # idle, its next heartbeat a minute away
+    client.offer(f(1))
+    client.gone()  # the WebSocket's reader saw the client leave
+    client.offer(f(2))
+    with pytest.raises(Gone):
+        await asyncio.wait_for(pump, 2)
+    assert writer.out == [[f(1).text]] and writer.cut is None  # no close frame to a client gone
 
 
 def test_sse_and_heartbeat_encoding() -> None:

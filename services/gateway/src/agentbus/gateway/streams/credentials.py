@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from agentbus.gateway.identity import KEY_CACHE_S, Authenticator, Denied
 
@@ -39,32 +39,22 @@ class CredentialWatch:
         self._held: dict[str, set[Lost]] = {}  # credential -> the streams holding it
         self._task: asyncio.Task[None] | None = None
 
-    @contextlib.contextmanager
-    def holding(self, credential: str | None, lost: Lost) -> Iterator[None]:
-        """While the block runs, `lost(reason)` is called (once) when `credential` stops proving an
-        identity. No credential (authentication off) holds nothing."""
+    def hold(self, credential: str | None, lost: Lost) -> None:
+        """Until `release`, `lost(reason)` is called when `credential` stops proving an identity: in
+        each round that finds it so, so `lost` must be idempotent (`Subscription.revoke` is). No
+        credential (authentication off) holds nothing."""
         if credential is None or not self.authenticator.on:
-            yield
             return
-        told = False
-
-        def tell(reason: str) -> None:
-            nonlocal told
-            if not told:
-                told = True
-                lost(reason)
-
-        self._held.setdefault(credential, set()).add(tell)
+        self._held.setdefault(credential, set()).add(lost)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._rounds())
-        try:
-            yield
-        finally:
-            holders = self._held.get(credential)
-            if holders is not None:
-                holders.discard(tell)
-                if not holders:
-                    del self._held[credential]
+
+    def release(self, credential: str | None, lost: Lost) -> None:
+        if credential is None or (holders := self._held.get(credential)) is None:
+            return
+        holders.discard(lost)
+        if not holders:
+            del self._held[credential]
 
     def held(self) -> int:
         """How many distinct credentials open streams hold now."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +42,7 @@ from agentbus.gateway.streams.subscription import (
     CLOSE_UNAUTHORIZED,
     Frame,
     GoingAway,
+    Gone,
     Revoked,
     Subscription,
     TooSlow,
@@ -283,6 +284,39 @@ class Hub:
         if self._gone is not None and not self.clients():
             self._gone.set()
 
+    async def join(
+        self,
+        run_id: str | None = None,
+        task_id: str | None = None,
+        since: int | None = None,
+        credential: str | None = None,
+    ) -> Subscription:
+        """Subscribe, then read the stored log: an event stored meanwhile arrives live and the per-run
+        seq check drops the copy, so the seam has no gap. `client.next()` then gives what to send.
+        WebSocket and SSE clients both come through here, holding the `credential` they were opened
+        with until `leave` (its loss revokes the client)."""
+        client = self.subscribe(run_id, task_id)
+        try:
+            if self.credentials is not None:
+                self.credentials.hold(credential, client.revoke)
+            if since is not None:
+                client.replay = deque(await self.replay(run_id, task_id, since))
+                if run_id is not None:
+                    # The client has 1..since: an event after that which is not stored yet (a
+                    # crashed gateway's batch awaiting redelivery) is a gap to wait for, not a
+                    # new start.
+                    client.last[run_id] = since
+        except BaseException:
+            self.leave(client, credential)
+            raise
+        return client
+
+    def leave(self, client: Subscription, credential: str | None = None) -> None:
+        """The client is done: unsubscribed, its credential no longer held for it."""
+        if self.credentials is not None:
+            self.credentials.release(credential, client.revoke)
+        self.unsubscribe(client)
+
     @contextlib.asynccontextmanager
     async def subscription(
         self,
@@ -291,30 +325,12 @@ class Hub:
         since: int | None = None,
         credential: str | None = None,
     ) -> AsyncIterator[Subscription]:
-        """Subscribe, then read the stored log: an event stored meanwhile arrives live and the per-run
-        seq check drops the copy, so the seam has no gap. `client.frames()` then gives what to send.
-        WebSocket and SSE clients both come through here, holding the `credential` they were opened
-        with while they are subscribed (its loss revokes the client)."""
-        client = self.subscribe(run_id, task_id)
+        """`join`, and `leave` after the block."""
+        client = await self.join(run_id, task_id, since, credential)
         try:
-            with self._holding(credential, client):
-                if since is not None:
-                    client.replay = await self.replay(run_id, task_id, since)
-                    if run_id is not None:
-                        # The client has 1..since: an event after that which is not stored yet (a
-                        # crashed gateway's batch awaiting redelivery) is a gap to wait for, not a
-                        # new start.
-                        client.last[run_id] = since
-                yield client
+            yield client
         finally:
-            self.unsubscribe(client)
-
-    def _holding(
-        self, credential: str | None, client: Subscription
-    ) -> contextlib.AbstractContextManager[None]:
-        if self.credentials is None:
-            return contextlib.nullcontext()
-        return self.credentials.holding(credential, client.revoke)
+            self.leave(client, credential)
 
     async def serve(
         self,
@@ -325,36 +341,36 @@ class Hub:
         credential: str | None = None,
     ) -> None:
         """Serve one accepted WebSocket until it goes away, falls behind (1013), its credential stops
-        proving an identity (4401) or we shut down (1001)."""
-        async with self.subscription(run_id, task_id, since, credential) as client:
-            client.direct = sender = WebSocketSender(socket, stats=self.stats)
-            self.stats.open["websocket"] += 1
-            try:
-                await self._serve(socket, client, sender)
-            finally:
-                self.stats.open["websocket"] -= 1
+        proving an identity (4401) or we shut down (1001).
 
-    async def _serve(self, socket: WebSocket, client: Subscription, sender: WebSocketSender) -> None:
-        pump = asyncio.create_task(self._pump(client, sender))
-        listen = asyncio.create_task(self._drain_input(socket))
-        done, pending = await asyncio.wait({pump, listen}, return_when=asyncio.FIRST_COMPLETED)
-        for t in pending:
-            t.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        for t in done:
-            exc = t.exception()
-            if exc and not isinstance(exc, WebSocketDisconnect | RuntimeError):
-                log.debug("websocket ended: %r", exc)
-        if sender.pending is not None:
-            sender.pending.cancel()
+        An idle client costs what it holds while it waits, times a thousand clients: its pump runs
+        on the handler's own task (no task of its own, no `asyncio.wait`), the client's input is
+        read by one task that tells the subscription when the client has gone."""
+        client = await self.join(run_id, task_id, since, credential)
+        client.direct = sender = WebSocketSender(socket, stats=self.stats)
+        listen = asyncio.get_running_loop().create_task(_listen(socket, client))
+        self.stats.open["websocket"] += 1
+        try:
+            await self._pump(client, sender)
+        except (WebSocketDisconnect, RuntimeError):
+            pass  # the client went while a frame was going out
+        except Exception as exc:
+            log.debug("websocket ended: %r", exc)
+        finally:
+            self.stats.open["websocket"] -= 1
+            listen.cancel()
+            await asyncio.gather(listen, return_exceptions=True)
+            if sender.pending is not None:
+                sender.pending.cancel()
+            self.leave(client, credential)
 
     async def _pump(self, client: Subscription, sender: WebSocketSender) -> None:
         """Send what the fan-out could not send straight away: a replay, a gap filled from the log,
         a backlog queued while the client's buffer was full (in one hand-over per wake-up), and
         heartbeats. Ends when the client must go, after its close frame."""
-        frames = client.frames()
         try:
-            async for frame in frames:
+            while True:
+                frame = await client.next()
                 await sender.drained()
                 if sender.failed:
                     return
@@ -372,13 +388,15 @@ class Hub:
         except Revoked as exc:
             sender.cut_off(CLOSE_UNAUTHORIZED, str(exc))
             await sender.closed()
-        finally:
-            with contextlib.suppress(RuntimeError):
-                await frames.aclose()  # type: ignore[attr-defined]
+        except Gone:
+            return
 
-    @staticmethod
-    async def _drain_input(socket: WebSocket) -> None:
-        """Read (and ignore) what the client sends, to notice when it goes away."""
+
+async def _listen(socket: WebSocket, client: Subscription) -> None:
+    """Read (and ignore) what the client sends, to notice when it goes away."""
+    try:
         with contextlib.suppress(WebSocketDisconnect):
             while True:
                 await socket.receive_data(mode="text")
+    finally:
+        client.gone()

@@ -62,11 +62,16 @@ class Revoked(Exception):
     """The client's credential no longer proves an identity (revoked, expired); says why."""
 
 
+class Gone(Exception):
+    """The client went away."""
+
+
 class State(enum.Enum):
     OPEN = "open"
     OVERFLOWED = "overflowed"  # fell behind: told to go (1013)
     GOING_AWAY = "going_away"  # the gateway is shutting down (1001)
     REVOKED = "revoked"  # its credential was revoked or has expired (4401)
+    GONE = "gone"  # the client went away
 
 
 class StoredLog(Protocol):
@@ -93,13 +98,32 @@ class Sender(Protocol):
 
 
 class Subscription:
-    """One client's view of the stored events: what it asked for, its bounded queue, its seqs."""
+    """One client's view of the stored events: what it asked for, its bounded queue, its seqs.
+
+    A thousand idle clients are a thousand of these, so it keeps little: slots, and its queues are
+    made the first time something waits in them (most clients are sent every frame directly)."""
+
+    __slots__ = (
+        "_filled",
+        "_queue",
+        "_waiter",
+        "connected_at",
+        "direct",
+        "hub",
+        "last",
+        "limit",
+        "reason",
+        "replay",
+        "run_id",
+        "sent_at",
+        "state",
+        "task_id",
+    )
 
     def __init__(self, hub: StoredLog, run_id: str | None, task_id: str | None) -> None:
         self.hub = hub
         self.run_id = run_id
         self.task_id = task_id
-        self.queue: deque[Frame] = deque()
         self.limit = hub.queue_size
         self.last: dict[str, int] = {}
         self.connected_at = datetime.now(UTC)
@@ -110,10 +134,20 @@ class Subscription:
         # frames without waiting, frames are sent straight from the fan-out, no task switch each.
         self.direct: Sender | None = None
         self.sent_at = 0.0
-        self.replay: list[Frame] = []
+        # The stored frames after the client's `since`, sent first (set by the hub).
+        self.replay: deque[Frame] | None = None
+        # Live frames that could not go straight out, in arrival order (made when first needed).
+        self._queue: deque[Frame] | None = None
         # A filled gap's frames, placed (their run's last seq is already the gap's end) but not
-        # yielded yet: nothing queued may overtake them.
-        self._filling: deque[Frame] = deque()
+        # sent yet: nothing queued may overtake them.
+        self._filled: deque[Frame] | None = None
+
+    @property
+    def queue(self) -> deque[Frame]:
+        """The live frames waiting for the pump."""
+        if self._queue is None:
+            self._queue = deque()
+        return self._queue
 
     @property
     def dead(self) -> bool:
@@ -127,7 +161,7 @@ class Subscription:
         if self.state is not State.OPEN:
             return
         direct = self.direct
-        if direct is not None and self._waiter is not None and not self.queue and direct.ready():
+        if direct is not None and self._waiter is not None and not self._queue and direct.ready():
             verdict = self._place(frame)
             if verdict == 1:
                 direct.write([frame.message()])
@@ -136,21 +170,20 @@ class Subscription:
             if verdict == 0:
                 return
             # A gap: the pump fills it from the stored log, in order.
-        if len(self.queue) >= self.limit:
+        queue = self.queue
+        if len(queue) >= self.limit:
             self.state = State.OVERFLOWED
-            self.queue.clear()
+            self._queue = None
             if direct is not None:
                 direct.cut_off(CLOSE_TOO_SLOW, "client too slow; reconnect with since")
         else:
-            self.queue.append(frame)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            queue.append(frame)
+        self._wake()
 
     def offer_many(self, frames: list[Frame]) -> None:
         """Several frames at once: on the direct path, one write for all of them."""
         direct = self.direct
-        if direct is None or self._waiter is None or self.queue or self.dead or not direct.ready():
+        if direct is None or self._waiter is None or self._queue or self.dead or not direct.ready():
             for frame in frames:
                 self.offer(frame)
             return
@@ -160,11 +193,8 @@ class Subscription:
             if verdict == 1:
                 out.append(frame.message())
             elif verdict == 2:  # a gap: the rest goes through the pump, which fills it in order
-                for rest in frames[i:]:
-                    self.queue.append(rest)
-                waiter = self._waiter
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
+                self.queue.extend(frames[i:])
+                self._wake()
                 break
         if out:
             direct.write(out)
@@ -174,9 +204,9 @@ class Subscription:
         """The queued frames that can go now, in order (duplicates dropped); stops before a gap.
         Nothing while a gap is being filled: its frames go first."""
         out: list[Frame] = []
-        if self._filling:
+        queue = self._queue
+        if self._filled or not queue:
             return out
-        queue = self.queue
         while queue and not self.dead:
             verdict = self._place(queue[0])
             if verdict == 2:
@@ -196,29 +226,43 @@ class Subscription:
             self.reason = reason
         self._end(State.REVOKED, CLOSE_UNAUTHORIZED, reason)
 
+    def gone(self) -> None:
+        """The client went away: nothing more is sent, and `next` ends (Gone)."""
+        if self.state is State.OPEN:
+            self.state = State.GONE
+            self._queue = None
+        self._wake()
+
     def _end(self, state: State, code: int, reason: str) -> None:
         if self.state is State.OPEN:
             self.state = state
-            self.queue.clear()
+            self._queue = None
             if self.direct is not None:
                 self.direct.cut_off(code, reason)
+        self._wake()
+
+    def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     def _check_open(self) -> None:
         """Raise what tells the pump why the client must go, if it must."""
-        if self.state is State.GOING_AWAY:
+        state = self.state
+        if state is State.OPEN:
+            return
+        if state is State.GOING_AWAY:
             raise GoingAway
-        if self.state is State.OVERFLOWED:
+        if state is State.OVERFLOWED:
             raise TooSlow
-        if self.state is State.REVOKED:
+        if state is State.REVOKED:
             raise Revoked(self.reason)
+        raise Gone
 
     async def _wait(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         self._waiter = waiter = loop.create_future()
-        timer = loop.call_later(timeout, lambda: waiter.done() or waiter.set_result(None))
+        timer = loop.call_later(timeout, _wake_up, waiter)
         try:
             await waiter
         finally:
@@ -249,44 +293,51 @@ class Subscription:
         self.last[frame.run_id] = frame.seq
         return [*missing, frame]
 
-    async def _in_order(self, frame: Frame) -> AsyncIterator[Frame]:
-        """`frame` if it is next in its run's order; the stored frames it must follow first if a
-        gap comes before it (nothing queued overtakes those); nothing if it is a duplicate."""
-        verdict = self._place(frame)
-        if verdict == 1:
-            yield frame
-        elif verdict == 2:
-            self._filling.extend(await self._gap(frame))
-            while self._filling:
-                self._check_open()
-                yield self._filling.popleft()
-
-    async def frames(self) -> AsyncIterator[Frame | None]:
-        """The replayed frames, then live ones as they come, in per-run seq order without duplicates;
-        None when a heartbeat is due. Raises TooSlow, GoingAway or Revoked when the client must go."""
-        replay, self.replay = self.replay, []
-        for frame in replay:
-            self._check_open()
-            async for out in self._in_order(frame):
-                yield out
-        heartbeat = self.hub.heartbeat_s
-        queue = self.queue
+    async def next(self) -> Frame | None:
+        """The next frame to send: the replayed ones, then live ones as they come, in per-run seq
+        order without duplicates; None when a heartbeat is due. Raises TooSlow, GoingAway, Revoked
+        or Gone when the client must go."""
         while True:
             self._check_open()
-            if not queue:
-                await self._wait(heartbeat)
-                if not queue and not self.dead:
-                    loop = asyncio.get_running_loop()
-                    idle = loop.time() - self.sent_at
-                    if idle >= heartbeat * 0.99:  # nothing went out directly meanwhile
-                        self.sent_at = loop.time()
-                        yield None
-                    else:
-                        await self._wait(heartbeat - idle)
-                        if not queue and not self.dead and loop.time() - self.sent_at >= heartbeat * 0.99:
-                            self.sent_at = loop.time()
-                            yield None
+            filled = self._filled
+            if filled:  # placed already: a filled gap goes out before anything else
+                return filled.popleft()
+            replay = self.replay
+            if replay:
+                frame = replay.popleft()
+            elif self._queue:
+                frame = self._queue.popleft()
+            else:
+                if await self._idle():
+                    return None
                 continue
-            frame = queue.popleft()
-            async for out in self._in_order(frame):
-                yield out
+            verdict = self._place(frame)
+            if verdict == 1:
+                return frame
+            if verdict == 2:
+                self._filled = deque(await self._gap(frame))
+
+    async def _idle(self) -> bool:
+        """Wait for a frame or a heartbeat's due time; True when a heartbeat is due."""
+        heartbeat = self.hub.heartbeat_s
+        await self._wait(heartbeat)
+        if self._queue or self.dead:
+            return False
+        loop = asyncio.get_running_loop()
+        idle = loop.time() - self.sent_at
+        if idle < heartbeat * 0.99:  # something went out directly meanwhile
+            await self._wait(heartbeat - idle)
+            if self._queue or self.dead or loop.time() - self.sent_at < heartbeat * 0.99:
+                return False
+        self.sent_at = loop.time()
+        return True
+
+    async def frames(self) -> AsyncIterator[Frame | None]:
+        """`next()` as an iterator, until the client must go."""
+        while True:
+            yield await self.next()
+
+
+def _wake_up(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
