@@ -3,12 +3,12 @@ limits per identity, and the `auth.denied` audit entries.
 
 - `AccessMiddleware` reads the credential (the `Authorization` header; `?token=` on streams, where
   browsers cannot set headers) and puts the `Identity` it proves in `scope["user"]` (None and a
-  reason in `scope["auth"]` when it proves none). It never answers itself, so the guard below
-  decides for HTTP and WebSocket alike.
-- `Access.authorize` is the app's one Litestar guard. Each handler names the role it needs in its
-  `opt` (`needs("operator")`); one that names none needs `viewer` for a GET and `admin` otherwise, so
-  a route added without thought is closed, not open. No identity: 401 (a WebSocket is accepted and
-  closed with 4401, so a browser sees why); a role not allowed: 403 (4403).
+  reason in `scope["auth"]` when it proves none).
+- `Access.authorize`, called by that middleware once the route is known, is every route and stream's
+  check. Each handler names the role it needs in its `opt` (`needs("operator")`); one that names
+  none needs `viewer` for a GET and `admin` otherwise, so a route added without thought is closed,
+  not open. No identity: 401 (a WebSocket is accepted and closed with 4401, so a browser sees why);
+  a role not allowed: 403 (4403).
 - With authentication on, writes are rate limited per identity (a token bucket: 429 with
   `Retry-After`), and each identity may hold `GATEWAY_MAX_STREAMS` streams open on this gateway copy.
 """
@@ -32,7 +32,6 @@ from litestar.exceptions import (
     TooManyRequestsException,
     WebSocketException,
 )
-from litestar.handlers.base import BaseRouteHandler
 
 from agentbus.gateway.identity import LOCAL, Authenticator, Denied, Identity, Role
 from agentbus.gateway.settings import Settings
@@ -78,12 +77,13 @@ def credential_of(scope: Any) -> str | None:
 
 class AccessMiddleware:
     """Puts the identity a request's credential proves in `scope["user"]` (None, with the reason in
-    `scope["auth"]`, when it proves none); the guard decides. A plain ASGI middleware: it runs on
-    every request, so it reads the header straight from the scope."""
+    `scope["auth"]`, when it proves none), then lets `Access.authorize` decide. A plain ASGI
+    middleware: it runs on every request, so it reads the header straight from the scope."""
 
-    def __init__(self, app: Any, authenticator: Authenticator) -> None:
+    def __init__(self, app: Any, access: Access) -> None:
         self.app = app
-        self.authenticator = authenticator
+        self.access = access
+        self.authenticator = access.authenticator
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] in ("http", "websocket") and not _OPEN.match(scope["path"]):
@@ -97,6 +97,7 @@ class AccessMiddleware:
                     )
                 except Denied as exc:
                     scope["user"], scope["auth"] = None, str(exc)
+            await self.access.authorize(scope, receive, send)
         await self.app(scope, receive, send)
 
 
@@ -116,24 +117,24 @@ class Access:
 
     def middleware(self, app: Any) -> AccessMiddleware:
         """The authentication middleware around `app` (a Litestar middleware factory)."""
-        return AccessMiddleware(app, self.authenticator)
+        return AccessMiddleware(app, self)
 
-    async def authorize(
-        self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
-    ) -> None:
-        """The guard of every route and stream."""
-        if _OPEN.match(connection.scope["path"]):
-            return
-        user: Identity | None = connection.scope.get("user")
-        method = connection.scope.get("method", "GET")
+    async def authorize(self, scope: Any, receive: Any, send: Any) -> None:
+        """Every route and stream's check, past routing (the handler's `opt` names its role); raises
+        what Litestar answers (401, 403, 429; a WebSocket closed with 4401 or 4403). Done by the
+        middleware rather than as a Litestar guard: a guard is handed a copy of the route handler
+        on every call, about a tenth of a GET's time."""
+        user: Identity | None = scope.get("user")
+        method = scope.get("method", "GET")
         if user is None:
-            reason = connection.scope.get("auth") or "credentials required"
-            await self._deny(connection, 401, reason, None)
+            reason = scope.get("auth") or "credentials required"
+            await self._deny(scope, receive, send, 401, reason, None)
             return
-        need = handler.opt.get("role") or ("viewer" if method in READS else "admin")
+        need = scope["route_handler"].opt.get("role") or ("viewer" if method in READS else "admin")
         if need != "any" and user.role not in ALLOWED[need]:
-            await self._deny(connection, 403, f"the role {user.role} may not do this (needs {need})", user)
-        if self.limited and method not in READS and not isinstance(connection, WebSocket):
+            why = f"the role {user.role} may not do this (needs {need})"
+            await self._deny(scope, receive, send, 403, why, user)
+        if self.limited and method not in READS and scope["type"] == "http":
             self._take(user.id)
 
     def _take(self, who: str) -> None:
@@ -151,15 +152,17 @@ class Access:
         self._buckets[who] = (tokens - 1, now)
 
     async def _deny(
-        self, connection: ASGIConnection[Any, Any, Any, Any], status: int, reason: str, user: Identity | None
+        self, scope: Any, receive: Any, send: Any, status: int, reason: str, user: Identity | None
     ) -> None:
-        await self._denied.record(connection, status, reason, user)
-        if isinstance(connection, WebSocket):
+        if scope["type"] == "websocket":
+            socket: WebSocket[Any, Any, Any] = WebSocket(scope, receive, send)
+            await self._denied.record(socket, status, reason, user)
             # Accepted first: a browser only sees why when the close follows an open socket.
-            await connection.accept()
+            await socket.accept()
             raise WebSocketException(
                 detail=reason, code=CLOSE_UNAUTHORIZED if status == 401 else CLOSE_FORBIDDEN
             )
+        await self._denied.record(ASGIConnection(scope, receive, send), status, reason, user)
         if status == 401:
             raise NotAuthorizedException(reason, headers={"WWW-Authenticate": "Bearer"})
         raise PermissionDeniedException(reason)
@@ -194,8 +197,8 @@ class Access:
     async def refused(
         self, connection: ASGIConnection[Any, Any, Any, Any], reason: str, user: Identity | None
     ) -> None:
-        """The `auth.denied` entry of a 403 a handler decides past this guard (a task's `approvers`,
-        the four-eyes rule: `RunService.may_decide`), in the guard's rate-limited log."""
+        """The `auth.denied` entry of a 403 a handler decides past `authorize` (a task's `approvers`,
+        the four-eyes rule: `RunService.may_decide`), in the same rate-limited log."""
         await self._denied.record(connection, 403, reason, user)
 
 

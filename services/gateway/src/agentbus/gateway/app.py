@@ -224,7 +224,6 @@ class Gateway:
                 "exposition": _provide(self.exposition),
             },
             middleware=[self.access.middleware],
-            guards=[self.access.authorize],
             lifespan=[self.lifespan],
             exception_handlers={
                 **EXCEPTION_HANDLERS,

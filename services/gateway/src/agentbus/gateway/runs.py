@@ -96,7 +96,7 @@ class RunService:
         self.lifecycle = lifecycle
         self.tasks = tasks
         self.watch = watch  # this task may have held runs: release them as its runs end (admission.py)
-        self.refused = refused  # the decision rules' 403s go to the guard's `auth.denied` log
+        self.refused = refused  # the decision rules' 403s go to access's `auth.denied` log
 
     async def load(self, run_id: str) -> Any:
         row = await self.store.run(run_id)
@@ -180,7 +180,7 @@ class RunService:
         identities or role names; none listed: any approver), and not the one who started it when the
         task asks for `approval_by_other` (the four-eyes rule: they may still reject their own run).
         A refusal changes nothing but the trail: with the `request`, it leaves an `auth.denied` entry
-        (status 403, the reason), rate limited with the guard's own."""
+        (status 403, the reason), rate limited with access's own."""
         reason = refusal(await self.tasks.load(run.task_id), run, approved, user)
         if reason is None:
             return
