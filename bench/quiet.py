@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -34,10 +33,7 @@ async def _settle(database_url: str) -> None:
         await conn.close()
 
 
-def settle(database_url: str | None) -> float:
-    """Pay a PostgreSQL database's maintenance debt now; the seconds it took (0 on SQLite)."""
-    if not database_url or not database_url.startswith("postgresql"):
-        return 0.0
-    t0 = time.perf_counter()
-    asyncio.run(_settle(database_url))
-    return time.perf_counter() - t0
+def settle(database_url: str | None) -> None:
+    """Pay a PostgreSQL database's maintenance debt now (nothing on SQLite)."""
+    if database_url and database_url.startswith("postgresql"):
+        asyncio.run(_settle(database_url))

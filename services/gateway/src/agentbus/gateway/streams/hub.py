@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -316,21 +316,6 @@ class Hub:
         if self.credentials is not None:
             self.credentials.release(credential, client.revoke)
         self.unsubscribe(client)
-
-    @contextlib.asynccontextmanager
-    async def subscription(
-        self,
-        run_id: str | None = None,
-        task_id: str | None = None,
-        since: int | None = None,
-        credential: str | None = None,
-    ) -> AsyncIterator[Subscription]:
-        """`join`, and `leave` after the block."""
-        client = await self.join(run_id, task_id, since, credential)
-        try:
-            yield client
-        finally:
-            self.leave(client, credential)
 
     async def serve(
         self,

@@ -58,28 +58,29 @@ async def _events(
 
 async def _subscribed(hub: Hub, run_id: str, after: int, credential: str | None) -> AsyncIterator[bytes]:
     stats = hub.stats
-    async with hub.subscription(run_id=run_id, since=after, credential=credential) as client:
-        stats.open["sse"] += 1
-        try:
-            async for frame in client.frames():
-                stats.frames["sse"] += 1
-                if frame is None:
-                    yield f": heartbeat {datetime.now(UTC).isoformat()}\n\n".encode()
-                    continue
-                yield frame.sse()
-                if frame.event_type in TERMINAL_EVENT_TYPES:
-                    return
-        except TooSlow:
-            stats.cut_off["too_slow"] += 1
-            yield b": client too slow; reconnect with Last-Event-ID\n\n"
-        except GoingAway:
-            stats.cut_off["shutdown"] += 1
-            yield b": gateway shutting down; reconnect with Last-Event-ID\n\n"
-        except Revoked as exc:
-            stats.cut_off["revoked"] += 1
-            yield f": credentials no longer accepted ({exc}); the stream ends\n\n".encode()
-        finally:
-            stats.open["sse"] -= 1
+    client = await hub.join(run_id=run_id, since=after, credential=credential)
+    stats.open["sse"] += 1
+    try:
+        async for frame in client.frames():
+            stats.frames["sse"] += 1
+            if frame is None:
+                yield f": heartbeat {datetime.now(UTC).isoformat()}\n\n".encode()
+                continue
+            yield frame.sse()
+            if frame.event_type in TERMINAL_EVENT_TYPES:
+                return
+    except TooSlow:
+        stats.cut_off["too_slow"] += 1
+        yield b": client too slow; reconnect with Last-Event-ID\n\n"
+    except GoingAway:
+        stats.cut_off["shutdown"] += 1
+        yield b": gateway shutting down; reconnect with Last-Event-ID\n\n"
+    except Revoked as exc:
+        stats.cut_off["revoked"] += 1
+        yield f": credentials no longer accepted ({exc}); the stream ends\n\n".encode()
+    finally:
+        stats.open["sse"] -= 1
+        hub.leave(client, credential)
 
 
 @get(
