@@ -410,16 +410,17 @@ class GatewayStore(EventLogReads):
         self, kind: lists.Lists, filters: dict[str, str | None], skip: int, limit: int, cursor: str | None
     ) -> Page:
         given = {k: v for k, v in filters.items() if v}
-        values: list[Any] = list(given.values())
+        names = {"task_id": "task"}
+        name = lists.count_name(kind.table.name, {names.get(k, k): v for k, v in given.items()})
+        values: list[Any] = [name, *given.values()]
         if cursor is not None:
             values += [(at := lists.decode_cursor(cursor)).created_at, at.created_at, at.id]
-        # One row more than the page: whether a next page exists, without counting.
+        # One row more than the page: whether a next page exists, without counting. Each row
+        # carries the total; an empty page reads it alone.
         rows = await self.reader.fetch(
             kind.query(tuple(given), cursor is not None), (*values, limit + 1, skip)
         )
-        names = {"task_id": "task"}
-        name = lists.count_name(kind.table.name, {names.get(k, k): v for k, v in given.items()})
-        total = (await self.reader.fetch(lists.COUNT, (name,)))[0].n
+        total = rows[0].total if rows else (await self.reader.fetch(lists.COUNT, (name,)))[0].n
         more = len(rows) > limit
         rows = rows[:limit]
         return Page(rows, int(total), lists.encode_cursor(rows[-1]) if more else None)

@@ -6,7 +6,7 @@ connections), flat however many rows are stored.
   the index, at the same cost at any depth.
 - A page's `total` is exact and read from `row_counts` (kept by triggers in the same transaction
   as every insert, delete and status change, migration 0003; on PostgreSQL plus the deltas not
-  folded in yet) instead of counting the rows.
+  folded in yet) instead of counting the rows, by a subquery of the page's own statement.
 - A run's log is an index range of its events (`run_id`, `seq`): its size is the run's, not the
   table's.
 """
@@ -62,6 +62,17 @@ class Page(NamedTuple):
     next_cursor: str | None
 
 
+COUNT = Query(
+    "row_count",
+    'SELECT coalesce(sum("n"), 0) AS n FROM "row_counts" WHERE "name" = ?',
+    [Column("n", Integer)],
+    [row_counts.c.name],
+    # PostgreSQL: plus the deltas not folded into row_counts yet (migration 0003).
+    pg_sql="SELECT coalesce((SELECT sum(n) FROM row_counts WHERE name = $1), 0)"
+    " + coalesce((SELECT sum(n) FROM row_count_deltas WHERE name = $1), 0) AS n",
+)
+
+
 class Lists:
     """The prepared list queries of one table, one per combination of filters and cursor.
 
@@ -82,9 +93,12 @@ class Lists:
         return found
 
     def _build(self, filters: tuple[str, ...], after: bool) -> Query:
+        """The page's rows, each carrying the list's total (`total`; the first parameter is its
+        `row_counts` name): one statement, one round trip on PostgreSQL, and the rows and their
+        total from one snapshot. An empty page has no row to carry it: `COUNT` reads it alone."""
         t = self.table
         where = [f'"{name}" = ?' for name in filters]
-        binds: list[Any] = [t.c[name] for name in filters]
+        binds: list[Any] = [row_counts.c.name, *(t.c[name] for name in filters)]
         if after:
             # The first conjunct is an index range; the second settles rows of the same instant.
             where.append('"created_at" <= ? AND ("created_at" < ? OR "id" < ?)')
@@ -101,10 +115,11 @@ class Lists:
         key = "_".join(filters) or "all"
         return Query(
             f"{t.name}_{key}{'_after' if after else ''}",
-            f"SELECT {names}{rest}",
-            self.columns,
+            f"SELECT {names}, ({COUNT.sql}) AS total{rest}",
+            [*self.columns, Column("total", Integer)],
             [*binds, None, None],
-            pg_sql=numbered(f"SELECT {pg_names}{rest}"),
+            # The count names its one parameter twice ($1); the page's own start at $2.
+            pg_sql=f"SELECT {pg_names}, ({COUNT.pg_sql}) AS total{numbered(rest, 2)}",
             raw=self.raw,
         )
 
@@ -114,15 +129,6 @@ def count_name(table: str, filters: dict[str, str]) -> str:
     return "|".join([table, *(f"{k}={v}" for k, v in filters.items())])
 
 
-COUNT = Query(
-    "row_count",
-    'SELECT coalesce(sum("n"), 0) AS n FROM "row_counts" WHERE "name" = ?',
-    [Column("n", Integer)],
-    [row_counts.c.name],
-    # PostgreSQL: plus the deltas not folded into row_counts yet (migration 0003).
-    pg_sql="SELECT coalesce((SELECT sum(n) FROM row_counts WHERE name = $1), 0)"
-    " + coalesce((SELECT sum(n) FROM row_count_deltas WHERE name = $1), 0) AS n",
-)
 # PostgreSQL: fold the appended deltas into row_counts, atomically (a count read before it sees the
 # deltas, one read after it sees them folded), by one gateway copy at a time (the others skip).
 # Returns each folded count's name, its new value and how many deltas it took in.

@@ -110,10 +110,10 @@ class Query:
         return out
 
 
-def numbered(sql: str) -> str:
-    """SQL with `?` placeholders in PostgreSQL's `$1`, `$2` ... form."""
+def numbered(sql: str, first: int = 1) -> str:
+    """SQL with `?` placeholders in PostgreSQL's `$1`, `$2` ... form (from `$first`)."""
     parts = sql.split("?")
-    return parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+    return parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], first))
 
 
 def _utc_from_text(value: str | None) -> datetime | None:
