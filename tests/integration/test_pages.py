@@ -231,8 +231,9 @@ async def test_every_page_is_read_in_index_order_on_sqlite(tmp_path: Any) -> Non
     engine = await engine_with_a_run(f"sqlite+aiosqlite:///{tmp_path / 'plans.db'}", datetime.now(UTC))
     store = GatewayStore(str(engine.url))
     try:
-        combos = [((), False), (("status",), False), ((), True), (("status",), True)]
-        run_combos = [*combos, (("task_id",), False), (("task_id", "status"), True)]
+        combos = [((), False, 11, False), (("status",), False, 11, True), ((), True, 101, False)]
+        combos += [(("status",), True, 2, True)]
+        run_combos = [*combos, (("task_id",), False, 11, False), (("task_id", "status"), True, 11, True)]
         queries = [store._task_lists.query(*c) for c in combos]
         queries += [store._run_lists.query(*c) for c in run_combos]
         async with engine.connect() as conn:
@@ -322,3 +323,45 @@ async def test_the_fold_vacuums_the_deltas_it_folded(database_url: str) -> None:
     finally:
         await store.close()
         await engine.dispose()
+
+
+async def test_a_page_keeps_one_plan_on_postgresql(database_url: str) -> None:
+    """PostgreSQL plans a prepared statement again for each execution's values until one plan for
+    any value looks as cheap, and it costs a `LIMIT $n` as a tenth of the table: a page was planned
+    on every request, which cost more than reading it (at a million rows). With the page's size
+    written into its statement, each page's statement (and a log's) runs on one kept (generic) plan."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite's statements are compiled once and never planned again")
+    engine = await engine_with_a_run(database_url, datetime(2026, 1, 1, tzinfo=UTC))
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql(
+            "INSERT INTO tasks (id, name, agent, require_approval, approval_timeout_s, timeout_s,"
+            " max_rounds, max_revision_rounds, status, total_runs, successful_runs, failed_runs,"
+            " next_run_number, created_at, updated_at)"
+            " SELECT 'p' || x, 'p', 'scripted', false, 300, 3600, 5, 2,"
+            " CASE WHEN x % 10 = 0 THEN 'failed' ELSE 'completed' END, 0, 0, 0, 0,"
+            " timestamptz '2025-01-01 00:00:00+00' + x * interval '1 second',"
+            " timestamptz '2025-01-01 00:00:00+00' + x * interval '1 second'"
+            " FROM generate_series(1, 20000) AS x"
+        )
+        await conn.exec_driver_sql("ANALYZE tasks")
+    await engine.dispose()
+    store = GatewayStore(database_url)
+    try:
+        assert store.reader.pg is not None
+        for _ in range(10):  # one at a time: the reader uses the same connection each time
+            page = await store.list_tasks(None, 0, 10)
+            assert len(page.rows) == 10 and page.total == 20001
+            page = await store.list_tasks("failed", 0, 10, page.next_cursor)
+            assert len(page.rows) == 10 and page.total == 2000
+            assert await store.logs("r", 0, 100) == ([], 0)
+        async with store.reader.pg.connection() as conn:
+            plans = await conn.fetch(
+                "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE '%ORDER BY%' AND statement NOT LIKE '%pg_prepared%'"
+            )
+        assert len(plans) == 3, plans  # the two pages and the log
+        for plan in plans:
+            assert plan["generic_plans"] >= 4, dict(plan)
+    finally:
+        await store.close()

@@ -101,6 +101,7 @@ class GatewayStore(EventLogReads):
             raw=("config", "agent_config", "approvers"),
         )
         self._run_lists = lists.Lists(runs, RUN_SHOWN, raw=("plan", "results", "labels"))
+        self._logs = lists.Logs()
         self.approvals = Approvals(self.engine, self.reader)  # the approvals inbox's reads
         self.people = People(self.engine, self.writer)  # API keys and the audit trail
         self.held = HeldRuns(self.engine, self.writer)  # runs over their task's max_concurrent_runs
@@ -394,7 +395,7 @@ class GatewayStore(EventLogReads):
 
     async def logs(self, run_id: str, since: int, limit: int) -> tuple[list[str], int]:
         """The run's stored events with seq > since, in seq order (at most `limit`), and their total."""
-        rows = await self.reader.fetch(lists.LOG, (run_id, since, limit))
+        rows = await self.reader.fetch(self._logs.query(limit), (run_id, since))
         if len(rows) < limit:  # all of them
             return [r.payload for r in rows], len(rows)
         total = (await self.reader.fetch(lists.LOG_TOTAL, (run_id, since)))[0].n
@@ -417,8 +418,10 @@ class GatewayStore(EventLogReads):
             values += [(at := lists.decode_cursor(cursor)).created_at, at.created_at, at.id]
         # One row more than the page: whether a next page exists, without counting. Each row
         # carries the total; an empty page reads it alone.
+        if skip:
+            values.append(skip)
         rows = await self.reader.fetch(
-            kind.query(tuple(given), cursor is not None), (*values, limit + 1, skip)
+            kind.query(tuple(given), cursor is not None, limit + 1, skip > 0), values
         )
         total = rows[0].total if rows else (await self.reader.fetch(lists.COUNT, (name,)))[0].n
         more = len(rows) > limit
