@@ -416,10 +416,10 @@ class GatewayStore(EventLogReads):
         values: list[Any] = [name, *given.values()]
         if cursor is not None:
             values += [(at := lists.decode_cursor(cursor)).created_at, at.created_at, at.id]
-        # One row more than the page: whether a next page exists, without counting. Each row
-        # carries the total; an empty page reads it alone.
         if skip:
             values.append(skip)
+        # One row more than the page: whether a next page exists, without counting. Each row
+        # carries the total; an empty page reads it alone.
         rows = await self.reader.fetch(
             kind.query(tuple(given), cursor is not None, limit + 1, skip > 0), values
         )

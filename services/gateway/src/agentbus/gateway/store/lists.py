@@ -9,15 +9,15 @@ connections), flat however many rows are stored.
   folded in yet) instead of counting the rows, by a subquery of the page's own statement.
 - A run's log is an index range of its events (`run_id`, `seq`): its size is the run's, not the
   table's.
-- A page's size is written into its statement (`LIMIT 11`), not a parameter, and so is an offset
-  of 0 (none). PostgreSQL plans a prepared statement for its parameters' values each time until a
-  plan for any value looks as cheap, and a plan for an unknown `LIMIT $n` assumes a tenth of the
-  table: a page was planned again on every request, and the planning cost more than the page
-  (a million tasks stored: 223-257 us of server CPU per page against 120-127 with the size
-  written in). With it written in, PostgreSQL keeps one plan per statement once its own costing
-  finds it as cheap as a fresh one. A statement per size (a page's `limit` is at most 100, a
-  log's at most 1000), prepared once per connection and kept while it is among the connection's
-  most used.
+- A page's size is written into its statement (`LIMIT 11`), not a parameter, and an offset of 0
+  is left out (a `skip` above 0 is a parameter). PostgreSQL plans a prepared statement for its
+  parameters' values each time until a plan for any value looks as cheap, and a plan for an
+  unknown `LIMIT $n` assumes a tenth of the table: a page was planned again on every request, and
+  the planning cost more than the page (a million tasks stored: 223-257 us of server CPU per page
+  against 120-127 with the size written in). With it written in, PostgreSQL keeps one plan per
+  statement once its own costing finds it as cheap as a fresh one. A statement per size (a page's
+  `limit` is at most 100, a log's at most 1000), prepared once per connection and kept while it
+  is among the connection's most used.
 """
 
 from __future__ import annotations
