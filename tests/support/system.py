@@ -164,6 +164,9 @@ def start_system(
         "METRICS_DATABASE_URL": f"sqlite+aiosqlite:///{root / 'metrics.db'}",
         "GATEWAY_HOST": "127.0.0.1",
         "LOG_LEVEL": "INFO",
+        # A stopping runner waits for its last pull request to end at the server (up to this, 5 s
+        # by default): 1 s keeps each system's teardown short.
+        "RUNNER_FETCH_TIMEOUT_S": "1",
         **env,
     }
     system = System(root, nats, base_env)
