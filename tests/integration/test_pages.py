@@ -18,6 +18,7 @@ from agentbus.contracts import events as ev
 from agentbus.gateway.store import GatewayStore
 from agentbus.gateway.store.lists import count_name
 from agentbus.gateway.store.tables import row_counts, runs, tasks
+from bench.seed import PG_TASKS
 from tests.support.gateway_db import engine_with_a_run
 from tests.support.waiting import eventually
 
@@ -334,16 +335,7 @@ async def test_a_page_keeps_one_plan_on_postgresql(database_url: str) -> None:
         pytest.skip("SQLite's statements are compiled once and never planned again")
     engine = await engine_with_a_run(database_url, datetime(2026, 1, 1, tzinfo=UTC))
     async with engine.begin() as conn:
-        await conn.exec_driver_sql(
-            "INSERT INTO tasks (id, name, agent, require_approval, approval_timeout_s, timeout_s,"
-            " max_rounds, max_revision_rounds, status, total_runs, successful_runs, failed_runs,"
-            " next_run_number, created_at, updated_at)"
-            " SELECT 'p' || x, 'p', 'scripted', false, 300, 3600, 5, 2,"
-            " CASE WHEN x % 10 = 0 THEN 'failed' ELSE 'completed' END, 0, 0, 0, 0,"
-            " timestamptz '2025-01-01 00:00:00+00' + x * interval '1 second',"
-            " timestamptz '2025-01-01 00:00:00+00' + x * interval '1 second'"
-            " FROM generate_series(1, 20000) AS x"
-        )
+        await conn.exec_driver_sql(PG_TASKS, (20000,))  # the lists benchmark's own seed
         await conn.exec_driver_sql("ANALYZE tasks")
     await engine.dispose()
     store = GatewayStore(database_url)
